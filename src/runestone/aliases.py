@@ -1,0 +1,211 @@
+"""Model aliases: loaded from YAML, validated whole, hot-reloaded without a restart.
+
+Lookups read one reference to an immutable ``AliasTable`` and do one dict lookup, so a
+request never sees a half-loaded table, and a reload never blocks a lookup. A reload
+builds a whole new table first; an invalid file keeps the last good one.
+
+Alias names are case-sensitive, like the model names of every provider: ``fast`` and
+``Fast`` are different names. (An unknown name's error suggests a near match.)
+
+>>> store = AliasStore.from_env()
+>>> store.load()
+>>> str(store.table.get("fast").targets[0])
+'groq:llama3-8b-8192'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from runestone._alias_file import (
+    Alias,
+    AliasFileError,
+    AliasTable,
+    Problem,
+    SpecError,
+    Target,
+    parse_alias_file,
+    parse_spec,
+    table_version,
+)
+from runestone._watch import WATCH_MODES, WatchMode, watch_file
+
+__all__ = [
+    "DEFAULT_ALIASES_PATH",
+    "Alias",
+    "AliasFileError",
+    "AliasStore",
+    "AliasTable",
+    "ReloadStatus",
+    "SpecError",
+    "Target",
+    "load_alias_file",
+    "parse_spec",
+]
+
+log = logging.getLogger("runestone.aliases")
+
+DEFAULT_ALIASES_PATH = Path(__file__).parent / "aliases.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """What the last reload did, for health checks and operators."""
+
+    ok: bool
+    version: str
+    source: str
+    error: str | None = None
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    loaded_at: float = 0.0
+    last_attempt_at: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "version": self.version,
+            "source": self.source,
+            "error": self.error,
+            "reloads_ok": self.reloads_ok,
+            "reloads_failed": self.reloads_failed,
+            "loaded_at": self.loaded_at,
+            "last_attempt_at": self.last_attempt_at,
+        }
+
+
+def load_alias_file(path: Path) -> AliasTable:
+    """Read and validate one alias file; raise ``AliasFileError`` on any problem."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AliasFileError(str(path), [Problem(0, "file not found")]) from None
+    except OSError as exc:
+        raise AliasFileError(str(path), [Problem(0, f"cannot read: {exc.strerror}")]) from None
+    return parse_alias_file(data, str(path))
+
+
+class AliasStore:
+    """The live alias table of one process, and how it is kept up to date."""
+
+    def __init__(self, path: Path | str = DEFAULT_ALIASES_PATH) -> None:
+        self.path = Path(path)
+        self._table = AliasTable({}, table_version(b""), str(self.path))
+        self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
+        self._last_seen = ""
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AliasStore:
+        """The store for ``RUNESTONE_ALIASES_PATH``, else the packaged ``aliases.yaml``."""
+        env = os.environ if environ is None else environ
+        return cls(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH)
+
+    def __repr__(self) -> str:
+        return f"<AliasStore {self.path} version={self._table.version} aliases={len(self._table)}>"
+
+    @property
+    def table(self) -> AliasTable:
+        """The table in use. Read it once per request and keep using that one."""
+        return self._table
+
+    @property
+    def status(self) -> ReloadStatus:
+        return self._status
+
+    def get(self, name: str) -> Alias | None:
+        return self._table.aliases.get(name)
+
+    def load(self) -> None:
+        """First load, at start-up: a missing or invalid file is an error, not a fallback."""
+        table = load_alias_file(self.path)
+        now = time.time()
+        with self._lock:
+            self._table = table
+            self._last_seen = table.version
+            self._status = ReloadStatus(
+                ok=True,
+                version=table.version,
+                source=table.source,
+                loaded_at=now,
+                last_attempt_at=now,
+            )
+        log.info("loaded %d aliases from %s (version %s)", len(table), self.path, table.version)
+
+    def reload(self) -> bool:
+        """Re-read the file if its content changed; return whether a new table is in use.
+
+        Never raises: an unreadable or invalid file keeps the last good table and is
+        recorded in ``status`` (and logged once per distinct content).
+        """
+        with self._lock:
+            now = time.time()
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                return self._failed(
+                    f"{self.path}: cannot read ({exc.strerror}); keeping version "
+                    f"{self._table.version}",
+                    key=f"oserror:{exc.errno}",
+                    now=now,
+                )
+            version = table_version(data)
+            if version == self._last_seen:
+                return False
+            self._last_seen = version
+            try:
+                table = parse_alias_file(data, str(self.path))
+            except AliasFileError as exc:
+                return self._failed(
+                    f"{exc}\n(keeping version {self._table.version})",
+                    key=version,
+                    now=now,
+                    already_seen=True,
+                )
+            self._table = table  # the one assignment lookups can observe
+            self._status = replace(
+                self._status,
+                ok=True,
+                version=version,
+                error=None,
+                reloads_ok=self._status.reloads_ok + 1,
+                loaded_at=now,
+                last_attempt_at=now,
+            )
+        log.info("reloaded %d aliases from %s (version %s)", len(table), self.path, version)
+        return True
+
+    def _failed(self, error: str, *, key: str, now: float, already_seen: bool = False) -> bool:
+        repeat = not already_seen and key == self._last_seen
+        self._last_seen = key
+        if repeat:
+            return False
+        self._status = replace(
+            self._status,
+            ok=False,
+            error=error,
+            reloads_failed=self._status.reloads_failed + 1,
+            last_attempt_at=now,
+        )
+        log.error("alias reload failed: %s", error)
+        return False
+
+    async def watch(
+        self,
+        mode: WatchMode = "auto",
+        *,
+        poll_interval: float = 0.5,
+        debounce: float = 0.05,
+    ) -> None:
+        """Reload on every change to the file until cancelled (run it as a task)."""
+        if mode not in WATCH_MODES:
+            raise ValueError(f"watch mode must be one of {', '.join(WATCH_MODES)}, not {mode!r}")
+        await watch_file(
+            self.path, self.reload, mode=mode, poll_interval=poll_interval, debounce=debounce
+        )

@@ -1,0 +1,167 @@
+"""The ``runestone`` command: serve the gateway and inspect alias files."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from runestone._version import __version__
+from runestone.aliases import (
+    DEFAULT_ALIASES_PATH,
+    AliasFileError,
+    AliasTable,
+    SpecError,
+    load_alias_file,
+    parse_spec,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    result: int = args.handler(args)
+    return result
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runestone",
+        description="Runestone, an LLM gateway: OpenAI-compatible API, aliases, failover.",
+    )
+    parser.add_argument("--version", action="version", version=f"runestone {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    aliases = commands.add_parser(
+        "aliases",
+        help="list, resolve and check model aliases",
+        description="Inspect the alias file (RUNESTONE_ALIASES_PATH, else the packaged one).",
+    )
+    alias_commands = aliases.add_subparsers(title="alias commands", metavar="ACTION")
+    aliases.set_defaults(handler=lambda _args: _usage(aliases))
+
+    listing = alias_commands.add_parser(
+        "list",
+        help="print every alias and its targets",
+        description="Print a table of alias -> targets, in file order.",
+    )
+    _add_file_option(listing)
+    listing.set_defaults(handler=_aliases_list)
+
+    resolve = alias_commands.add_parser(
+        "resolve",
+        help="print the provider:model a name resolves to",
+        description="Print the provider:model target(s) NAME resolves to, one per line, in "
+        "the order they are tried. Exit 1 for an unknown name.",
+    )
+    resolve.add_argument("name", metavar="NAME", help="an alias, or a provider:model spec")
+    _add_file_option(resolve)
+    resolve.set_defaults(handler=_aliases_resolve)
+
+    check = alias_commands.add_parser(
+        "check",
+        help="validate an alias file (for CI before deploying an edit)",
+        description="Validate an alias file and print every problem with its line. "
+        "Exit 0 when valid, 1 on any problem.",
+    )
+    check.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        type=Path,
+        help="file to check (default: RUNESTONE_ALIASES_PATH, else the packaged file)",
+    )
+    check.set_defaults(handler=_aliases_check)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _add_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="alias file (default: RUNESTONE_ALIASES_PATH, else the packaged file)",
+    )
+
+
+def _alias_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    return Path(os.environ.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH)
+
+
+def _load(given: Path | None) -> AliasTable | None:
+    try:
+        return load_alias_file(_alias_path(given))
+    except AliasFileError as exc:
+        print(f"runestone: invalid alias file\n{exc}", file=sys.stderr)
+        return None
+
+
+def _aliases_list(args: argparse.Namespace) -> int:
+    table = _load(args.file)
+    if table is None:
+        return 1
+    width = max((len(name) for name in table.aliases), default=5)
+    print(f"{'ALIAS':<{width}}  TARGETS")
+    for name, alias in table.aliases.items():
+        print(f"{name:<{width}}  {', '.join(str(t) for t in alias.targets)}")
+    print(f"\n{len(table)} aliases from {table.source} (version {table.version})")
+    return 0
+
+
+def _aliases_resolve(args: argparse.Namespace) -> int:
+    table = _load(args.file)
+    if table is None:
+        return 1
+    name: str = args.name
+    alias = table.get(name)
+    if alias is not None:
+        for target in alias.targets:
+            print(target)
+        return 0
+    if ":" in name:
+        try:
+            print(parse_spec(name))
+        except SpecError as exc:
+            print(f"runestone: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    message = f"runestone: unknown alias {name!r}"
+    close = difflib.get_close_matches(name, list(table.aliases), n=3)
+    lowered = [a for a in table.aliases if a.lower() == name.lower()]
+    hints = lowered or close
+    if hints:
+        message += f" (did you mean {', '.join(repr(h) for h in hints)}?)"
+    message += "; name an alias from `runestone aliases list` or use provider:model"
+    print(message, file=sys.stderr)
+    return 1
+
+
+def _aliases_check(args: argparse.Namespace) -> int:
+    path = _alias_path(args.path)
+    try:
+        table = load_alias_file(path)
+    except AliasFileError as exc:
+        for problem in exc.problems:
+            print(problem.format(exc.source))
+        count = len(exc.problems)
+        print(f"{count} problem{'s' if count != 1 else ''} in {path}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK, {len(table)} aliases (version {table.version})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,7 +119,7 @@ def test_duplicate_key_names_alias_and_both_lines() -> None:
 
 def test_unknown_top_level_key() -> None:
     assert problems("aliases:\n  a: b:c\nalias:\n  d: e:f\n") == [
-        "aliases.yaml:3: unknown top-level key 'alias' (expected: aliases)"
+        "aliases.yaml:3: unknown top-level key 'alias' (expected: aliases, providers)"
     ]
 
 
@@ -234,3 +234,55 @@ def test_packaged_default_file() -> None:
         assert name in resolved
     assert resolved["local"][0].startswith("ollama:")
     assert any(t.startswith("openrouter:") for ts in resolved.values() for t in ts)
+
+
+def test_unknown_provider_is_a_problem_when_providers_are_known() -> None:
+    text = b"aliases:\n  a: opnai:gpt-4\n  b: mine:x\nproviders:\n  mine: {base_url: 'http://127.0.0.1:1/v1'}\n"
+    with pytest.raises(AliasFileError) as caught:
+        parse_alias_file(text, "f.yaml", known_providers={"openai", "groq"})
+    (problem,) = caught.value.problems
+    assert problem.format("f.yaml") == (
+        "f.yaml:2: alias 'a': unknown provider 'opnai' (known: groq, mine, openai)"
+    )
+
+
+def test_providers_section() -> None:
+    table = parse(
+        """
+aliases:
+  a: local-llm:qwen2.5:7b
+providers:
+  local-llm:
+    base_url: http://127.0.0.1:8080/v1/
+    api_key_env: LOCAL_KEY
+    headers: {X-Title: my app}
+  keyless: {base_url: 'http://127.0.0.1:9000/v1'}
+"""
+    )
+    local, keyless = table.providers
+    assert (local.name, local.base_url, local.api_key_env) == (
+        "local-llm",
+        "http://127.0.0.1:8080/v1",
+        "LOCAL_KEY",
+    )
+    assert local.headers == (("x-title", "my app"),)
+    assert local.key_required
+    assert not keyless.key_required
+    assert keyless.wire_format == "openai"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("  Bad Name: {base_url: 'http://x'}", "names are lowercase letters"),
+        ("  p: {api_key_env: K}", "provider 'p': missing 'base_url'"),
+        ("  p: {base_url: 'ftp://x'}", "base_url must start with http(s)://"),
+        ("  p: {base_url: 'http://x', colour: red}", "unknown key 'colour'"),
+        ("  p: {base_url: 'http://x', headers: [a]}", "headers must map names to strings"),
+        ("  p: http://x", "expected a map with base_url"),
+    ],
+)
+def test_bad_provider_entries(section: str, message: str) -> None:
+    (found,) = problems(f"aliases: {{}}\nproviders:\n{section}\n")
+    assert found.startswith("aliases.yaml:3: ")
+    assert message in found

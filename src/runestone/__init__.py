@@ -1,6 +1,37 @@
-"""Runestone: an LLM gateway. See README.md for the server; the library API is below."""
+"""Runestone: an LLM gateway.
 
+As a library, the same two calls the server makes::
+
+    import runestone
+
+    answer = await runestone.route_chat(
+        {"model": "fast", "messages": [{"role": "user", "content": "Hello"}]}
+    )
+    async for event in runestone.route_stream({"model": "fast", "messages": [...]}):
+        ...  # SSE event bytes, ending with data: [DONE] or an in-band error event
+
+With ``RUNESTONE_GATEWAY_MODE=true`` and ``RUNESTONE_URL`` they go to a central
+Runestone server instead. As a server: ``runestone serve``, or mount
+``runestone.http.create_app()`` in an ASGI application.
+"""
+
+from runestone._library import aclose
 from runestone._version import __version__
 from runestone.aliases import Alias, AliasStore, AliasTable, Target
+from runestone.errors import ClientError, GatewayError, GatewayFault, UpstreamError
+from runestone.router import route_chat, route_stream
 
-__all__ = ["Alias", "AliasStore", "AliasTable", "Target", "__version__"]
+__all__ = [
+    "Alias",
+    "AliasStore",
+    "AliasTable",
+    "ClientError",
+    "GatewayError",
+    "GatewayFault",
+    "Target",
+    "UpstreamError",
+    "__version__",
+    "aclose",
+    "route_chat",
+    "route_stream",
+]

@@ -19,15 +19,19 @@ Accepted shapes::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from runestone._yaml_nodes import Located, YamlProblem, read_located
+from runestone.providers import ProviderSpec
 
-TOP_LEVEL_KEYS = frozenset({"aliases"})
+TOP_LEVEL_KEYS = frozenset({"aliases", "providers"})
 ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"})
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target"})
+PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers"})
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class AliasTable:
     aliases: Mapping[str, Alias]
     version: str
     source: str
+    providers: tuple[ProviderSpec, ...] = ()
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)
@@ -109,16 +114,35 @@ def table_version(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def parse_alias_file(data: bytes, source: str) -> AliasTable:
-    """Validate the whole file and build its table, or raise ``AliasFileError``."""
+def parse_alias_file(
+    data: bytes, source: str, known_providers: Collection[str] | None = None
+) -> AliasTable:
+    """Validate the whole file and build its table, or raise ``AliasFileError``.
+
+    With ``known_providers``, a target naming any other provider (one not declared in
+    the file's own ``providers:`` section either) is a problem too.
+    """
     problems: list[Problem] = []
-    aliases = _parse(data, problems)
+    providers: list[ProviderSpec] = []
+    aliases = _parse(data, problems, providers)
+    if known_providers is not None:
+        known = {*known_providers, *(p.name for p in providers)}
+        for alias in aliases.values():
+            for target in alias.targets:
+                if target.provider not in known:
+                    problems.append(
+                        Problem(
+                            alias.line,
+                            f"alias {alias.name!r}: unknown provider {target.provider!r} "
+                            f"(known: {', '.join(sorted(known))})",
+                        )
+                    )
     if problems:
         raise AliasFileError(source, sorted(problems, key=lambda p: p.line))
-    return AliasTable(MappingProxyType(aliases), table_version(data), source)
+    return AliasTable(MappingProxyType(aliases), table_version(data), source, tuple(providers))
 
 
-def _parse(data: bytes, problems: list[Problem]) -> dict[str, Alias]:
+def _parse(data: bytes, problems: list[Problem], providers: list[ProviderSpec]) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -140,8 +164,10 @@ def _parse(data: bytes, problems: list[Problem]) -> dict[str, Alias]:
     for key, entry in root.value.items():
         if key not in TOP_LEVEL_KEYS:
             problems.append(
-                Problem(entry.line, f"unknown top-level key {key!r} (expected: aliases)")
+                Problem(entry.line, f"unknown top-level key {key!r} (expected: aliases, providers)")
             )
+    if "providers" in root.value:
+        providers.extend(_parse_providers(root.value["providers"], problems))
     section = root.value.get("aliases")
     if section is None or section.value is None:
         return {}
@@ -277,3 +303,58 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"{type(value).__name__} {value!r}"
+
+
+def _parse_providers(section: Located, problems: list[Problem]) -> list[ProviderSpec]:
+    """Users' own OpenAI-compatible providers: name, base_url, api_key_env, headers."""
+    if section.value is None:
+        return []
+    if not isinstance(section.value, dict):
+        problems.append(Problem(section.line, "'providers' must be a mapping of name: settings"))
+        return []
+    specs: list[ProviderSpec] = []
+    for name, entry in section.value.items():
+        where = f"provider {name!r}"
+        if not _PROVIDER_NAME.match(name):
+            problems.append(
+                Problem(entry.line, f"{where}: names are lowercase letters, digits, - and _")
+            )
+            continue
+        if not isinstance(entry.value, dict):
+            problems.append(Problem(entry.line, f"{where}: expected a map with base_url"))
+            continue
+        before = len(problems)
+        _unknown_keys(entry.value, PROVIDER_KEYS, where, problems)
+        base_url = _required_string(entry.value, "base_url", entry.line, where, problems)
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            problems.append(
+                Problem(
+                    entry.value["base_url"].line, f"{where}: base_url must start with http(s)://"
+                )
+            )
+        key_env: str | None = None
+        if "api_key_env" in entry.value:
+            key_env = _required_string(entry.value, "api_key_env", entry.line, where, problems)
+        headers: list[tuple[str, str]] = []
+        if "headers" in entry.value:
+            raw = entry.value["headers"]
+            if not isinstance(raw.value, dict) or not all(
+                isinstance(v.value, str) for v in raw.value.values()
+            ):
+                problems.append(Problem(raw.line, f"{where}: headers must map names to strings"))
+            else:
+                headers = [(k.lower(), str(v.value)) for k, v in raw.value.items()]
+        if len(problems) > before or base_url is None:
+            continue
+        specs.append(
+            ProviderSpec(
+                name=name,
+                wire_format="openai",
+                base_url=base_url.rstrip("/"),
+                api_key_env=key_env,
+                key_required=key_env is not None,
+                headers=tuple(headers),
+                docs=f"declared in the alias file, line {entry.line}",
+            )
+        )
+    return specs

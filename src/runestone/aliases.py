@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -80,32 +80,44 @@ class ReloadStatus:
         }
 
 
-def load_alias_file(path: Path) -> AliasTable:
-    """Read and validate one alias file; raise ``AliasFileError`` on any problem."""
+def load_alias_file(path: Path, known_providers: Collection[str] | None = None) -> AliasTable:
+    """Read and validate one alias file; raise ``AliasFileError`` on any problem.
+
+    With ``known_providers``, a target naming another provider is a problem too.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise AliasFileError(str(path), [Problem(0, "file not found")]) from None
     except OSError as exc:
         raise AliasFileError(str(path), [Problem(0, f"cannot read: {exc.strerror}")]) from None
-    return parse_alias_file(data, str(path))
+    return parse_alias_file(data, str(path), known_providers)
 
 
 class AliasStore:
     """The live alias table of one process, and how it is kept up to date."""
 
-    def __init__(self, path: Path | str = DEFAULT_ALIASES_PATH) -> None:
+    def __init__(
+        self,
+        path: Path | str = DEFAULT_ALIASES_PATH,
+        known_providers: Collection[str] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.known_providers = known_providers
         self._table = AliasTable({}, table_version(b""), str(self.path))
         self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
         self._last_seen = ""
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AliasStore:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        known_providers: Collection[str] | None = None,
+    ) -> AliasStore:
         """The store for ``RUNESTONE_ALIASES_PATH``, else the packaged ``aliases.yaml``."""
         env = os.environ if environ is None else environ
-        return cls(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH)
+        return cls(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH, known_providers)
 
     def __repr__(self) -> str:
         return f"<AliasStore {self.path} version={self._table.version} aliases={len(self._table)}>"
@@ -124,7 +136,7 @@ class AliasStore:
 
     def load(self) -> None:
         """First load, at start-up: a missing or invalid file is an error, not a fallback."""
-        table = load_alias_file(self.path)
+        table = load_alias_file(self.path, self.known_providers)
         now = time.time()
         with self._lock:
             self._table = table
@@ -160,7 +172,7 @@ class AliasStore:
                 return False
             self._last_seen = version
             try:
-                table = parse_alias_file(data, str(self.path))
+                table = parse_alias_file(data, str(self.path), self.known_providers)
             except AliasFileError as exc:
                 return self._failed(
                     f"{exc}\n(keeping version {self._table.version})",

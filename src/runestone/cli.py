@@ -18,6 +18,7 @@ from runestone.aliases import (
     load_alias_file,
     parse_spec,
 )
+from runestone.providers import known_provider_names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +38,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"runestone {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway's HTTP server",
+        description="Serve the OpenAI-compatible API (POST /v1/chat/completions, GET "
+        "/v1/models, /health/live, /health/ready). Without RUNESTONE_SERVICE_TOKEN anyone "
+        "who can reach the port can use your provider keys: keep it on 127.0.0.1.",
+    )
+    serve.add_argument("--host", help="address to bind (RUNESTONE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (RUNESTONE_PORT, default 4001)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; one per core)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info)",
+    )
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request line (off by default)"
+    )
+    serve.set_defaults(handler=_serve)
 
     aliases = commands.add_parser(
         "aliases",
@@ -81,6 +105,54 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from runestone.config import ConfigError, Settings
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"runestone: {exc}", file=sys.stderr)
+        return 1
+    table = _load(None)  # fail here, clearly, rather than inside every worker
+    if table is None:
+        return 1
+    if settings.gateway_mode:
+        print(
+            "runestone: RUNESTONE_GATEWAY_MODE is for library callers; a server always calls "
+            "providers itself and never forwards to another gateway (ignored)",
+            file=sys.stderr,
+        )
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if settings.service_token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"runestone: warning: serving on {host} without RUNESTONE_SERVICE_TOKEN; anyone "
+            "who reaches this port can spend your provider keys",
+            file=sys.stderr,
+        )
+    import uvicorn
+
+    uvicorn.run(
+        "runestone.http:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=args.access_log,
+        log_level=args.log_level,
+        server_header=False,
+    )
+    return 0
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -103,7 +175,7 @@ def _alias_path(given: Path | None) -> Path:
 
 def _load(given: Path | None) -> AliasTable | None:
     try:
-        return load_alias_file(_alias_path(given))
+        return load_alias_file(_alias_path(given), known_provider_names())
     except AliasFileError as exc:
         print(f"runestone: invalid alias file\n{exc}", file=sys.stderr)
         return None
@@ -152,7 +224,7 @@ def _aliases_resolve(args: argparse.Namespace) -> int:
 def _aliases_check(args: argparse.Namespace) -> int:
     path = _alias_path(args.path)
     try:
-        table = load_alias_file(path)
+        table = load_alias_file(path, known_provider_names())
     except AliasFileError as exc:
         for problem in exc.problems:
             print(problem.format(exc.source))

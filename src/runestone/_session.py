@@ -1,0 +1,30 @@
+"""The one upstream HTTP client session of a process, and its pool settings."""
+
+from __future__ import annotations
+
+import os
+
+import aiohttp
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def make_session(
+    *, connect_timeout: float = 10.0, read_timeout: float = 300.0
+) -> aiohttp.ClientSession:
+    """A keep-alive pool without a connection cap (providers limit us, not the pool).
+
+    ``read_timeout`` bounds the silence between two reads, including between stream
+    chunks. Proxy variables are honoured only when set: looking them up costs time on
+    every request.
+    """
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    trust_env = any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        ),
+        trust_env=trust_env,
+        raise_for_status=False,
+    )

@@ -1,0 +1,74 @@
+"""Settings from the environment, read and validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runestone._watch import WATCH_MODES, WatchMode
+
+
+class ConfigError(ValueError):
+    """A setting has a value Runestone cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``RUNESTONE_*`` setting, with its default."""
+
+    service_token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 4001
+    max_body_bytes: int = 32 * 1024 * 1024
+    heartbeat_seconds: float = 15.0
+    watch: WatchMode = "auto"
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    gateway_mode: bool = False
+    gateway_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        watch = env.get("RUNESTONE_WATCH", "auto")
+        if watch not in WATCH_MODES:
+            raise ConfigError(f"RUNESTONE_WATCH must be one of {', '.join(WATCH_MODES)}")
+        gateway_mode = _flag(env, "RUNESTONE_GATEWAY_MODE")
+        gateway_url = env.get("RUNESTONE_URL") or None
+        if gateway_mode and not gateway_url:
+            raise ConfigError("RUNESTONE_GATEWAY_MODE=true needs RUNESTONE_URL")
+        return cls(
+            service_token=env.get("RUNESTONE_SERVICE_TOKEN") or None,
+            host=env.get("RUNESTONE_HOST", cls.host),
+            port=int(_number(env, "RUNESTONE_PORT", cls.port)),
+            max_body_bytes=int(_number(env, "RUNESTONE_MAX_BODY_BYTES", cls.max_body_bytes)),
+            heartbeat_seconds=_number(env, "RUNESTONE_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
+            watch=watch,
+            connect_timeout=_number(env, "RUNESTONE_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=_number(env, "RUNESTONE_READ_TIMEOUT", cls.read_timeout),
+            gateway_mode=gateway_mode,
+            gateway_url=gateway_url,
+        )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {raw!r}")
+    return value

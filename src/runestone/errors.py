@@ -1,0 +1,205 @@
+"""Runestone's one error type, its closed code vocabulary, and the envelope it renders.
+
+Every failure a client can see is a ``GatewayError`` with a ``code`` from ``CODES``.
+The code says who is at fault and fixes the HTTP status, the OpenAI error ``type`` and
+whether retrying the same request can help::
+
+    GatewayError                    code, status, retryable, provider, retry_after
+    ├── ClientError                 the request itself is wrong: fix it, do not retry
+    ├── GatewayFault                the gateway's own configuration or limits
+    └── UpstreamError               the provider failed or refused
+
+Rendered once, at the outside, as an OpenAI-compatible envelope (OpenAI SDKs parse it)::
+
+    {"error": {"message": "...", "type": "rate_limit_error", "param": null,
+               "code": "upstream_rate_limited", "provider": "groq",
+               "retryable": true, "status": 429},
+     "request_id": "req_..."}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+Fault = Literal["client", "gateway", "upstream"]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    status: int
+    type: str
+    retryable: bool
+    fault: Fault
+    meaning: str
+
+
+_INVALID = "invalid_request_error"
+
+#: The closed vocabulary of error codes. README.md renders this table for users.
+CODES: dict[str, CodeInfo] = {
+    # The client's request is wrong.
+    "invalid_request": CodeInfo(400, _INVALID, False, "client", "the request is malformed"),
+    "invalid_json": CodeInfo(400, _INVALID, False, "client", "the body is not valid JSON"),
+    "request_too_large": CodeInfo(413, _INVALID, False, "client", "the body is over the limit"),
+    "unauthorized": CodeInfo(
+        401, "authentication_error", False, "client", "missing or wrong gateway token"
+    ),
+    "model_not_found": CodeInfo(
+        404, "not_found_error", False, "client", "no such alias or provider"
+    ),
+    "not_found": CodeInfo(404, "not_found_error", False, "client", "no such endpoint"),
+    "method_not_allowed": CodeInfo(405, _INVALID, False, "client", "wrong HTTP method"),
+    "context_length_exceeded": CodeInfo(
+        400, _INVALID, False, "client", "the prompt is longer than the model's context"
+    ),
+    "content_filtered": CodeInfo(
+        400, _INVALID, False, "client", "the provider's content policy refused it"
+    ),
+    "upstream_bad_request": CodeInfo(
+        400, _INVALID, False, "client", "the provider rejected the request as invalid"
+    ),
+    "upstream_model_not_found": CodeInfo(
+        404, "not_found_error", False, "client", "the provider does not know the model"
+    ),
+    # The gateway's configuration or its own limits.
+    "provider_not_configured": CodeInfo(
+        500, "api_error", False, "gateway", "the provider's API key is not set"
+    ),
+    "provider_not_supported": CodeInfo(
+        501, "api_error", False, "gateway", "the provider's wire format is not available"
+    ),
+    "upstream_auth_failed": CodeInfo(
+        502, "api_error", False, "gateway", "the provider rejected the gateway's API key"
+    ),
+    "upstream_permission_denied": CodeInfo(
+        502, "api_error", False, "gateway", "the gateway's key may not use this model"
+    ),
+    "upstream_endpoint_not_found": CodeInfo(
+        502, "api_error", False, "gateway", "the provider URL is wrong (check its base URL)"
+    ),
+    "gateway_timeout": CodeInfo(
+        504, "timeout_error", True, "gateway", "the request's deadline passed"
+    ),
+    "no_healthy_upstream": CodeInfo(
+        503, "api_error", True, "gateway", "every target is unavailable"
+    ),
+    "internal_error": CodeInfo(500, "api_error", False, "gateway", "a bug in the gateway"),
+    # The upstream provider failed.
+    "upstream_rate_limited": CodeInfo(
+        429, "rate_limit_error", True, "upstream", "the provider is rate limiting"
+    ),
+    "upstream_quota_exceeded": CodeInfo(
+        429, "insufficient_quota", False, "upstream", "the provider account is out of credit"
+    ),
+    "upstream_overloaded": CodeInfo(
+        503, "overloaded_error", True, "upstream", "the provider is overloaded"
+    ),
+    "upstream_server_error": CodeInfo(
+        502, "api_error", True, "upstream", "the provider had an internal error"
+    ),
+    "upstream_timeout": CodeInfo(504, "timeout_error", True, "upstream", "the provider timed out"),
+    "upstream_connection_failed": CodeInfo(
+        502, "api_error", True, "upstream", "could not connect to the provider"
+    ),
+    "upstream_stream_interrupted": CodeInfo(
+        502, "api_error", True, "upstream", "the provider's stream broke off"
+    ),
+    "upstream_invalid_response": CodeInfo(
+        502, "api_error", True, "upstream", "the provider's answer could not be read"
+    ),
+}
+
+
+class GatewayError(Exception):
+    """A failure with a code from ``CODES``; status and retryable follow from the code."""
+
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        *,
+        provider: str | None = None,
+        retry_after: float | None = None,
+        param: str | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        info = CODES[code]
+        self.message = message
+        self.code = code
+        self.status = info.status
+        self.type = info.type
+        self.retryable = info.retryable
+        self.fault = info.fault
+        self.provider = provider
+        self.retry_after = retry_after
+        self.param = param
+        self.upstream_status = upstream_status
+
+    def __repr__(self) -> str:
+        where = f" provider={self.provider}" if self.provider else ""
+        return f"<{type(self).__name__} {self.code} {self.status}{where}: {self.message}>"
+
+    def envelope(self, request_id: str | None) -> dict[str, object]:
+        error: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+            "provider": self.provider,
+            "retryable": self.retryable,
+            "status": self.status,
+        }
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"error": error, "request_id": request_id}
+
+    def to_json(self, request_id: str | None) -> bytes:
+        return orjson.dumps(self.envelope(request_id))
+
+    def to_sse(self, request_id: str | None) -> bytes:
+        """The in-band event that ends a stream which already started."""
+        return b"data: " + self.to_json(request_id) + b"\n\n"
+
+
+class ClientError(GatewayError):
+    """The client's request is wrong; retrying it unchanged cannot help."""
+
+
+class GatewayFault(GatewayError):
+    """The gateway's configuration or its own limits."""
+
+
+class UpstreamError(GatewayError):
+    """The provider failed or refused the request."""
+
+
+def error_for(
+    code: str,
+    message: str,
+    *,
+    provider: str | None = None,
+    retry_after: float | None = None,
+    param: str | None = None,
+    upstream_status: int | None = None,
+) -> GatewayError:
+    """Build the ``GatewayError`` subclass that matches ``code``'s fault."""
+    cls = _BY_FAULT[CODES[code].fault]
+    return cls(
+        message,
+        code,
+        provider=provider,
+        retry_after=retry_after,
+        param=param,
+        upstream_status=upstream_status,
+    )
+
+
+_BY_FAULT: dict[Fault, type[GatewayError]] = {
+    "client": ClientError,
+    "gateway": GatewayFault,
+    "upstream": UpstreamError,
+}

@@ -1,0 +1,39 @@
+"""The HTTP face of the gateway: an ASGI application.
+
+Serve it with ``runestone serve``, or mount it in a FastAPI or Starlette application::
+
+    from fastapi import FastAPI
+    from runestone.http import create_app
+
+    api = FastAPI()
+    api.mount("/llm", create_app())   # clients use base_url="http://host/llm/v1"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from runestone.aliases import AliasStore
+from runestone.config import Settings
+from runestone.http._app import RunestoneApp
+from runestone.providers import known_provider_names
+
+__all__ = ["RunestoneApp", "create_app"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    aliases_path: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunestoneApp:
+    """Build the gateway's ASGI app from ``settings`` (default: the environment)."""
+    settings = Settings.from_env(environ) if settings is None else settings
+    known = known_provider_names()
+    store = (
+        AliasStore(aliases_path, known)
+        if aliases_path is not None
+        else AliasStore.from_env(environ, known)
+    )
+    return RunestoneApp(settings, store, environ)

@@ -1,0 +1,286 @@
+"""The ASGI application: routes, auth, request ids and the SSE writer.
+
+A pure ASGI callable (no framework in the request path) so that a request costs a few
+dict lookups on top of the router, and streams go out exactly as relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+import orjson
+
+from runestone._session import make_session
+from runestone.aliases import AliasStore
+from runestone.config import Settings
+from runestone.errors import GatewayError, error_for
+from runestone.http._asgi import (
+    JSON,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    parse_json,
+    read_body,
+    send_error,
+    send_json,
+)
+from runestone.providers.mock import MODELS as MOCK_MODELS
+from runestone.router import RoutedStream, Router, new_request_id, validate_chat_request
+from runestone.sse import HEARTBEAT, SSE_HEADERS
+
+log = logging.getLogger("runestone.http")
+
+Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+
+
+class _StreamState:
+    __slots__ = ("client_gone", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.client_gone = False
+
+
+class RunestoneApp:
+    """The gateway as an ASGI application. Build it with ``create_app``."""
+
+    def __init__(
+        self, settings: Settings, aliases: AliasStore, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.settings = settings
+        self._environ = environ
+        self.aliases = aliases
+        self.router: Router | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        token = settings.service_token
+        self._bearer = b"Bearer " + token.encode() if token else None
+        self._routes: dict[str, tuple[str, Handler]] = {
+            "/v1/chat/completions": ("POST", self._chat),
+            "/v1/models": ("GET", self._models),
+            "/health/live": ("GET", self._live),
+            "/health/ready": ("GET", self._ready),
+        }
+
+    def __repr__(self) -> str:
+        state = "started" if self.router is not None else "not started"
+        return f"<RunestoneApp {state} aliases={self.aliases.path}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Load aliases, open the upstream session, start the reload watcher. Idempotent.
+
+        Run by the ASGI lifespan; when mounted in an application that does not forward
+        lifespan events, the first request runs it.
+        """
+        async with self._start_lock:
+            if self.router is not None:
+                return
+            self.aliases.load()
+            self._session = make_session(
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+            )
+            self._watcher = asyncio.create_task(self.aliases.watch(self.settings.watch))
+            self.router = Router(self.aliases, self._session, environ=self._environ)
+
+    async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.router = None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]  # mounted under a prefix
+        authorization = client_request_id = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                client_request_id = value.decode("latin-1")
+        request_id = new_request_id(client_request_id)
+        route = self._routes.get(path)
+        try:
+            if route is None:
+                raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
+            method, handler = route
+            if scope["method"] != method:
+                raise error_for("method_not_allowed", f"{path} accepts {method} only")
+            if self._bearer is not None and path.startswith("/v1/"):
+                self._check_token(authorization)
+            if self.router is None:
+                await self.startup()
+            await handler(scope, receive, send, request_id)
+        except GatewayError as exc:
+            await send_error(send, exc, request_id)
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            await send_error(
+                send,
+                error_for("internal_error", "the gateway failed to handle the request"),
+                request_id,
+            )
+
+    def _check_token(self, authorization: bytes | None) -> None:
+        expected = self._bearer
+        assert expected is not None
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise error_for(
+                "unauthorized",
+                "missing or wrong gateway token: send 'Authorization: Bearer <token>' with "
+                "the gateway's RUNESTONE_SERVICE_TOKEN",
+            )
+
+    async def _read_json_body(self, scope: Scope, receive: Receive) -> object:
+        declared: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                with contextlib.suppress(ValueError):
+                    declared = int(value)
+                break
+        body = await read_body(receive, self.settings.max_body_bytes, declared)
+        return parse_json(body)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        body = validate_chat_request(await self._read_json_body(scope, receive))
+        router = self.router
+        assert router is not None
+        if body.get("stream") is True:
+            routed_stream = await router.open_stream(body, request_id)
+            await self._relay(routed_stream, receive, send)
+            return
+        routed = await router.chat(body, request_id)
+        headers = [
+            (b"content-type", routed.reply.content_type),
+            (b"x-request-id", request_id.encode()),
+            (b"x-runestone-target", _header(str(routed.target))),
+            (b"x-runestone-attempts", str(routed.attempts).encode()),
+        ]
+        await send_json(send, 200, routed.reply.body, headers)
+
+    async def _relay(self, routed: RoutedStream, receive: Receive, send: Send) -> None:
+        headers = [
+            *SSE_HEADERS,
+            (b"x-request-id", routed.request_id.encode()),
+            (b"x-runestone-target", _header(str(routed.target))),
+            (b"x-runestone-attempts", str(routed.attempts).encode()),
+        ]
+        state = _StreamState()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        watcher = asyncio.create_task(self._watch_client(receive, send, state, routed))
+        events = routed.events()
+        try:
+            async for piece in events:
+                if state.client_gone:
+                    break
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                state.sent += 1
+        finally:
+            watcher.cancel()
+            await events.aclose()
+            routed.close()
+        if not state.client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch_client(
+        self, receive: Receive, send: Send, state: _StreamState, routed: RoutedStream
+    ) -> None:
+        """Cut the upstream the moment the client leaves; keep an idle client connection alive."""
+        interval = self.settings.heartbeat_seconds
+        seen = -1
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    message = await receive()
+            except TimeoutError:
+                if state.sent == seen:
+                    await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                seen = state.sent
+                continue
+            if message["type"] == "http.disconnect":
+                state.client_gone = True
+                routed.close()
+                return
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        router = self.router
+        assert router is not None
+        table = self.aliases.table
+        registry = router.registry(table)
+        ids: dict[str, str] = {name: "runestone" for name in table.aliases}
+        for alias in table.aliases.values():
+            for target in alias.targets:
+                endpoint = registry.endpoint(target.provider)
+                if endpoint is not None and endpoint.configured:
+                    ids.setdefault(str(target), target.provider)
+        for model in MOCK_MODELS:
+            ids.setdefault(f"mock:{model}", "mock")
+        data = [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+            for model_id, owner in ids.items()
+        ]
+        body = orjson.dumps({"object": "list", "data": data})
+        await send_json(
+            send, 200, body, [(b"content-type", JSON), (b"x-request-id", request_id.encode())]
+        )
+
+    async def _live(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await send_json(send, 200, b'{"status":"ok"}', [(b"content-type", JSON)])
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        status = self.aliases.status
+        loaded = bool(status.version)
+        body = orjson.dumps(
+            {
+                "status": "ready" if loaded else "not_ready",
+                "aliases": {"count": len(self.aliases.table), **status.as_dict()},
+            }
+        )
+        await send_json(send, 200 if loaded else 503, body, [(b"content-type", JSON)])
+
+
+def _header(value: str) -> bytes:
+    return value.encode("ascii", "backslashreplace")

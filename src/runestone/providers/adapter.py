@@ -1,0 +1,56 @@
+"""The narrow interface every wire-format adapter implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from runestone.providers import Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempt at one target: the request as the client sent it, and where it goes."""
+
+    endpoint: Endpoint
+    model: str
+    body: dict[str, object]
+    request_id: str
+
+    @property
+    def provider(self) -> str:
+        return self.endpoint.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete, successful, non-streamed answer in the client's wire format."""
+
+    body: bytes
+    content_type: bytes = b"application/json"
+
+
+class UpstreamStream(Protocol):
+    """An upstream stream that has been accepted (status 200) but not yet read."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The raw bytes as they arrive; transport errors propagate."""
+        ...
+
+    def close(self) -> None:
+        """Drop the upstream connection now (client gone, or done)."""
+        ...
+
+
+class Adapter(Protocol):
+    async def complete(self, call: Call) -> Reply:
+        """Send a non-streamed request; raise ``GatewayError`` on any failure."""
+        ...
+
+    async def open_stream(self, call: Call) -> UpstreamStream:
+        """Send a streamed request; return once the upstream accepted it.
+
+        A refusal (any HTTP error before the first byte) raises ``GatewayError``.
+        """
+        ...

@@ -1,0 +1,68 @@
+"""The built-in providers, as rows; README.md has them as a table.
+
+Each ``<PROVIDER>_BASE_URL`` keeps the meaning its provider's own SDK gives it:
+``OPENAI_BASE_URL`` ends in ``/v1``; ``GROQ_BASE_URL``, ``MISTRAL_BASE_URL``,
+``OLLAMA_BASE_URL`` and ``ANTHROPIC_BASE_URL`` are bare origins; for providers without
+an SDK it is their OpenAI-compatible base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from runestone.providers import ProviderSpec, register
+
+
+def _openai_compatible(
+    name: str,
+    base_url: str,
+    *,
+    origin_path: str = "",
+    key_required: bool = True,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> ProviderSpec:
+    env = name.upper()
+    return ProviderSpec(
+        name=name,
+        wire_format="openai",
+        base_url=base_url,
+        api_key_env=f"{env}_API_KEY",
+        key_required=key_required,
+        base_url_env=f"{env}_BASE_URL",
+        origin_path=origin_path,
+        headers=headers,
+    )
+
+
+BUILTIN: tuple[ProviderSpec, ...] = (
+    _openai_compatible("openai", "https://api.openai.com/v1"),
+    _openai_compatible("groq", "https://api.groq.com/openai/v1", origin_path="/openai/v1"),
+    _openai_compatible("openrouter", "https://openrouter.ai/api/v1"),
+    _openai_compatible("together", "https://api.together.xyz/v1"),
+    _openai_compatible("mistral", "https://api.mistral.ai/v1", origin_path="/v1"),
+    _openai_compatible("deepseek", "https://api.deepseek.com/v1"),
+    _openai_compatible("fireworks", "https://api.fireworks.ai/inference/v1"),
+    _openai_compatible("xai", "https://api.x.ai/v1"),
+    _openai_compatible(
+        "ollama", "http://127.0.0.1:11434/v1", origin_path="/v1", key_required=False
+    ),
+    _openai_compatible("vllm", "http://127.0.0.1:8000/v1", key_required=False),
+    ProviderSpec(
+        name="anthropic",
+        wire_format="anthropic",
+        base_url="https://api.anthropic.com",
+        api_key_env="ANTHROPIC_API_KEY",
+        auth_style="x-api-key",
+        base_url_env="ANTHROPIC_BASE_URL",
+        headers=(("anthropic-version", "2023-06-01"),),
+    ),
+    ProviderSpec(name="mock", wire_format="mock", base_url="", key_required=False),
+)
+
+
+def _constant(spec: ProviderSpec) -> Callable[[], ProviderSpec]:
+    return lambda: spec
+
+
+for _spec in BUILTIN:
+    register(_spec.name, _constant(_spec))

@@ -1,0 +1,190 @@
+"""The SSE relay: upstream bytes out as they arrive, with honest stream endings.
+
+Bytes are relayed unchanged, cut only at event boundaries so that an event split across
+network reads goes out whole. The relay looks inside an event only when a cheap byte
+search says it may matter (an error, the usage block, the end marker), so a content
+chunk costs a few substring searches and no JSON parsing.
+
+How a stream ends:
+
+- upstream sent ``data: [DONE]``: relayed; the stream is complete;
+- upstream sent an in-band error event, broke off, or closed without ``[DONE]``: the
+  client gets ``data: {"error": {...envelope...}}`` and no ``[DONE]``, so that a
+  truncated answer is never presented as a complete one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from runestone.errors import GatewayError, error_for
+from runestone.upstream_errors import map_stream_error_event, map_transport_error
+
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+DONE_EVENT = b"data: [DONE]\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+
+_MAYBE_INTERESTING = (
+    b'"error"',
+    b"[DONE]",
+    b'"usage":{',
+    b'"usage": {',
+    b'"finish_reason":"',
+    b'"finish_reason": "',
+)
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What the gateway learned from a stream it relayed, for usage and telemetry."""
+
+    done: bool = False
+    usage: dict[str, object] | None = None
+    finish_reason: str | None = None
+    error: GatewayError | None = None
+
+
+def _last_boundary(data: bytes) -> int:
+    """Index just past the last complete event in ``data``, or 0 when there is none."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n)")
+
+
+def _split_events(data: bytes) -> list[bytes]:
+    """Complete events, each with its own terminating blank line, bytes unchanged."""
+    parts = _EVENT_END.split(data)
+    return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+
+
+def _event_data(event: bytes) -> bytes | None:
+    lines = [
+        line[5:].lstrip(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
+
+
+class OpenAIStreamScanner:
+    """Cuts a chat-completions SSE byte stream at event boundaries and reads what matters."""
+
+    __slots__ = ("_tail", "provider", "summary")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.summary = StreamSummary()
+        self._tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the complete events to relay now; keep a partial event for later.
+
+        After an in-band error event, returns the events before it and sets
+        ``summary.error``; the caller must then end the stream with that error.
+        """
+        if self._tail:
+            data = self._tail + data
+        end = _last_boundary(data)
+        if end == 0:
+            self._tail = data
+            return b""
+        if end == len(data):
+            complete, self._tail = data, b""
+        else:
+            complete, self._tail = data[:end], data[end:]
+        if self.summary.done:
+            return b""  # nothing after [DONE] is part of the answer
+        for marker in _MAYBE_INTERESTING:
+            if marker in complete:
+                return self._inspect(complete)
+        return complete
+
+    def _inspect(self, complete: bytes) -> bytes:
+        relay: list[bytes] = []
+        for event in _split_events(complete):
+            data = _event_data(event)
+            if data is None:
+                relay.append(event)
+                continue
+            if data == b"[DONE]":
+                self.summary.done = True
+                relay.append(event)
+                break
+            payload = _loads(data)
+            if payload is None:
+                relay.append(event)
+                continue
+            if payload.get("error"):
+                self.summary.error = map_stream_error_event(self.provider, payload["error"])
+                break
+            usage = payload.get("usage")
+            if isinstance(usage, dict):
+                self.summary.usage = usage
+            choices = payload.get("choices")
+            if isinstance(choices, list):
+                for choice in choices:
+                    if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                        self.summary.finish_reason = choice["finish_reason"]
+            relay.append(event)
+        return b"".join(relay)
+
+    def finish(self) -> GatewayError | None:
+        """At upstream end of stream: the error to end with, or None if it completed."""
+        if self.summary.error is not None or self.summary.done:
+            return self.summary.error
+        detail = "in the middle of an event" if self._tail.strip() else "without [DONE]"
+        self.summary.error = error_for(
+            "upstream_stream_interrupted",
+            f"{self.provider} ended the stream {detail}; the answer is incomplete",
+            provider=self.provider,
+        )
+        return self.summary.error
+
+
+def _loads(data: bytes) -> dict[str, object] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def relay_openai_stream(
+    chunks: AsyncIterator[bytes],
+    scanner: OpenAIStreamScanner,
+    request_id: str | None,
+) -> AsyncGenerator[bytes, None]:
+    """Yield the SSE bytes a client should receive, ending honestly on any failure."""
+    try:
+        async for chunk in chunks:
+            out = scanner.feed(chunk)
+            if out:
+                yield out
+            if scanner.summary.error is not None:
+                yield scanner.summary.error.to_sse(request_id)
+                return
+            if scanner.summary.done:
+                return
+    except GatewayError as exc:
+        scanner.summary.error = exc
+        yield exc.to_sse(request_id)
+        return
+    except Exception as exc:  # a broken upstream connection, mid-stream
+        error = map_transport_error(scanner.provider, exc, streaming=True)
+        scanner.summary.error = error
+        yield error.to_sse(request_id)
+        return
+    ending = scanner.finish()
+    if ending is not None:
+        yield ending.to_sse(request_id)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runestone.config import Settings
+from tests.servers import FakeProvider, Gateway, ServerThread, start_gateway, stop_gateway
+
+TEST_ALIASES = """
+aliases:
+  fast: groq:llama3-8b-8192
+  smart: {provider: openai, model: gpt-4}
+  router: openrouter:anthropic/claude-3-haiku
+  pair: {targets: [openai:broken, openai:gpt-4o]}
+  echo: mock:echo
+"""
+
+
+@pytest.fixture(scope="session")
+def server_thread() -> Iterator[ServerThread]:
+    thread = ServerThread()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def fake(server_thread: ServerThread) -> Iterator[FakeProvider]:
+    provider = FakeProvider(server_thread)
+    server_thread.run(provider.start())
+    yield provider
+    server_thread.run(provider.stop())
+
+
+def provider_env(fake: FakeProvider) -> dict[str, str]:
+    """Every built-in OpenAI-compatible provider pointed at the fake, as its SDK means it."""
+    return {
+        "OPENAI_BASE_URL": f"{fake.url}/v1",
+        "OPENAI_API_KEY": "sk-openai-test",
+        "GROQ_BASE_URL": fake.url,
+        "GROQ_API_KEY": "gsk-test",
+        "OPENROUTER_BASE_URL": f"{fake.url}/api/v1",
+        "OPENROUTER_API_KEY": "sk-or-test",
+    }
+
+
+MakeGateway = Callable[..., Gateway]
+
+
+@pytest.fixture
+def make_gateway(
+    server_thread: ServerThread, fake: FakeProvider, tmp_path: Path
+) -> Iterator[MakeGateway]:
+    """Start a real gateway (uvicorn + the ASGI app) against the fake provider."""
+    started: list[Gateway] = []
+
+    def make(
+        aliases_yaml: str = TEST_ALIASES,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> Gateway:
+        path = tmp_path / f"aliases-{len(started)}.yaml"
+        path.write_text(aliases_yaml)
+        full_env = {**provider_env(fake), **(env or {})}
+        base = Settings.from_env(full_env)
+        merged = Settings(**{**base.__dict__, "watch": "poll", **settings})
+        gateway = server_thread.run(start_gateway(path, full_env, merged))
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        server_thread.run(stop_gateway(gateway))
+
+
+@pytest.fixture
+def gateway(make_gateway: MakeGateway) -> Gateway:
+    return make_gateway()

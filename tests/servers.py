@@ -1,0 +1,259 @@
+"""Real servers on loopback for the tests: a scriptable fake provider and the gateway.
+
+Both run on an event loop in a background thread, so tests can use the official sync
+SDK clients as well as async ones, and nothing in the gateway is replaced or patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import uvicorn
+from aiohttp import web
+
+from runestone.config import Settings
+from runestone.http import RunestoneApp, create_app
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """An asyncio loop in a daemon thread, for servers that outlive one test call."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+# --- the fake provider ------------------------------------------------------------------
+
+Behaviour = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Seen:
+    """One request as the fake provider received it."""
+
+    path: str
+    headers: Mapping[str, str]
+    raw: bytes
+    body: dict[str, Any]
+
+
+@dataclass
+class StreamLog:
+    """What a streaming behaviour managed to send before the client went away."""
+
+    sent: int = 0
+    closed_at: float | None = None
+
+
+class FakeProvider:
+    """An OpenAI-compatible provider whose behaviour is chosen by the request's model."""
+
+    def __init__(self, thread: ServerThread) -> None:
+        self.thread = thread
+        self.behaviours: dict[str, Behaviour] = {}
+        self.seen: list[Seen] = []
+        self.streams: list[StreamLog] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def on(self, model: str, behaviour: Behaviour) -> None:
+        self.behaviours[model] = behaviour
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        sock = free_socket()
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else {}
+        self.seen.append(Seen(request.path, request.headers.copy(), raw, body))
+        behaviour = self.behaviours.get(body.get("model", ""), complete_normally)
+        return await behaviour(request, body)
+
+
+def completion(model: str, content: str = "Hello from the fake provider.") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+
+
+def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def stream_events(model: str, words: list[str], usage: bool = False) -> list[bytes]:
+    events = [chunk(model, {"role": "assistant", "content": ""})]
+    events += [chunk(model, {"content": w}) for w in words]
+    events.append(chunk(model, {}, "stop"))
+    if usage:
+        tail = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 9},
+        }
+        events.append(b"data: " + orjson.dumps(tail) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+async def complete_normally(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await send_stream(
+            request, stream_events(body["model"], ["Hello", " there", "!"], include_usage)
+        )
+    return web.json_response(completion(body["model"]))
+
+
+async def send_stream(
+    request: web.Request,
+    pieces: list[bytes],
+    *,
+    delay: float = 0.0,
+    then: str = "end",
+    log: StreamLog | None = None,
+) -> web.StreamResponse:
+    """Write ``pieces`` as an SSE response; ``then`` = end | hang | drop."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        for piece in pieces:
+            await response.write(piece)
+            if log is not None:
+                log.sent += 1
+            if delay:
+                await asyncio.sleep(delay)
+        if then == "hang":
+            await asyncio.sleep(3600)
+        if then == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        if log is not None:
+            log.closed_at = time.monotonic()
+        raise
+    await response.write_eof()
+    return response
+
+
+def error_response(
+    status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None
+) -> Behaviour:
+    async def behaviour(request: web.Request, _body: dict[str, Any]) -> web.StreamResponse:
+        text = body if isinstance(body, str) else orjson.dumps(body).decode()
+        content_type = "text/html" if isinstance(body, str) else "application/json"
+        return web.Response(
+            status=status, text=text, content_type=content_type, headers=headers or {}
+        )
+
+    return behaviour
+
+
+# --- the gateway --------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    app: RunestoneApp
+    port: int
+    server: uvicorn.Server
+    sock: socket.socket
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+async def start_gateway(
+    aliases_path: Path, env: Mapping[str, str], settings: Settings | None = None
+) -> Gateway:
+    settings = settings or Settings.from_env(env)
+    app = create_app(settings, aliases_path=aliases_path, environ=env)
+    sock = free_socket()
+    config = uvicorn.Config(
+        app, lifespan="on", log_level="warning", access_log=False, http="httptools"
+    )
+    server = uvicorn.Server(config)
+    gateway = Gateway(app, sock.getsockname()[1], server, sock)
+    gateway.task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if gateway.task.done():
+            gateway.task.result()
+        await asyncio.sleep(0.01)
+    return gateway
+
+
+async def stop_gateway(gateway: Gateway) -> None:
+    gateway.server.should_exit = True
+    if gateway.task is not None:
+        await asyncio.wait_for(gateway.task, 10)
+    gateway.sock.close()

@@ -1,0 +1,180 @@
+"""The library calls, in-process and in gateway mode against a second running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+import runestone
+from runestone.config import Settings
+from runestone.http import create_app
+from tests.conftest import TEST_ALIASES, MakeGateway, provider_env
+from tests.servers import FakeProvider, ServerThread, free_socket
+
+HELLO = [{"role": "user", "content": "hello library"}]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(runestone.__all__) == [
+        "Alias",
+        "AliasStore",
+        "AliasTable",
+        "ClientError",
+        "GatewayError",
+        "GatewayFault",
+        "Target",
+        "UpstreamError",
+        "__version__",
+        "aclose",
+        "route_chat",
+        "route_stream",
+    ]
+
+
+@pytest.fixture
+async def in_process(
+    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    path = tmp_path / "aliases.yaml"
+    path.write_text(TEST_ALIASES)
+    monkeypatch.setenv("RUNESTONE_ALIASES_PATH", str(path))
+    monkeypatch.delenv("RUNESTONE_GATEWAY_MODE", raising=False)
+    for name, value in provider_env(fake).items():
+        monkeypatch.setenv(name, value)
+    yield
+    await runestone.aclose()
+
+
+async def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([event async for event in stream])
+
+
+@pytest.mark.usefixtures("in_process")
+async def test_route_chat_in_process(fake: FakeProvider) -> None:
+    answer = await runestone.route_chat({"model": "smart", "messages": HELLO})
+    assert answer["choices"][0]["message"]["content"] == "Hello from the fake provider."  # type: ignore[index]
+    assert fake.seen[0].body["model"] == "gpt-4"
+
+
+@pytest.mark.usefixtures("in_process")
+async def test_route_stream_in_process() -> None:
+    out = await collect(runestone.route_stream({"model": "echo", "messages": HELLO}))
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert b'"content":" library"' in out
+
+
+@pytest.mark.usefixtures("in_process")
+async def test_route_chat_raises_gateway_errors() -> None:
+    with pytest.raises(runestone.ClientError) as caught:
+        await runestone.route_chat({"model": "nope", "messages": HELLO})
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(runestone.ClientError, match="'messages'"):
+        await runestone.route_chat({"model": "smart", "messages": []})
+
+
+@pytest.fixture
+async def remote_mode(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    central = make_gateway(service_token="central-token")
+    monkeypatch.setenv("RUNESTONE_GATEWAY_MODE", "true")
+    monkeypatch.setenv("RUNESTONE_URL", central.base_url)
+    monkeypatch.setenv("RUNESTONE_SERVICE_TOKEN", "central-token")
+    # Proof that nothing is routed locally: this process has no alias file or keys.
+    monkeypatch.setenv("RUNESTONE_ALIASES_PATH", "/nonexistent/aliases.yaml")
+    yield central.url
+    await runestone.aclose()
+
+
+@pytest.mark.usefixtures("remote_mode")
+async def test_gateway_mode_chat_goes_to_the_central_gateway(fake: FakeProvider) -> None:
+    answer = await runestone.route_chat({"model": "smart", "messages": HELLO}, request_id="lib-1")
+    assert answer["model"] == "gpt-4"
+    (seen,) = fake.seen
+    assert seen.body["messages"] == HELLO
+
+
+@pytest.mark.usefixtures("remote_mode")
+async def test_gateway_mode_stream() -> None:
+    out = await collect(runestone.route_stream({"model": "smart", "messages": HELLO}))
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert b"Hello" in out
+
+
+@pytest.mark.usefixtures("remote_mode")
+async def test_gateway_mode_errors_keep_their_code() -> None:
+    with pytest.raises(runestone.ClientError) as caught:
+        await runestone.route_chat({"model": "nope", "messages": HELLO})
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(runestone.ClientError) as streamed:
+        await collect(runestone.route_stream({"model": "nope", "messages": HELLO}))
+    assert streamed.value.code == "model_not_found"
+
+
+async def test_gateway_mode_with_a_wrong_token(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    central = make_gateway(service_token="central-token")
+    monkeypatch.setenv("RUNESTONE_GATEWAY_MODE", "true")
+    monkeypatch.setenv("RUNESTONE_URL", central.url)
+    monkeypatch.setenv("RUNESTONE_SERVICE_TOKEN", "wrong")
+    try:
+        with pytest.raises(runestone.ClientError) as caught:
+            await runestone.route_chat({"model": "smart", "messages": HELLO})
+        assert caught.value.code == "unauthorized"
+    finally:
+        await runestone.aclose()
+
+
+def test_a_server_never_forwards_to_another_gateway(
+    make_gateway: MakeGateway, fake: FakeProvider
+) -> None:
+    gateway = make_gateway(
+        env={"RUNESTONE_GATEWAY_MODE": "true", "RUNESTONE_URL": "http://127.0.0.1:9"}
+    )
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions", json={"model": "smart", "messages": HELLO}
+    )
+    assert response.status_code == 200
+    assert len(fake.seen) == 1
+
+
+def test_mounted_in_a_starlette_app(
+    server_thread: ServerThread, fake: FakeProvider, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    path = tmp_path / "aliases.yaml"
+    path.write_text(TEST_ALIASES)
+    env = provider_env(fake)
+    gateway_app = create_app(Settings.from_env(env), aliases_path=path, environ=env)
+    host = Starlette(routes=[Mount("/llm", app=gateway_app)])
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(host, log_level="warning", lifespan="on"))
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        return task
+
+    task = server_thread.run(start())
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/llm/v1/chat/completions"
+        response = httpx.post(url, json={"model": "smart", "messages": HELLO})
+        assert response.status_code == 200, response.text
+        assert orjson.loads(response.content)["model"] == "gpt-4"
+        stream = httpx.post(url, json={"model": "echo", "stream": True, "messages": HELLO})
+        assert stream.content.endswith(b"data: [DONE]\n\n")
+    finally:
+        server.should_exit = True
+        server_thread.run(asyncio.wait_for(task, 10))
+        server_thread.run(gateway_app.shutdown())
+        sock.close()

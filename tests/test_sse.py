@@ -1,0 +1,257 @@
+"""The SSE relay: literal byte streams through the scanner, then real streams end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+
+from runestone.sse import OpenAIStreamScanner, relay_openai_stream
+from tests.conftest import MakeGateway
+from tests.servers import FakeProvider, Gateway, StreamLog, chunk, send_stream, stream_events
+
+EVENTS = stream_events("m", ["Hel", "lo"], usage=True)
+WHOLE = b"".join(EVENTS)
+
+
+async def relay(pieces: list[bytes]) -> tuple[bytes, OpenAIStreamScanner]:
+    async def source() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    scanner = OpenAIStreamScanner("groq")
+    out = b"".join([p async for p in relay_openai_stream(source(), scanner, "req_1")])
+    return out, scanner
+
+
+async def test_clean_stream_is_relayed_unchanged_and_read() -> None:
+    out, scanner = await relay(EVENTS)
+    assert out == WHOLE
+    assert scanner.summary.done
+    assert scanner.summary.usage == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 9}
+    assert scanner.summary.finish_reason == "stop"
+    assert scanner.summary.error is None
+
+
+@pytest.mark.parametrize("cut", range(1, len(WHOLE), 7))
+async def test_events_split_across_reads_go_out_whole(cut: int) -> None:
+    out, scanner = await relay([WHOLE[:cut], WHOLE[cut:]])
+    assert out == WHOLE
+    assert scanner.summary.done
+
+
+async def test_one_byte_at_a_time() -> None:
+    out, scanner = await relay([bytes([b]) for b in WHOLE])
+    assert out == WHOLE
+    assert scanner.summary.usage is not None
+
+
+async def test_crlf_line_endings() -> None:
+    crlf = WHOLE.replace(b"\n", b"\r\n")
+    out, scanner = await relay([crlf[:50], crlf[50:]])
+    assert out == crlf
+    assert scanner.summary.done
+
+
+async def test_comments_and_other_fields_are_relayed() -> None:
+    pieces = [b": OPENROUTER PROCESSING\n\n", b"event: message\nid: 1\n", *EVENTS]
+    out, _ = await relay(pieces)
+    assert out == b"".join(pieces)
+
+
+def error_events(out: bytes) -> list[dict[str, Any]]:
+    found = []
+    for event in out.split(b"\n\n"):
+        if event.startswith(b"data: {") and b'"error"' in event:
+            payload = orjson.loads(event[6:])
+            if "error" in payload:
+                found.append(payload)
+    return found
+
+
+async def test_no_done_means_interrupted() -> None:
+    out, _ = await relay(EVENTS[:3])
+    assert b"data: [DONE]" not in out
+    (payload,) = error_events(out)
+    assert payload["error"]["code"] == "upstream_stream_interrupted"
+    assert payload["error"]["retryable"] is True
+    assert payload["request_id"] == "req_1"
+    assert out.startswith(b"".join(EVENTS[:3]))
+
+
+async def test_cut_in_the_middle_of_an_event() -> None:
+    out, _ = await relay([EVENTS[0], EVENTS[1][:20]])
+    assert out.startswith(EVENTS[0])
+    assert out.count(b'data: {"id"') == 1, "a partial event is never relayed"
+    (payload,) = error_events(out)
+    assert "in the middle of an event" in payload["error"]["message"]
+
+
+async def test_in_band_error_event_replaces_the_rest() -> None:
+    upstream_error = (
+        b'data: {"error": {"message": "Overloaded", "type": "server_error", "code": null}}\n\n'
+    )
+    out, scanner = await relay([EVENTS[0], EVENTS[1] + upstream_error + EVENTS[2], *EVENTS[3:]])
+    assert out.startswith(EVENTS[0] + EVENTS[1])
+    assert EVENTS[2] not in out
+    assert b"data: [DONE]" not in out
+    (payload,) = error_events(out)
+    assert payload["error"]["code"] == "upstream_server_error"
+    assert payload["error"]["provider"] == "groq"
+    assert "Overloaded" in payload["error"]["message"]
+    assert scanner.summary.error is not None
+
+
+async def test_openrouter_mid_stream_error_shape() -> None:
+    event = (
+        b'data: {"id":"gen-1","object":"chat.completion.chunk","error":{"code":502,'
+        b'"message":"Provider disconnected"},"choices":[{"index":0,"delta":{"content":""},'
+        b'"finish_reason":"error"}]}\n\n'
+    )
+    out, _ = await relay([EVENTS[0], event])
+    (payload,) = error_events(out)
+    assert payload["error"]["code"] == "upstream_server_error"
+
+
+async def test_content_that_mentions_error_is_not_an_error() -> None:
+    pieces = [chunk("m", {"content": '"error"'}), chunk("m", {"content": "[DONE]"}), *EVENTS]
+    out, scanner = await relay(pieces)
+    assert out == b"".join(pieces)
+    assert scanner.summary.error is None
+
+
+async def test_transport_failure_mid_stream() -> None:
+    async def source() -> AsyncIterator[bytes]:
+        yield EVENTS[0]
+        raise ConnectionResetError("reset by peer")
+
+    scanner = OpenAIStreamScanner("openai")
+    out = b"".join([p async for p in relay_openai_stream(source(), scanner, None)])
+    (payload,) = error_events(out)
+    assert payload["error"]["code"] == "upstream_stream_interrupted"
+
+
+# --- end to end, through a running gateway --------------------------------------------------
+
+
+def post_stream(gateway: Gateway, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(f"{gateway.base_url}/chat/completions", json={**body, **extra}, timeout=10)
+
+
+def test_stream_headers(gateway: Gateway) -> None:
+    response = post_stream(gateway, "smart")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.content.endswith(b"data: [DONE]\n\n")
+
+
+def test_mid_stream_drop_ends_with_in_band_error_and_no_done(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    async def drop(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, EVENTS[:3], then="drop")
+
+    fake.on("gpt-4", drop)
+    response = post_stream(gateway, "smart")
+    assert response.status_code == 200
+    assert response.content.startswith(b"".join(EVENTS[:3]))
+    assert b"data: [DONE]" not in response.content
+    (payload,) = error_events(response.content)
+    assert payload["error"]["code"] == "upstream_stream_interrupted"
+    assert payload["request_id"] == response.headers["x-request-id"]
+
+
+def test_split_events_arrive_whole_end_to_end(gateway: Gateway, fake: FakeProvider) -> None:
+    cuts = [WHOLE[i : i + 13] for i in range(0, len(WHOLE), 13)]
+
+    async def dribble(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, cuts, delay=0.002)
+
+    fake.on("gpt-4", dribble)
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        json={"model": "smart", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as response:
+        received = list(response.iter_raw())
+    assert b"".join(received) == WHOLE
+    for piece in received:
+        assert piece.endswith(b"\n\n"), "every relayed piece ends on an event boundary"
+
+
+def test_upstream_refusal_before_the_stream_is_a_normal_http_error(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    async def refuse(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "error": {
+                    "message": "Rate limit reached",
+                    "type": "requests",
+                    "code": "rate_limit_exceeded",
+                }
+            },
+            status=429,
+            headers={"retry-after": "7"},
+        )
+
+    fake.on("gpt-4", refuse)
+    response = post_stream(gateway, "smart")
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+
+
+def test_heartbeats_while_upstream_is_silent(make_gateway: MakeGateway, fake: FakeProvider) -> None:
+    gateway = make_gateway(heartbeat_seconds=0.1)
+
+    async def slow(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(EVENTS[0])
+        await asyncio.sleep(0.55)
+        for event in EVENTS[1:]:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    fake.on("gpt-4", slow)
+    response = post_stream(gateway, "smart")
+    beats = response.content.count(b": keep-alive\n\n")
+    assert 3 <= beats <= 6, beats
+    assert response.content.replace(b": keep-alive\n\n", b"") == WHOLE
+
+
+def test_client_disconnect_cancels_the_upstream(gateway: Gateway, fake: FakeProvider) -> None:
+    log = StreamLog()
+
+    async def endless(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        events = [chunk("m", {"content": f"w{i} "}) for i in range(400)]
+        return await send_stream(request, events, delay=0.02, log=log)
+
+    fake.on("gpt-4", endless)
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        json={"model": "smart", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as response:
+        iterator = response.iter_raw()
+        next(iterator)
+        next(iterator)
+        left_at = time.monotonic()
+    deadline = left_at + 2
+    while log.closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.closed_at is not None, "the upstream never saw the connection close"
+    assert log.closed_at - left_at < 1.0
+    assert log.sent < 100

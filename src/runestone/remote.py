@@ -14,7 +14,11 @@ import aiohttp
 import orjson
 
 from runestone.errors import CODES, GatewayError, error_for
-from runestone.upstream_errors import map_transport_error, map_upstream_response
+from runestone.upstream_errors import (
+    TRANSPORT_ERRORS,
+    map_transport_error,
+    map_upstream_response,
+)
 
 
 def gateway_url(url: str) -> str:
@@ -44,7 +48,7 @@ class RemoteBackend:
             ) as resp:
                 data = await resp.read()
                 status, headers = resp.status, resp.headers
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise map_transport_error("runestone", exc, streaming=False) from exc
         if status >= 400:
             raise error_from_envelope(data, status, headers)
@@ -55,7 +59,7 @@ class RemoteBackend:
             resp = await self._session.post(
                 self.url, data=orjson.dumps(body), headers=self._headers_for(request_id)
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise map_transport_error("runestone", exc, streaming=False) from exc
         try:
             if resp.status >= 400:
@@ -63,7 +67,7 @@ class RemoteBackend:
             # The server already ends its streams honestly: relay what it sends.
             async for chunk in resp.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             yield map_transport_error("runestone", exc, streaming=True).to_sse(request_id)
         finally:
             resp.release()

@@ -16,6 +16,7 @@ How a stream ends:
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -32,7 +33,9 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 DONE_EVENT = b"data: [DONE]\n\n"
 HEARTBEAT = b": keep-alive\n\n"
 
-_MAYBE_INTERESTING = (
+# Markers of events worth parsing. Only "error" and "[DONE]" are searched in every block;
+# usage and finish reason come in the last events, read once when [DONE] arrives.
+_MARKERS = (
     b'"error"',
     b"[DONE]",
     b'"usage":{',
@@ -40,6 +43,7 @@ _MAYBE_INTERESTING = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
+_RECENT_BLOCKS = 4
 
 
 @dataclass(slots=True)
@@ -64,6 +68,9 @@ _EVENT_END = re.compile(rb"(\r\n\r\n|\n\n)")
 
 def _split_events(data: bytes) -> list[bytes]:
     """Complete events, each with its own terminating blank line, bytes unchanged."""
+    if b"\r" not in data:
+        parts = data.split(b"\n\n")
+        return [part + b"\n\n" for part in parts[:-1]]
     parts = _EVENT_END.split(data)
     return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
 
@@ -80,12 +87,13 @@ def _event_data(event: bytes) -> bytes | None:
 class OpenAIStreamScanner:
     """Cuts a chat-completions SSE byte stream at event boundaries and reads what matters."""
 
-    __slots__ = ("_tail", "provider", "summary")
+    __slots__ = ("_recent", "_tail", "provider", "summary")
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.summary = StreamSummary()
         self._tail = b""
+        self._recent: deque[bytes] = deque(maxlen=_RECENT_BLOCKS)
 
     def feed(self, data: bytes) -> bytes:
         """Return the complete events to relay now; keep a partial event for later.
@@ -95,39 +103,46 @@ class OpenAIStreamScanner:
         """
         if self._tail:
             data = self._tail + data
-        end = _last_boundary(data)
-        if end == 0:
-            self._tail = data
-            return b""
-        if end == len(data):
-            complete, self._tail = data, b""
+            self._tail = b""
+        if data.endswith(b"\n\n"):  # the usual case: whole events per read
+            complete = data
         else:
+            end = _last_boundary(data)
+            if end == 0:
+                self._tail = data
+                return b""
             complete, self._tail = data[:end], data[end:]
         if self.summary.done:
             return b""  # nothing after [DONE] is part of the answer
-        for marker in _MAYBE_INTERESTING:
-            if marker in complete:
-                return self._inspect(complete)
+        if b'"error"' in complete:
+            return self._inspect(complete)
+        if b"[DONE]" in complete:
+            # The usage and finish reason events sit just before [DONE]: read them now.
+            for block in self._recent:
+                self._inspect(block)
+            return self._inspect(complete)
+        self._recent.append(complete)
         return complete
 
     def _inspect(self, complete: bytes) -> bytes:
-        relay: list[bytes] = []
+        """Read the events that may matter; return what to relay (all, or up to an end)."""
+        end = 0
         for event in _split_events(complete):
+            start, end = end, end + len(event)
+            if not _has_marker(event):
+                continue
             data = _event_data(event)
             if data is None:
-                relay.append(event)
                 continue
             if data == b"[DONE]":
                 self.summary.done = True
-                relay.append(event)
-                break
+                return complete[:end]
             payload = _loads(data)
             if payload is None:
-                relay.append(event)
                 continue
             if payload.get("error"):
                 self.summary.error = map_stream_error_event(self.provider, payload["error"])
-                break
+                return complete[:start]
             usage = payload.get("usage")
             if isinstance(usage, dict):
                 self.summary.usage = usage
@@ -136,8 +151,7 @@ class OpenAIStreamScanner:
                 for choice in choices:
                     if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
                         self.summary.finish_reason = choice["finish_reason"]
-            relay.append(event)
-        return b"".join(relay)
+        return complete
 
     def finish(self) -> GatewayError | None:
         """At upstream end of stream: the error to end with, or None if it completed."""
@@ -150,6 +164,13 @@ class OpenAIStreamScanner:
             provider=self.provider,
         )
         return self.summary.error
+
+
+def _has_marker(event: bytes) -> bool:
+    for marker in _MARKERS:  # noqa: SIM110  (a plain loop is twice as fast as any() here)
+        if marker in event:
+            return True
+    return False
 
 
 def _loads(data: bytes) -> dict[str, object] | None:

@@ -4,8 +4,8 @@ Two kinds of failure reach here. An HTTP error answer is mapped from the provide
 body by its meaning field first (OpenAI, Groq and most OpenAI-compatible servers put it
 in ``error.code``; OpenRouter puts the HTTP status there and details in ``metadata``),
 then by the HTTP status, then by message patterns. A transport failure (refused,
-reset, timed out) is mapped by exception class, in one context manager that wraps both
-sending and reading a stream.
+reset, timed out) is mapped by exception class; adapters catch ``TRANSPORT_ERRORS``
+around both sending and reading and hand them to ``map_transport_error``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -208,15 +207,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-@contextmanager
-def upstream_errors(provider: str, *, streaming: bool = False) -> Iterator[None]:
-    """Turn transport exceptions raised inside into ``GatewayError``s."""
-    try:
-        yield
-    except GatewayError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise map_transport_error(provider, exc, streaming=streaming) from exc
+#: What a transport can raise while sending a request or reading its answer. Adapters
+#: catch exactly these around both and hand them to ``map_transport_error``.
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
 def map_stream_error_event(provider: str, error: object) -> GatewayError:

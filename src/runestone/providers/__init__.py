@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from yarl import URL
+
 WireFormat = Literal["openai", "anthropic", "mock"]
 AuthStyle = Literal["bearer", "x-api-key", "none"]
 
@@ -47,6 +49,14 @@ class Endpoint:
     base_url: str
     api_key: str | None
     headers: Mapping[str, str] = field(default_factory=dict)
+    _urls: dict[str, URL] = field(default_factory=dict, repr=False, compare=False)
+
+    def url(self, path: str) -> URL:
+        """``base_url + path``, parsed once and reused for every request."""
+        found = self._urls.get(path)
+        if found is None:
+            found = self._urls[path] = URL(self.base_url + path)
+        return found
 
     @property
     def name(self) -> str:

@@ -10,28 +10,35 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from runestone.errors import error_for
 from runestone.providers.adapter import Call, Reply
-from runestone.upstream_errors import map_upstream_response, upstream_errors
+from runestone.upstream_errors import (
+    TRANSPORT_ERRORS,
+    map_transport_error,
+    map_upstream_response,
+)
 
 
 class OpenAICompatibleAdapter:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    def _request(self, call: Call) -> tuple[str, bytes]:
+    def _request(self, call: Call) -> tuple[URL, bytes]:
         body = call.body
         if body.get("model") != call.model:
             body = {**body, "model": call.model}
-        return call.endpoint.base_url + "/chat/completions", orjson.dumps(body)
+        return call.endpoint.url("/chat/completions"), orjson.dumps(body)
 
     async def complete(self, call: Call) -> Reply:
         url, data = self._request(call)
-        with upstream_errors(call.provider):
+        try:
             async with self._session.post(url, data=data, headers=call.endpoint.headers) as resp:
                 body = await resp.read()
                 status, headers = resp.status, resp.headers
+        except TRANSPORT_ERRORS as exc:
+            raise map_transport_error(call.provider, exc, streaming=False) from exc
         if status >= 400:
             raise map_upstream_response(call.provider, status, body, headers)
         if not body.lstrip()[:1] == b"{":
@@ -45,7 +52,7 @@ class OpenAICompatibleAdapter:
 
     async def open_stream(self, call: Call) -> AiohttpStream:
         url, data = self._request(call)
-        with upstream_errors(call.provider):
+        try:
             resp = await self._session.post(url, data=data, headers=call.endpoint.headers)
             if resp.status >= 400:
                 try:
@@ -53,6 +60,8 @@ class OpenAICompatibleAdapter:
                 finally:
                     resp.release()
                 raise map_upstream_response(call.provider, resp.status, body, resp.headers)
+        except TRANSPORT_ERRORS as exc:
+            raise map_transport_error(call.provider, exc, streaming=False) from exc
         return AiohttpStream(resp)
 
 
@@ -62,16 +71,8 @@ class AiohttpStream:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
-        try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            self._resp.release()
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._resp.content.iter_any()  # no generator frame of ours per chunk
 
     def close(self) -> None:
         # A stream read to its end goes back to the keep-alive pool; any other is cut.

@@ -1,0 +1,312 @@
+"""Measure what the gateway adds, with the gateway pinned to one core.
+
+Starts the mock upstream and a real `runestone serve` (auth on, alias lookup in the
+path, one worker), then drives both with wrk from the other core:
+
+- added latency: p50/p99 at concurrency 1, through the gateway minus direct to the mock;
+- non-stream requests/s at concurrency 32;
+- 50-chunk streams/s at concurrency 32;
+- peak RSS of the gateway process.
+
+    python bench/run.py [--seconds 10] [--gateway-cpu 0] [--load-cpu 1] [--json out.json]
+
+Needs wrk (Debian/Ubuntu: apt-get install wrk) and taskset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TOKEN = "bench-token"
+ALIASES = "aliases:\n  bench: openai:bench-model\n"
+BODY = json.dumps(
+    {"model": "bench", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
+)
+STREAM_BODY = json.dumps(
+    {
+        "model": "bench",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hello, how are you?"}],
+    }
+)
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, body: str, *, connections: int, seconds: int, cpu: int) -> WrkResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (body, TOKEN))
+    try:
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                str(cpu),
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s|m)\b", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return WrkResult(
+        rps,
+        _ms(*p50.groups()) if p50 else float("nan"),
+        _ms(*p99.groups()) if p99 else float("nan"),
+        errors,
+    )
+
+
+def wait_ready(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"not ready: {url}")
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(url: str, seconds: int, cpu: int) -> tuple[WrkResult, WrkResult, WrkResult]:
+    wrk(url, BODY, connections=32, seconds=2, cpu=cpu)  # warm up pools and caches
+    one = wrk(url, BODY, connections=1, seconds=seconds, cpu=cpu)
+    many = wrk(url, BODY, connections=32, seconds=seconds, cpu=cpu)
+    streams = wrk(url, STREAM_BODY, connections=32, seconds=seconds, cpu=cpu)
+    return one, many, streams
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--gateway-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--mock-port", type=int, default=9100)
+    parser.add_argument("--gateway-port", type=int, default=9101)
+    parser.add_argument("--bare-port", type=int, default=9102)
+    parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare-forwarder reference run"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is required (apt-get install wrk util-linux)")
+
+    workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-"))
+    aliases = workdir / "aliases.yaml"
+    aliases.write_text(ALIASES)
+    env = {
+        **os.environ,
+        "RUNESTONE_ALIASES_PATH": str(aliases),
+        "RUNESTONE_SERVICE_TOKEN": TOKEN,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{args.mock_port}/v1",
+        "OPENAI_API_KEY": "sk-bench",
+        "RUNESTONE_PORT": str(args.gateway_port),
+    }
+    mock = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(args.load_cpu),
+            sys.executable,
+            str(HERE / "mock_upstream.py"),
+            "--port",
+            str(args.mock_port),
+        ],
+    )
+    gateway = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(args.gateway_cpu),
+            sys.executable,
+            "-m",
+            "runestone",
+            "serve",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    processes = [gateway, mock]
+    bare_numbers: dict[str, WrkResult] | None = None
+    try:
+        wait_port(args.mock_port)
+        wait_ready(f"http://127.0.0.1:{args.gateway_port}/health/ready")
+        direct = f"http://127.0.0.1:{args.mock_port}/v1/chat/completions"
+        through = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
+        s, cpu = args.seconds, args.load_cpu
+        base = wrk(direct, BODY, connections=1, seconds=s, cpu=cpu)
+        one, many, streams = measure(through, s, cpu)
+        rss = peak_rss_mb(gateway.pid)
+        if not args.no_bare:
+            bare = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    str(args.gateway_cpu),
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.bare_forwarder:app",
+                    "--port",
+                    str(args.bare_port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=HERE.parent,
+                env={**env, "BARE_UPSTREAM": direct},
+            )
+            processes.append(bare)
+            wait_port(args.bare_port)
+            bare_url = f"http://127.0.0.1:{args.bare_port}/v1/chat/completions"
+            bare_numbers = dict(
+                zip(("c1", "c32", "streams"), measure(bare_url, s, cpu), strict=True)
+            )
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    results = {
+        "added_p50_ms": round(one.p50_ms - base.p50_ms, 3),
+        "added_p99_ms": round(one.p99_ms - base.p99_ms, 3),
+        "direct_p50_ms": base.p50_ms,
+        "gateway_p50_ms": one.p50_ms,
+        "requests_per_second_c32": round(many.requests_per_second),
+        "streams_per_second_c32": round(streams.requests_per_second),
+        "peak_rss_mb": round(rss, 1),
+        "errors": {"c1": one.errors, "c32": many.errors, "streams": streams.errors},
+        "raw": {
+            "direct_c1": asdict(base),
+            "c1": asdict(one),
+            "c32": asdict(many),
+            "streams_c32": asdict(streams),
+        },
+    }
+    if bare_numbers is not None:
+        results["bare_forwarder"] = {
+            "added_p50_ms": round(bare_numbers["c1"].p50_ms - base.p50_ms, 3),
+            "requests_per_second_c32": round(bare_numbers["c32"].requests_per_second),
+            "streams_per_second_c32": round(bare_numbers["streams"].requests_per_second),
+        }
+    bare_row = results.get("bare_forwarder") or {}
+    rows = [
+        (
+            "added latency p50 at c=1 (ms)",
+            results["added_p50_ms"],
+            bare_row.get("added_p50_ms"),
+            "<= 0.5",
+        ),
+        ("added latency p99 at c=1 (ms)", results["added_p99_ms"], None, ""),
+        (
+            "non-stream requests/s at c=32",
+            results["requests_per_second_c32"],
+            bare_row.get("requests_per_second_c32"),
+            ">= 5,000",
+        ),
+        (
+            "50-chunk streams/s at c=32",
+            results["streams_per_second_c32"],
+            bare_row.get("streams_per_second_c32"),
+            ">= 3,000",
+        ),
+        ("peak RSS (MB)", results["peak_rss_mb"], None, "<= 80"),
+    ]
+    print()
+    print(
+        f"| {'measure (one core, auth on)':<32} | {'runestone':>10} "
+        f"| {'bare fwd':>10} | {'target':>9} |"
+    )
+    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 12}|{'-' * 11}|")
+    for name, ours, bare_value, target in rows:
+        shown = "" if bare_value is None else bare_value
+        print(f"| {name:<32} | {ours!s:>10} | {shown!s:>10} | {target:>9} |")
+    errors = sum(results["errors"].values())  # type: ignore[attr-defined]
+    if errors:
+        print(f"\nWARNING: {errors} failed requests during the run: {results['errors']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,11 @@ path, one worker), then drives both with wrk from the other core:
 - 50-chunk streams/s at concurrency 32;
 - peak RSS of the gateway process.
 
-    python bench/run.py [--seconds 10] [--gateway-cpu 0] [--load-cpu 1] [--json out.json]
+    python bench/run.py [--seconds 5] [--rounds 3] [--json out.json]
+
+Each figure is the median over the rounds; the rounds alternate between Runestone and a
+bare uvicorn + aiohttp forwarder (bench/bare_forwarder.py) on the same core, since only
+the ratio between the two is stable on a shared machine.
 
 Needs wrk (Debian/Ubuntu: apt-get install wrk) and taskset.
 """
@@ -21,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +139,15 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def median_result(results: list[WrkResult]) -> WrkResult:
+    return WrkResult(
+        statistics.median(r.requests_per_second for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        sum(r.errors for r in results),
+    )
+
+
 def measure(url: str, seconds: int, cpu: int) -> tuple[WrkResult, WrkResult, WrkResult]:
     wrk(url, BODY, connections=32, seconds=2, cpu=cpu)  # warm up pools and caches
     one = wrk(url, BODY, connections=1, seconds=seconds, cpu=cpu)
@@ -146,7 +160,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     parser.add_argument("--gateway-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--mock-port", type=int, default=9100)
@@ -198,18 +213,12 @@ def main() -> int:
         env=env,
     )
     processes = [gateway, mock]
-    bare_numbers: dict[str, WrkResult] | None = None
-    try:
-        wait_port(args.mock_port)
-        wait_ready(f"http://127.0.0.1:{args.gateway_port}/health/ready")
-        direct = f"http://127.0.0.1:{args.mock_port}/v1/chat/completions"
-        through = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
-        s, cpu = args.seconds, args.load_cpu
-        base = wrk(direct, BODY, connections=1, seconds=s, cpu=cpu)
-        one, many, streams = measure(through, s, cpu)
-        rss = peak_rss_mb(gateway.pid)
-        if not args.no_bare:
-            bare = subprocess.Popen(
+    bare_url = f"http://127.0.0.1:{args.bare_port}/v1/chat/completions"
+    direct = f"http://127.0.0.1:{args.mock_port}/v1/chat/completions"
+    through = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
+    if not args.no_bare:
+        processes.append(
+            subprocess.Popen(
                 [
                     "taskset",
                     "-c",
@@ -226,17 +235,27 @@ def main() -> int:
                     "httptools",
                     "--no-access-log",
                     "--log-level",
-                    "warning",
+                    "critical",
                 ],
                 cwd=HERE.parent,
                 env={**env, "BARE_UPSTREAM": direct},
             )
-            processes.append(bare)
+        )
+    ours: list[tuple[WrkResult, WrkResult, WrkResult]] = []
+    theirs: list[tuple[WrkResult, WrkResult, WrkResult]] = []
+    try:
+        wait_port(args.mock_port)
+        wait_ready(f"http://127.0.0.1:{args.gateway_port}/health/ready")
+        if not args.no_bare:
             wait_port(args.bare_port)
-            bare_url = f"http://127.0.0.1:{args.bare_port}/v1/chat/completions"
-            bare_numbers = dict(
-                zip(("c1", "c32", "streams"), measure(bare_url, s, cpu), strict=True)
-            )
+        s, cpu = args.seconds, args.load_cpu
+        base = wrk(direct, BODY, connections=1, seconds=s, cpu=cpu)
+        # Rounds alternate between the two, so that a noisy neighbour hurts both alike.
+        for _ in range(args.rounds):
+            ours.append(measure(through, s, cpu))
+            if not args.no_bare:
+                theirs.append(measure(bare_url, s, cpu))
+        rss = peak_rss_mb(gateway.pid)
     finally:
         for process in processes:
             process.send_signal(signal.SIGINT)
@@ -246,6 +265,18 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    one, many, streams = (median_result([r[i] for r in ours]) for i in range(3))
+    bare_numbers = (
+        dict(
+            zip(
+                ("c1", "c32", "streams"),
+                (median_result([r[i] for r in theirs]) for i in range(3)),
+                strict=True,
+            )
+        )
+        if theirs
+        else None
+    )
     results = {
         "added_p50_ms": round(one.p50_ms - base.p50_ms, 3),
         "added_p99_ms": round(one.p99_ms - base.p99_ms, 3),

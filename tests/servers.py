@@ -64,6 +64,7 @@ class Seen:
     headers: Mapping[str, str]
     raw: bytes
     body: dict[str, Any]
+    peer: object = None  # the client's address: equal peers mean a reused connection
 
 
 @dataclass
@@ -108,7 +109,8 @@ class FakeProvider:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw) if raw else {}
-        self.seen.append(Seen(request.path, request.headers.copy(), raw, body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.seen.append(Seen(request.path, request.headers.copy(), raw, body, peer))
         behaviour = self.behaviours.get(body.get("model", ""), complete_normally)
         return await behaviour(request, body)
 

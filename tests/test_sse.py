@@ -255,3 +255,28 @@ def test_client_disconnect_cancels_the_upstream(gateway: Gateway, fake: FakeProv
     assert log.closed_at is not None, "the upstream never saw the connection close"
     assert log.closed_at - left_at < 1.0
     assert log.sent < 100
+
+
+async def test_usage_read_when_done_arrives_in_a_big_block() -> None:
+    many = [chunk("m", {"content": f"w{i}"}) for i in range(60)]
+    block = b"".join([EVENTS[0], *many, *EVENTS[3:]])
+    out, scanner = await relay([block[:500], block[500:]])
+    assert out == block
+    assert scanner.summary.usage == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 9}
+    assert scanner.summary.finish_reason == "stop"
+
+
+async def test_bytes_after_done_are_not_relayed() -> None:
+    out, scanner = await relay([*EVENTS, b'data: {"late": true}\n\n'])
+    assert out == WHOLE
+    assert scanner.summary.done
+
+
+def test_streams_reuse_the_upstream_connection(gateway: Gateway, fake: FakeProvider) -> None:
+    async def done_then_end(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, EVENTS, delay=0.001)  # the body's end comes last
+
+    fake.on("gpt-4", done_then_end)
+    for _ in range(3):
+        assert post_stream(gateway, "smart").content == WHOLE
+    assert len({seen.peer for seen in fake.seen}) == 1

@@ -40,8 +40,10 @@ class LocalBackend:
         try:
             async for event in routed.events():
                 yield event
-        finally:
+        except BaseException:
             routed.close()
+            raise
+        await routed.aclose()
 
 
 class _Default:

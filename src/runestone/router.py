@@ -99,6 +99,13 @@ class RoutedStream:
         """Drop the upstream connection at once (the client went away)."""
         self._stream.close()
 
+    async def aclose(self) -> None:
+        """Release the upstream: kept for reuse after a complete stream, else cut."""
+        if self.scanner.summary.done:
+            await self._stream.finish()
+        else:
+            self._stream.close()
+
 
 class Router:
     """Resolves model names against the live alias table and calls providers."""

@@ -16,7 +16,6 @@ How a stream ends:
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -43,7 +42,9 @@ _MARKERS = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
-_RECENT_BLOCKS = 4
+_FINAL_EVENTS = 6  # how many events before [DONE] may carry usage or the finish reason
+_FINAL_BYTES = 8192  # and how far back they can be
+_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 
 
 @dataclass(slots=True)
@@ -87,13 +88,15 @@ def _event_data(event: bytes) -> bytes | None:
 class OpenAIStreamScanner:
     """Cuts a chat-completions SSE byte stream at event boundaries and reads what matters."""
 
-    __slots__ = ("_recent", "_tail", "provider", "summary")
+    __slots__ = ("_earlier", "_previous", "_tail", "provider", "summary")
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.summary = StreamSummary()
         self._tail = b""
-        self._recent: deque[bytes] = deque(maxlen=_RECENT_BLOCKS)
+        # The two blocks before this one: the finish reason and usage events arrive just
+        # before [DONE], sometimes in reads of their own.
+        self._earlier = self._previous = b""
 
     def feed(self, data: bytes) -> bytes:
         """Return the complete events to relay now; keep a partial event for later.
@@ -117,12 +120,42 @@ class OpenAIStreamScanner:
         if b'"error"' in complete:
             return self._inspect(complete)
         if b"[DONE]" in complete:
-            # The usage and finish reason events sit just before [DONE]: read them now.
-            for block in self._recent:
-                self._inspect(block)
-            return self._inspect(complete)
-        self._recent.append(complete)
+            end = _done_event_end(complete)
+            if end:
+                self.summary.done = True
+                final = complete[:end]
+                for block in (self._previous, self._earlier):
+                    if final.count(b"\n\n") > _FINAL_EVENTS:
+                        break
+                    final = block[-_FINAL_BYTES:] + final
+                self._read_final_events(final)
+                return complete[:end]
+        self._earlier, self._previous = self._previous, complete
         return complete
+
+    def _read_final_events(self, data: bytes) -> None:
+        """Usage and finish reason, from the few events that precede [DONE]."""
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        events = data.rsplit(b"\n\n", _FINAL_EVENTS)
+        if len(events) > _FINAL_EVENTS:
+            events = events[1:]  # the first piece holds everything older, unsplit
+        for event in events:
+            if not _has_marker(event):
+                continue
+            payload = _loads(_event_data(event) or b"")
+            if payload is not None:
+                self._note(payload)
+
+    def _note(self, payload: dict[str, object]) -> None:
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self.summary.usage = usage
+        choices = payload.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                    self.summary.finish_reason = choice["finish_reason"]
 
     def _inspect(self, complete: bytes) -> bytes:
         """Read the events that may matter; return what to relay (all, or up to an end)."""
@@ -143,14 +176,7 @@ class OpenAIStreamScanner:
             if payload.get("error"):
                 self.summary.error = map_stream_error_event(self.provider, payload["error"])
                 return complete[:start]
-            usage = payload.get("usage")
-            if isinstance(usage, dict):
-                self.summary.usage = usage
-            choices = payload.get("choices")
-            if isinstance(choices, list):
-                for choice in choices:
-                    if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-                        self.summary.finish_reason = choice["finish_reason"]
+            self._note(payload)
         return complete
 
     def finish(self) -> GatewayError | None:
@@ -164,6 +190,21 @@ class OpenAIStreamScanner:
             provider=self.provider,
         )
         return self.summary.error
+
+
+def _done_event_end(data: bytes) -> int:
+    """Index just past a ``data: [DONE]`` event that starts a line, or 0 if there is none."""
+    for line in _DONE_LINES:
+        at = data.find(line)
+        while at >= 0:
+            if at == 0 or data[at - 1] in b"\r\n":
+                end = data.find(b"\n\n", at)
+                crlf = data.find(b"\r\n\r\n", at)
+                if crlf >= 0 and (end < 0 or crlf < end):
+                    return crlf + 4
+                return end + 2 if end >= 0 else 0
+            at = data.find(line, at + 1)
+    return 0
 
 
 def _has_marker(event: bytes) -> bool:

@@ -218,12 +218,17 @@ class RunestoneApp:
                     break
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
                 state.sent += 1
+        except BaseException:
+            routed.close()
+            raise
         finally:
             watcher.cancel()
             await events.aclose()
+        if state.client_gone:
             routed.close()
-        if not state.client_gone:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await routed.aclose()
 
     async def _watch_client(
         self, receive: Receive, send: Send, state: _StreamState, routed: RoutedStream

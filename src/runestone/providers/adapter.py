@@ -39,7 +39,11 @@ class UpstreamStream(Protocol):
         ...
 
     def close(self) -> None:
-        """Drop the upstream connection now (client gone, or done)."""
+        """Drop the upstream connection now (client gone, or failed)."""
+        ...
+
+    async def finish(self) -> None:
+        """After a complete answer: read to the end of the body so the connection is reused."""
         ...
 
 

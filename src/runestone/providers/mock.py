@@ -145,3 +145,6 @@ class MockStream:
 
     def close(self) -> None:
         return None
+
+    async def finish(self) -> None:
+        return None

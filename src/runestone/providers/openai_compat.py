@@ -6,6 +6,7 @@ the upstream's body and SSE bytes come back as they arrive.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -65,6 +66,9 @@ class OpenAICompatibleAdapter:
         return AiohttpStream(resp)
 
 
+_DRAIN_SECONDS = 1.0
+
+
 class AiohttpStream:
     __slots__ = ("_resp",)
 
@@ -80,3 +84,16 @@ class AiohttpStream:
             self._resp.release()
         else:
             self._resp.close()
+
+    async def finish(self) -> None:
+        # [DONE] usually arrives a write before the body's end; without reading that end,
+        # every stream would cost a new upstream connection.
+        content = self._resp.content
+        try:
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                while await content.readany():
+                    pass
+        except (*TRANSPORT_ERRORS, TimeoutError):
+            self._resp.close()
+            return
+        self._resp.release()

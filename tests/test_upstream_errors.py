@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -415,3 +416,11 @@ def test_envelope_shape() -> None:
         "request_id": "req_1",
     }
     assert repr(error) == "<UpstreamError upstream_rate_limited 429 provider=groq: slow down>"
+
+
+def test_readme_documents_every_code() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for code, info in CODES.items():
+        retry = "yes" if info.retryable else "no"
+        row = f"| `{code}` | {info.fault} | {info.status} | {retry} | {info.meaning} |"
+        assert row in readme, f"README.md lacks the row for {code}"

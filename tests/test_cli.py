@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,54 @@ def test_check_uses_env_path_when_no_argument(tmp_path: Path) -> None:
     result = run("aliases", "check", env={"RUNESTONE_ALIASES_PATH": str(bad)})
     assert result.returncode == 1
     assert f"{bad}:1: 'aliases' must be a mapping" in result.stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_answers_the_readme_quick_start(workers: str) -> None:
+    import httpx
+
+    from tests.servers import free_socket
+
+    sock = free_socket()
+    port = str(sock.getsockname()[1])
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNESTONE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runestone", "serve", "--port", port, "--workers", workers],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "runestone serve did not become ready"
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.1)
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={
+                "model": "mock:echo",
+                "messages": [{"role": "user", "content": "Hello, Runestone"}],
+            },
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "Hello, Runestone"
+    finally:
+        process.terminate()
+        process.wait(20)
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_serve_refuses_an_invalid_alias_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("aliases:\n  a: nocolon\n")
+    result = run("serve", "--port", "1", env={"RUNESTONE_ALIASES_PATH": str(bad)})
+    assert result.returncode == 1
+    assert f"{bad}:2: alias 'a'" in result.stderr

@@ -111,7 +111,10 @@ class FakeProvider:
         body = orjson.loads(raw) if raw else {}
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.seen.append(Seen(request.path, request.headers.copy(), raw, body, peer))
-        behaviour = self.behaviours.get(body.get("model", ""), complete_normally)
+        behaviour = self.behaviours.get(body.get("model", ""))
+        if behaviour is None:
+            anthropic = request.path.startswith("/v1/messages")
+            behaviour = anthropic_normally if anthropic else complete_normally
         return await behaviour(request, body)
 
 
@@ -161,7 +164,45 @@ def stream_events(model: str, words: list[str], usage: bool = False) -> list[byt
     return events
 
 
+OPENAI_TOOL_CALL = {
+    "id": "call_abc123",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def _wants_tool(body: dict[str, Any]) -> bool:
+    return bool(body.get("tools")) and body["messages"][-1].get("role") != "tool"
+
+
 async def complete_normally(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """An OpenAI-compatible answer: text, or a tool call when tools are offered and unanswered."""
+    if _wants_tool(body):
+        if body.get("stream"):
+            call = {**OPENAI_TOOL_CALL, "index": 0}
+            first = {**call, "function": {"name": "get_weather", "arguments": ""}}
+            events = [
+                chunk(body["model"], {"role": "assistant", "content": None, "tool_calls": [first]}),
+                chunk(
+                    body["model"],
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                ),
+                chunk(
+                    body["model"],
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+                ),
+                chunk(body["model"], {}, "tool_calls"),
+                b"data: [DONE]\n\n",
+            ]
+            return await send_stream(request, events)
+        answer = completion(body["model"], "")
+        answer["choices"][0]["message"] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [OPENAI_TOOL_CALL],
+        }
+        answer["choices"][0]["finish_reason"] = "tool_calls"
+        return web.json_response(answer)
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await send_stream(
@@ -259,3 +300,129 @@ async def stop_gateway(gateway: Gateway) -> None:
     if gateway.task is not None:
         await asyncio.wait_for(gateway.task, 10)
     gateway.sock.close()
+
+
+# --- Anthropic's wire format -------------------------------------------------------------
+
+
+def anthropic_message(
+    model: str, content: list[dict[str, Any]], stop: str = "end_turn"
+) -> dict[str, Any]:
+    return {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 6},
+    }
+
+
+def sse_event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def anthropic_stream(
+    model: str, texts: list[str], tool: dict[str, Any] | None = None
+) -> list[bytes]:
+    """The real event sequence, with a ping, as Anthropic sends it."""
+    start = anthropic_message(model, [], stop="")
+    start["stop_reason"] = None
+    start["usage"] = {"input_tokens": 12, "output_tokens": 1}
+    events = [
+        sse_event("message_start", {"type": "message_start", "message": start}),
+        sse_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        sse_event("ping", {"type": "ping"}),
+    ]
+    for text in texts:
+        events.append(
+            sse_event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                },
+            )
+        )
+    events.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    stop = "end_turn"
+    if tool is not None:
+        stop = "tool_use"
+        events.append(
+            sse_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": tool["id"],
+                        "name": tool["name"],
+                        "input": {},
+                    },
+                },
+            )
+        )
+        arguments = orjson.dumps(tool["input"]).decode()
+        for part in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+            events.append(
+                sse_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": part},
+                    },
+                )
+            )
+        events.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    events.append(
+        sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": 6},
+            },
+        )
+    )
+    events.append(sse_event("message_stop", {"type": "message_stop"}))
+    return events
+
+
+WEATHER_TOOL_USE = {
+    "id": "toolu_01A09q90qw90lq917835lq9",
+    "name": "get_weather",
+    "input": {"city": "Paris"},
+}
+
+
+async def anthropic_normally(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Anthropic's Messages API: text, or a tool call when tools are offered and unanswered."""
+    if request.path.endswith("/count_tokens"):
+        return web.json_response({"input_tokens": 42})
+    last = body["messages"][-1]
+    wants_tool = bool(body.get("tools")) and not (
+        isinstance(last.get("content"), list)
+        and any(part.get("type") == "tool_result" for part in last["content"])
+    )
+    if body.get("stream"):
+        tool = WEATHER_TOOL_USE if wants_tool else None
+        return await send_stream(
+            request, anthropic_stream(body["model"], ["Hello", " there"], tool)
+        )
+    content: list[dict[str, Any]] = [{"type": "text", "text": "Hello from Claude."}]
+    if wants_tool:
+        content.append({"type": "tool_use", **WEATHER_TOOL_USE})
+        return web.json_response(anthropic_message(body["model"], content, "tool_use"))
+    return web.json_response(anthropic_message(body["model"], content))

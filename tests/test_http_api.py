@@ -247,11 +247,16 @@ def test_upstream_200_that_is_not_json(gateway: Gateway, fake: FakeProvider) -> 
     assert error_of(response)["code"] == "upstream_invalid_response"
 
 
-def test_anthropic_target_is_not_supported_yet(make_gateway: MakeGateway) -> None:
-    gateway = make_gateway(env={"ANTHROPIC_API_KEY": "sk-ant"})
-    response = chat(gateway, {**HELLO, "model": "anthropic:claude-3-haiku-20240307"})
+def test_an_operation_a_target_cannot_do_is_501(gateway: Gateway) -> None:
+    response = httpx.post(
+        f"{gateway.base_url}/messages/count_tokens",
+        json={"model": "smart", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 501
-    assert error_of(response)["code"] == "provider_not_supported"
+    body = response.json()
+    assert body["type"] == "error"
+    assert body["error"]["code"] == "provider_not_supported"
+    assert "token counting" in body["error"]["message"]
 
 
 # --- providers declared in the alias file, hot-reloaded ---------------------------------------

@@ -38,8 +38,9 @@ def test_non_stream_through_an_alias(gateway: Gateway, fake: FakeProvider) -> No
         tool_choice="auto",
         temperature=0.25,
     )
-    assert answer.choices[0].message.content == "Hello from the fake provider."
-    assert answer.usage is not None and answer.usage.total_tokens == 12
+    (tool_call,) = answer.choices[0].message.tool_calls or []
+    assert tool_call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert answer.choices[0].finish_reason == "tool_calls"
     (seen,) = fake.seen
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["Authorization"] == "Bearer sk-openai-test"
@@ -61,9 +62,14 @@ def test_stream_with_tools_and_usage_passes_through(gateway: Gateway, fake: Fake
     assert raw.headers["x-runestone-target"] == "openai:gpt-4"
     assert raw.headers["x-request-id"].startswith("req_")
     chunks = list(raw.parse())
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "Hello there!"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    arguments = "".join(
+        call.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for call in c.choices[0].delta.tool_calls or []
+        if call.function
+    )
+    assert arguments == '{"city": "Paris"}'
     (seen,) = fake.seen
     assert seen.body["stream"] is True
     assert seen.body["stream_options"] == {"include_usage": True}
@@ -141,6 +147,13 @@ def test_mock_provider_through_the_sdk(make_gateway: MakeGateway) -> None:
         model="mock:echo", messages=[{"role": "user", "content": "echo me back"}]
     )
     assert answer.choices[0].message.content == "echo me back"
+    usage = sdk.chat.completions.create(
+        model="smart",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert [c.usage.completion_tokens for c in usage if c.usage] == [3]
     stream = sdk.chat.completions.create(
         model="mock:lorem",
         messages=[{"role": "user", "content": "x"}],

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from runestone.sse import OpenAIStreamScanner, relay_openai_stream
+from runestone.sse import OpenAIStreamScanner, relay_stream
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, Gateway, StreamLog, chunk, send_stream, stream_events
 
@@ -26,7 +26,7 @@ async def relay(pieces: list[bytes]) -> tuple[bytes, OpenAIStreamScanner]:
             yield piece
 
     scanner = OpenAIStreamScanner("groq")
-    out = b"".join([p async for p in relay_openai_stream(source(), scanner, "req_1")])
+    out = b"".join([p async for p in relay_stream(source(), scanner, "req_1")])
     return out, scanner
 
 
@@ -132,7 +132,7 @@ async def test_transport_failure_mid_stream() -> None:
         raise ConnectionResetError("reset by peer")
 
     scanner = OpenAIStreamScanner("openai")
-    out = b"".join([p async for p in relay_openai_stream(source(), scanner, None)])
+    out = b"".join([p async for p in relay_stream(source(), scanner, None)])
     (payload,) = error_events(out)
     assert payload["error"]["code"] == "upstream_stream_interrupted"
 

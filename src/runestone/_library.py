@@ -91,4 +91,6 @@ async def aclose() -> None:
         current.watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await current.watcher
+    if isinstance(current.backend, LocalBackend):
+        await current.backend.router.aclose()
     await current.session.close()

@@ -9,7 +9,8 @@ whether retrying the same request can help::
     ├── GatewayFault                the gateway's own configuration or limits
     └── UpstreamError               the provider failed or refused
 
-Rendered once, at the outside, as an OpenAI-compatible envelope (OpenAI SDKs parse it)::
+Rendered once, at the outside, as an OpenAI-compatible envelope (OpenAI SDKs parse it),
+or on the Anthropic Messages endpoints in Anthropic's shape with the same fields::
 
     {"error": {"message": "...", "type": "rate_limit_error", "param": null,
                "code": "upstream_rate_limited", "provider": "groq",
@@ -163,6 +164,42 @@ class GatewayError(Exception):
     def to_sse(self, request_id: str | None) -> bytes:
         """The in-band event that ends a stream which already started."""
         return b"data: " + self.to_json(request_id) + b"\n\n"
+
+    def anthropic_envelope(self, request_id: str | None) -> dict[str, object]:
+        """The same error in Anthropic's shape, for the Messages API endpoints."""
+        error: dict[str, object] = {
+            "type": self.anthropic_type,
+            "message": self.message,
+            "code": self.code,
+            "provider": self.provider,
+            "retryable": self.retryable,
+            "status": self.status,
+        }
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"type": "error", "error": error, "request_id": request_id}
+
+    @property
+    def anthropic_type(self) -> str:
+        if self.code == "upstream_overloaded":
+            return "overloaded_error"
+        return _ANTHROPIC_TYPES.get(self.status, "api_error")
+
+    def to_anthropic_json(self, request_id: str | None) -> bytes:
+        return orjson.dumps(self.anthropic_envelope(request_id))
+
+    def to_anthropic_sse(self, request_id: str | None) -> bytes:
+        return b"event: error\ndata: " + self.to_anthropic_json(request_id) + b"\n\n"
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
 
 
 class ClientError(GatewayError):

@@ -23,12 +23,21 @@ import orjson
 
 from runestone._alias_file import AliasTable
 from runestone.aliases import AliasStore, SpecError, Target, parse_spec
+from runestone.anthropic_sse import AnthropicStreamScanner
 from runestone.errors import GatewayError, error_for
 from runestone.providers import Endpoint, ProviderRegistry, default_registry
 from runestone.providers.adapter import Adapter, Call, Reply, UpstreamStream
+from runestone.providers.anthropic_native import AnthropicMessagesAdapter
+from runestone.providers.anyllm import (
+    AnyLLMChatAdapter,
+    AnyLLMClients,
+    AnyLLMEmbeddingsAdapter,
+    AnyLLMMessagesAdapter,
+)
 from runestone.providers.mock import MockAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
-from runestone.sse import OpenAIStreamScanner, StreamSummary, relay_openai_stream
+from runestone.sse import OpenAIStreamScanner, StreamScanner, StreamSummary, relay_stream
+from runestone.validation import Operation, validate_chat_request
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 
@@ -43,26 +52,6 @@ def new_request_id(client_supplied: str | None = None) -> str:
     if client_supplied and _SANE_REQUEST_ID.match(client_supplied):
         return client_supplied
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
-
-
-def validate_chat_request(body: object) -> dict[str, object]:
-    """Check what the gateway itself relies on; everything else is the provider's to judge."""
-    if not isinstance(body, dict):
-        raise error_for("invalid_request", "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise error_for(
-            "invalid_request",
-            "'model' must be a non-empty string: an alias or provider:model",
-            param="model",
-        )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise error_for("invalid_request", "'messages' must be a non-empty list", param="messages")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise error_for("invalid_request", "'stream' must be true or false", param="stream")
-    return body
 
 
 @dataclass(slots=True)
@@ -80,20 +69,25 @@ class RoutedStream:
     __slots__ = ("_stream", "attempts", "request_id", "scanner", "target")
 
     def __init__(
-        self, stream: UpstreamStream, target: Target, attempts: int, request_id: str
+        self,
+        stream: UpstreamStream,
+        target: Target,
+        attempts: int,
+        request_id: str,
+        scanner: StreamScanner,
     ) -> None:
         self._stream = stream
         self.target = target
         self.attempts = attempts
         self.request_id = request_id
-        self.scanner = OpenAIStreamScanner(target.provider)
+        self.scanner = scanner
 
     @property
     def summary(self) -> StreamSummary:
         return self.scanner.summary
 
     def events(self) -> AsyncGenerator[bytes, None]:
-        return relay_openai_stream(self._stream.chunks(), self.scanner, self.request_id)
+        return relay_stream(self._stream.chunks(), self.scanner, self.request_id)
 
     def close(self) -> None:
         """Drop the upstream connection at once (the client went away)."""
@@ -121,10 +115,29 @@ class Router:
         self._environ = dict(os.environ if environ is None else environ)
         self._base_registry = default_registry(self._environ)
         self._registry_for: tuple[AliasTable, ProviderRegistry] | None = None
-        self._adapters: dict[str, Adapter] = {
-            "openai": OpenAICompatibleAdapter(session),
-            "mock": MockAdapter(),
+        passthrough = OpenAICompatibleAdapter(session)
+        anthropic = AnthropicMessagesAdapter(session)
+        clients = self._anyllm = AnyLLMClients()
+        translated_chat = AnyLLMChatAdapter(clients)
+        translated_messages = AnyLLMMessagesAdapter(clients)
+        # (operation, the target's wire format) -> how to call it. Same format: bytes
+        # pass through; otherwise any-llm translates.
+        self._adapters: dict[tuple[Operation, str], Adapter] = {
+            ("chat", "openai"): passthrough,
+            ("chat", "mock"): MockAdapter(),
+            ("chat", "anthropic"): translated_chat,
+            ("chat", "anyllm"): translated_chat,
+            ("messages", "anthropic"): anthropic,
+            ("messages", "openai"): translated_messages,
+            ("messages", "anyllm"): translated_messages,
+            ("count_tokens", "anthropic"): anthropic,
+            ("embeddings", "openai"): passthrough,
+            ("embeddings", "anyllm"): AnyLLMEmbeddingsAdapter(clients),
         }
+
+    async def aclose(self) -> None:
+        """Close what the router opened itself (the translation clients)."""
+        await self._anyllm.aclose()
 
     def registry(self, table: AliasTable) -> ProviderRegistry:
         """Built-in providers plus the table's own, rebuilt only when the table changes."""
@@ -160,7 +173,13 @@ class Router:
             param="model",
         )
 
-    def _attempts(self, body: dict[str, object], request_id: str) -> list[tuple[Target, Call]]:
+    def _attempts(
+        self,
+        operation: Operation,
+        body: dict[str, object],
+        request_id: str,
+        forward_headers: tuple[tuple[str, str], ...],
+    ) -> list[tuple[Target, Call]]:
         table = self.aliases.table  # read once: the whole request uses this snapshot
         registry = self.registry(table)
         targets = self.resolve(str(body["model"]), table)
@@ -173,27 +192,42 @@ class Router:
                 first_error = first_error or error
                 continue
             assert endpoint is not None
-            calls.append((target, Call(endpoint, target.model, body, request_id)))
+            calls.append(
+                (
+                    target,
+                    Call(endpoint, target.model, body, request_id, operation, forward_headers),
+                )
+            )
         if not calls:
             assert first_error is not None
             raise first_error
         return calls
 
     def _adapter(self, call: Call) -> Adapter:
-        adapter = self._adapters.get(call.endpoint.spec.wire_format)
+        adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))
         if adapter is None:
             raise error_for(
                 "provider_not_supported",
-                f"provider {call.provider!r} speaks the {call.endpoint.spec.wire_format} wire "
-                "format, which this version of Runestone cannot call yet",
+                f"{_OPERATION_NAMES[call.operation]} cannot go to provider {call.provider!r} "
+                f"({call.endpoint.spec.wire_format} wire format)",
                 provider=call.provider,
             )
         return adapter
 
     async def chat(self, body: dict[str, object], request_id: str) -> Routed:
         """Answer a non-streamed chat completion; raise ``GatewayError`` on failure."""
+        return await self.complete("chat", body, request_id)
+
+    async def complete(
+        self,
+        operation: Operation,
+        body: dict[str, object],
+        request_id: str,
+        forward_headers: tuple[tuple[str, str], ...] = (),
+    ) -> Routed:
+        """Answer one non-streamed request; raise ``GatewayError`` on failure."""
         last: GatewayError | None = None
-        calls = self._attempts(body, request_id)
+        calls = self._attempts(operation, body, request_id, forward_headers)
         for attempt, (target, call) in enumerate(calls, start=1):
             try:
                 reply = await self._adapter(call).complete(call)
@@ -206,10 +240,17 @@ class Router:
         assert last is not None
         raise last
 
-    async def open_stream(self, body: dict[str, object], request_id: str) -> RoutedStream:
-        """Open a streamed chat completion; return once an upstream accepted it."""
+    async def open_stream(
+        self,
+        body: dict[str, object],
+        request_id: str,
+        operation: Operation = "chat",
+        forward_headers: tuple[tuple[str, str], ...] = (),
+    ) -> RoutedStream:
+        """Open a streamed request; return once an upstream accepted it."""
         last: GatewayError | None = None
-        calls = self._attempts(body, request_id)
+        calls = self._attempts(operation, body, request_id, forward_headers)
+        scanner_type = AnthropicStreamScanner if operation == "messages" else OpenAIStreamScanner
         for attempt, (target, call) in enumerate(calls, start=1):
             try:
                 stream = await self._adapter(call).open_stream(call)
@@ -218,9 +259,17 @@ class Router:
                     raise
                 last = exc
                 continue
-            return RoutedStream(stream, target, attempt, request_id)
+            return RoutedStream(stream, target, attempt, request_id, scanner_type(target.provider))
         assert last is not None
         raise last
+
+
+_OPERATION_NAMES: dict[Operation, str] = {
+    "chat": "chat completions",
+    "messages": "Anthropic Messages requests",
+    "count_tokens": "token counting (an Anthropic Messages feature)",
+    "embeddings": "embeddings",
+}
 
 
 def _unusable(

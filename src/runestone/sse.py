@@ -67,7 +67,7 @@ def _last_boundary(data: bytes) -> int:
 _EVENT_END = re.compile(rb"(\r\n\r\n|\n\n)")
 
 
-def _split_events(data: bytes) -> list[bytes]:
+def split_events(data: bytes) -> list[bytes]:
     """Complete events, each with its own terminating blank line, bytes unchanged."""
     if b"\r" not in data:
         parts = data.split(b"\n\n")
@@ -76,7 +76,7 @@ def _split_events(data: bytes) -> list[bytes]:
     return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
 
 
-def _event_data(event: bytes) -> bytes | None:
+def event_data(event: bytes) -> bytes | None:
     lines = [
         line[5:].lstrip(b" ")
         for line in event.replace(b"\r\n", b"\n").split(b"\n")
@@ -85,25 +85,25 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-class OpenAIStreamScanner:
-    """Cuts a chat-completions SSE byte stream at event boundaries and reads what matters."""
+class StreamScanner:
+    """Cuts an SSE byte stream at event boundaries; subclasses read their protocol's events.
 
-    __slots__ = ("_earlier", "_previous", "_tail", "provider", "summary")
+    ``feed`` returns the complete events to relay now and keeps a partial event for
+    later. After an in-band error event it returns the events before it and sets
+    ``summary.error``; the caller must then end the stream with ``error_event``.
+    """
+
+    __slots__ = ("_tail", "provider", "summary")
+
+    #: How a clean end looks, for the message when a stream ends without it.
+    END_MARKER = ""
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.summary = StreamSummary()
         self._tail = b""
-        # The two blocks before this one: the finish reason and usage events arrive just
-        # before [DONE], sometimes in reads of their own.
-        self._earlier = self._previous = b""
 
     def feed(self, data: bytes) -> bytes:
-        """Return the complete events to relay now; keep a partial event for later.
-
-        After an in-band error event, returns the events before it and sets
-        ``summary.error``; the caller must then end the stream with that error.
-        """
         if self._tail:
             data = self._tail + data
             self._tail = b""
@@ -116,7 +116,46 @@ class OpenAIStreamScanner:
                 return b""
             complete, self._tail = data[:end], data[end:]
         if self.summary.done:
-            return b""  # nothing after [DONE] is part of the answer
+            return b""  # nothing after the end of the answer is part of it
+        return self._scan(complete)
+
+    def _scan(self, complete: bytes) -> bytes:
+        raise NotImplementedError
+
+    def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
+        """The in-band event that ends a stream which already started, in this protocol."""
+        raise NotImplementedError
+
+    def finish(self) -> GatewayError | None:
+        """At upstream end of stream: the error to end with, or None if it completed."""
+        if self.summary.error is not None or self.summary.done:
+            return self.summary.error
+        detail = "in the middle of an event" if self._tail.strip() else f"without {self.END_MARKER}"
+        self.summary.error = error_for(
+            "upstream_stream_interrupted",
+            f"{self.provider} ended the stream {detail}; the answer is incomplete",
+            provider=self.provider,
+        )
+        return self.summary.error
+
+
+class OpenAIStreamScanner(StreamScanner):
+    """Chat-completions streams: ``data: {...}`` chunks ending with ``data: [DONE]``."""
+
+    __slots__ = ("_earlier", "_previous")
+
+    END_MARKER = "[DONE]"
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(provider)
+        # The two blocks before this one: the finish reason and usage events arrive just
+        # before [DONE], sometimes in reads of their own.
+        self._earlier = self._previous = b""
+
+    def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
+        return error.to_sse(request_id)
+
+    def _scan(self, complete: bytes) -> bytes:
         if b'"error"' in complete:
             return self._inspect(complete)
         if b"[DONE]" in complete:
@@ -143,7 +182,7 @@ class OpenAIStreamScanner:
         for event in events:
             if not _has_marker(event):
                 continue
-            payload = _loads(_event_data(event) or b"")
+            payload = loads_object(event_data(event) or b"")
             if payload is not None:
                 self._note(payload)
 
@@ -160,17 +199,17 @@ class OpenAIStreamScanner:
     def _inspect(self, complete: bytes) -> bytes:
         """Read the events that may matter; return what to relay (all, or up to an end)."""
         end = 0
-        for event in _split_events(complete):
+        for event in split_events(complete):
             start, end = end, end + len(event)
             if not _has_marker(event):
                 continue
-            data = _event_data(event)
+            data = event_data(event)
             if data is None:
                 continue
             if data == b"[DONE]":
                 self.summary.done = True
                 return complete[:end]
-            payload = _loads(data)
+            payload = loads_object(data)
             if payload is None:
                 continue
             if payload.get("error"):
@@ -178,18 +217,6 @@ class OpenAIStreamScanner:
                 return complete[:start]
             self._note(payload)
         return complete
-
-    def finish(self) -> GatewayError | None:
-        """At upstream end of stream: the error to end with, or None if it completed."""
-        if self.summary.error is not None or self.summary.done:
-            return self.summary.error
-        detail = "in the middle of an event" if self._tail.strip() else "without [DONE]"
-        self.summary.error = error_for(
-            "upstream_stream_interrupted",
-            f"{self.provider} ended the stream {detail}; the answer is incomplete",
-            provider=self.provider,
-        )
-        return self.summary.error
 
 
 def _done_event_end(data: bytes) -> int:
@@ -214,7 +241,7 @@ def _has_marker(event: bytes) -> bool:
     return False
 
 
-def _loads(data: bytes) -> dict[str, object] | None:
+def loads_object(data: bytes) -> dict[str, object] | None:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -222,9 +249,9 @@ def _loads(data: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-async def relay_openai_stream(
+async def relay_stream(
     chunks: AsyncIterator[bytes],
-    scanner: OpenAIStreamScanner,
+    scanner: StreamScanner,
     request_id: str | None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the SSE bytes a client should receive, ending honestly on any failure."""
@@ -234,19 +261,19 @@ async def relay_openai_stream(
             if out:
                 yield out
             if scanner.summary.error is not None:
-                yield scanner.summary.error.to_sse(request_id)
+                yield scanner.error_event(scanner.summary.error, request_id)
                 return
             if scanner.summary.done:
                 return
     except GatewayError as exc:
         scanner.summary.error = exc
-        yield exc.to_sse(request_id)
+        yield scanner.error_event(exc, request_id)
         return
     except Exception as exc:  # a broken upstream connection, mid-stream
         error = map_transport_error(scanner.provider, exc, streaming=True)
         scanner.summary.error = error
-        yield error.to_sse(request_id)
+        yield scanner.error_event(error, request_id)
         return
     ending = scanner.finish()
     if ending is not None:
-        yield ending.to_sse(request_id)
+        yield scanner.error_event(ending, request_id)

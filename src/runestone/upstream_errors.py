@@ -39,6 +39,9 @@ _BY_MEANING: dict[str, str] = {
     "content_policy_violation": "content_filtered",
     "content_filter": "content_filtered",
     "overloaded_error": "upstream_overloaded",
+    "not_found_error": "upstream_model_not_found",
+    "request_too_large": "request_too_large",
+    "billing_error": "upstream_quota_exceeded",
     "service_unavailable": "upstream_overloaded",
 }
 
@@ -63,7 +66,10 @@ _BY_STATUS: dict[int, str] = {
 # Checked only where status and meaning field left the cause open (a 400 or 403).
 _BY_MESSAGE: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(r"context length|context window|maximum context|too many tokens", re.I),
+        re.compile(
+            r"context length|context window|maximum context|too many tokens|prompt is too long",
+            re.I,
+        ),
         "context_length_exceeded",
     ),
     (re.compile(r"moderation|content policy|flagged|safety", re.I), "content_filtered"),
@@ -234,3 +240,85 @@ def map_stream_error_event(provider: str, error: object) -> GatewayError:
         code = "upstream_server_error"
     text = f"{provider} reported an error mid-stream: {message or 'no message'}"
     return error_for(code, text, provider=provider)
+
+
+# any-llm's unified exceptions, by class name so that mapping them needs no import of it.
+_ANYLLM_CODES: dict[str, str] = {
+    "RateLimitError": "upstream_rate_limited",
+    "AuthenticationError": "upstream_auth_failed",
+    "InvalidRequestError": "upstream_bad_request",
+    "ContentFilterError": "content_filtered",
+    "ContentFilterFinishReasonError": "content_filtered",
+    "ModelNotFoundError": "upstream_model_not_found",
+    "ContextLengthExceededError": "context_length_exceeded",
+    "MissingApiKeyError": "provider_not_configured",
+    "UnsupportedProviderError": "provider_not_supported",
+    "UnsupportedParameterError": "invalid_request",
+    "InsufficientFundsError": "upstream_quota_exceeded",
+    "GatewayTimeoutError": "upstream_timeout",
+}
+# Transport failures, as the provider SDKs under any-llm name them.
+_SDK_TRANSPORT_CODES: dict[str, str] = {
+    "APITimeoutError": "upstream_timeout",
+    "APIConnectionError": "upstream_connection_failed",
+    "ReadTimeout": "upstream_timeout",
+    "ConnectTimeout": "upstream_timeout",
+    "ConnectError": "upstream_connection_failed",
+    "RemoteProtocolError": "upstream_connection_failed",
+}
+
+
+def map_anyllm_error(provider: str, exc: BaseException, *, streaming: bool = False) -> GatewayError:
+    """Map an exception from any-llm (or the provider SDK under it) to a ``GatewayError``."""
+    if isinstance(exc, GatewayError):
+        return exc
+    name = type(exc).__name__
+    original = getattr(exc, "original_exception", None)
+    status = getattr(exc, "status_code", None)
+    code = _ANYLLM_CODES.get(name)
+    if code is None and original is not None:
+        code = _SDK_TRANSPORT_CODES.get(type(original).__name__)
+    if code is None:
+        code = _SDK_TRANSPORT_CODES.get(name)
+    if isinstance(exc, ImportError):
+        code = "provider_not_configured"  # the provider's SDK extra is not installed
+    elif isinstance(exc, NotImplementedError):
+        code = "provider_not_supported"
+    elif code is None and isinstance(status, int):
+        code = _BY_STATUS.get(status) or (
+            "upstream_server_error" if status >= 500 else "upstream_bad_request"
+        )
+    if code is None:
+        code = "upstream_server_error"
+    if code in ("upstream_bad_request", "upstream_permission_denied"):
+        for pattern, by_message in _BY_MESSAGE:
+            if pattern.search(str(exc)):
+                code = by_message
+                break
+    if streaming and CODES[code].fault == "client":
+        code = "upstream_server_error"  # a failure after the stream began is the upstream's
+    message = getattr(exc, "message", None) or str(exc) or name
+    if code == "upstream_auth_failed":
+        message = f"{provider} rejected the gateway's API key; check its API key variable"
+    elif not message.startswith(provider):
+        message = f"{provider}: {message}"
+    return error_for(
+        code,
+        message,
+        provider=provider,
+        retry_after=_anyllm_retry_after(exc, original),
+        upstream_status=status if isinstance(status, int) else None,
+    )
+
+
+def _anyllm_retry_after(exc: BaseException, original: object) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    if value is not None:
+        return parse_retry_after({"retry-after": str(value)})
+    response = getattr(original, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        return parse_retry_after(
+            {k: headers.get(k) for k in ("retry-after", "retry-after-ms") if headers.get(k)}
+        )
+    return None

@@ -31,12 +31,24 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.providers.mock import MODELS as MOCK_MODELS
-from runestone.router import RoutedStream, Router, new_request_id, validate_chat_request
+from runestone.router import RoutedStream, Router, new_request_id
 from runestone.sse import HEARTBEAT, SSE_HEADERS
+from runestone.validation import Operation, validate
 
 log = logging.getLogger("runestone.http")
 
 Handler = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+
+_FORWARDED = (b"anthropic-version", b"anthropic-beta")
+
+
+class _Route:
+    __slots__ = ("anthropic", "handler", "method")
+
+    def __init__(self, method: str, handler: Handler, *, anthropic: bool = False) -> None:
+        self.method = method
+        self.handler = handler
+        self.anthropic = anthropic  # errors in Anthropic's shape
 
 
 class _StreamState:
@@ -61,12 +73,16 @@ class RunestoneApp:
         self._watcher: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         token = settings.service_token
-        self._bearer = b"Bearer " + token.encode() if token else None
-        self._routes: dict[str, tuple[str, Handler]] = {
-            "/v1/chat/completions": ("POST", self._chat),
-            "/v1/models": ("GET", self._models),
-            "/health/live": ("GET", self._live),
-            "/health/ready": ("GET", self._ready),
+        self._token = token.encode() if token else None
+        self._bearer = b"Bearer " + self._token if self._token else None
+        self._routes: dict[str, _Route] = {
+            "/v1/chat/completions": _Route("POST", self._chat),
+            "/v1/messages": _Route("POST", self._messages, anthropic=True),
+            "/v1/messages/count_tokens": _Route("POST", self._count_tokens, anthropic=True),
+            "/v1/embeddings": _Route("POST", self._embeddings),
+            "/v1/models": _Route("GET", self._models),
+            "/health/live": _Route("GET", self._live),
+            "/health/ready": _Route("GET", self._ready),
         }
 
     def __repr__(self) -> str:
@@ -105,6 +121,8 @@ class RunestoneApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self.router is not None:
+            await self.router.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -133,27 +151,29 @@ class RunestoneApp:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]  # mounted under a prefix
-        authorization = client_request_id = None
+        authorization = api_key = client_request_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"x-request-id":
                 client_request_id = value.decode("latin-1")
         request_id = new_request_id(client_request_id)
         route = self._routes.get(path)
+        anthropic = route is not None and route.anthropic
         try:
             if route is None:
                 raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
-            method, handler = route
-            if scope["method"] != method:
-                raise error_for("method_not_allowed", f"{path} accepts {method} only")
-            if self._bearer is not None and path.startswith("/v1/"):
-                self._check_token(authorization)
+            if scope["method"] != route.method:
+                raise error_for("method_not_allowed", f"{path} accepts {route.method} only")
+            if self._token is not None and path.startswith("/v1/"):
+                self._check_token(authorization, api_key)
             if self.router is None:
                 await self.startup()
-            await handler(scope, receive, send, request_id)
+            await route.handler(scope, receive, send, request_id)
         except GatewayError as exc:
-            await send_error(send, exc, request_id)
+            await send_error(send, exc, request_id, anthropic=anthropic)
         except ClientGone:
             return
         except Exception:
@@ -162,17 +182,23 @@ class RunestoneApp:
                 send,
                 error_for("internal_error", "the gateway failed to handle the request"),
                 request_id,
+                anthropic=anthropic,
             )
 
-    def _check_token(self, authorization: bytes | None) -> None:
-        expected = self._bearer
-        assert expected is not None
-        if authorization is None or not hmac.compare_digest(authorization, expected):
-            raise error_for(
-                "unauthorized",
-                "missing or wrong gateway token: send 'Authorization: Bearer <token>' with "
-                "the gateway's RUNESTONE_SERVICE_TOKEN",
-            )
+    def _check_token(self, authorization: bytes | None, api_key: bytes | None) -> None:
+        # Bearer for OpenAI clients; x-api-key for Anthropic clients, which send that.
+        bearer, token = self._bearer, self._token
+        assert bearer is not None
+        assert token is not None
+        if authorization is not None and hmac.compare_digest(authorization, bearer):
+            return
+        if api_key is not None and hmac.compare_digest(api_key, token):
+            return
+        raise error_for(
+            "unauthorized",
+            "missing or wrong gateway token: send 'Authorization: Bearer <token>' (or "
+            "'x-api-key: <token>') with the gateway's RUNESTONE_SERVICE_TOKEN",
+        )
 
     async def _read_json_body(self, scope: Scope, receive: Receive) -> object:
         declared: int | None = None
@@ -185,14 +211,39 @@ class RunestoneApp:
         return parse_json(body)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        body = validate_chat_request(await self._read_json_body(scope, receive))
+        await self._proxy("chat", scope, receive, send, request_id)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await self._proxy("messages", scope, receive, send, request_id)
+
+    async def _count_tokens(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        await self._proxy("count_tokens", scope, receive, send, request_id)
+
+    async def _embeddings(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        await self._proxy("embeddings", scope, receive, send, request_id)
+
+    async def _proxy(
+        self, operation: Operation, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        body = validate(operation, await self._read_json_body(scope, receive))
         router = self.router
         assert router is not None
-        if body.get("stream") is True:
-            routed_stream = await router.open_stream(body, request_id)
+        forward: tuple[tuple[str, str], ...] = ()
+        if operation != "chat" and operation != "embeddings":
+            forward = tuple(
+                (name.decode(), value.decode("latin-1"))
+                for name, value in scope["headers"]
+                if name in _FORWARDED
+            )
+        if body.get("stream") is True and operation in ("chat", "messages"):
+            routed_stream = await router.open_stream(body, request_id, operation, forward)
             await self._relay(routed_stream, receive, send)
             return
-        routed = await router.chat(body, request_id)
+        routed = await router.complete(operation, body, request_id, forward)
         headers = [
             (b"content-type", routed.reply.content_type),
             (b"x-request-id", request_id.encode()),

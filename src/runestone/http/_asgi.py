@@ -92,6 +92,10 @@ def error_headers(exc: GatewayError, request_id: bytes) -> list[tuple[bytes, byt
     return headers
 
 
-async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
+async def send_error(
+    send: Send, exc: GatewayError, request_id: str, *, anthropic: bool = False
+) -> None:
+    """The envelope, in Anthropic's shape on the Messages endpoints, else OpenAI's."""
     rid = request_id.encode()
-    await send_json(send, exc.status, exc.to_json(request_id), error_headers(exc, rid))
+    body = exc.to_anthropic_json(request_id) if anthropic else exc.to_json(request_id)
+    await send_json(send, exc.status, body, error_headers(exc, rid))

@@ -15,7 +15,9 @@ from typing import Literal
 
 from yarl import URL
 
-WireFormat = Literal["openai", "anthropic", "mock"]
+#: openai and anthropic are spoken over HTTP here; anyllm providers are reached only
+#: through any-llm (their own SDKs); mock answers in-process.
+WireFormat = Literal["openai", "anthropic", "anyllm", "mock"]
 AuthStyle = Literal["bearer", "x-api-key", "none"]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runestone.providers import Endpoint
+from runestone.validation import Operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,9 @@ class Call:
     model: str
     body: dict[str, object]
     request_id: str
+    operation: Operation = "chat"
+    #: Client headers a same-format upstream should see (anthropic-version, anthropic-beta).
+    forward_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def provider(self) -> str:

@@ -59,6 +59,29 @@ BUILTIN: tuple[ProviderSpec, ...] = (
     ProviderSpec(name="mock", wire_format="mock", base_url="", key_required=False),
 )
 
+#: Reached through any-llm, which reads their keys and settings from the variables its
+#: own SDKs use (GEMINI_API_KEY, COHERE_API_KEY, AWS_*, ...); each needs its extra
+#: installed: pip install 'any-llm-sdk[gemini]'.
+ANYLLM_ONLY = (
+    "gemini",
+    "vertexai",
+    "cohere",
+    "bedrock",
+    "azure",
+    "watsonx",
+    "huggingface",
+    "cerebras",
+    "sambanova",
+    "perplexity",
+    "nebius",
+    "voyage",
+    "sagemaker",
+)
+BUILTIN += tuple(
+    ProviderSpec(name=name, wire_format="anyllm", base_url="", key_required=False)
+    for name in ANYLLM_ONLY
+)
+
 
 def _constant(spec: ProviderSpec) -> Callable[[], ProviderSpec]:
     return lambda: spec

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from runestone.errors import error_for
 from runestone.providers.adapter import Call, Reply
@@ -22,26 +22,28 @@ from runestone.upstream_errors import (
 )
 
 
-class OpenAICompatibleAdapter:
+class SessionAdapter:
+    """Shared by the pass-through adapters: POST over the process's aiohttp session."""
+
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    def _request(self, call: Call) -> tuple[URL, bytes]:
-        body = call.body
-        if body.get("model") != call.model:
-            body = {**body, "model": call.model}
-        return call.endpoint.url("/chat/completions"), orjson.dumps(body)
+    def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
+        """(path below the base URL, body, headers) for this call."""
+        raise NotImplementedError
 
-    async def complete(self, call: Call) -> Reply:
-        url, data = self._request(call)
+    async def _post(self, call: Call) -> Reply:
+        path, data, headers = self._prepare(call)
         try:
-            async with self._session.post(url, data=data, headers=call.endpoint.headers) as resp:
+            async with self._session.post(
+                call.endpoint.url(path), data=data, headers=headers
+            ) as resp:
                 body = await resp.read()
-                status, headers = resp.status, resp.headers
+                status, response_headers = resp.status, resp.headers
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(call.provider, exc, streaming=False) from exc
         if status >= 400:
-            raise map_upstream_response(call.provider, status, body, headers)
+            raise map_upstream_response(call.provider, status, body, response_headers)
         if not body.lstrip()[:1] == b"{":
             raise error_for(
                 "upstream_invalid_response",
@@ -51,10 +53,10 @@ class OpenAICompatibleAdapter:
             )
         return Reply(body)
 
-    async def open_stream(self, call: Call) -> AiohttpStream:
-        url, data = self._request(call)
+    async def _post_stream(self, call: Call) -> AiohttpStream:
+        path, data, headers = self._prepare(call)
         try:
-            resp = await self._session.post(url, data=data, headers=call.endpoint.headers)
+            resp = await self._session.post(call.endpoint.url(path), data=data, headers=headers)
             if resp.status >= 400:
                 try:
                     body = await resp.read()
@@ -64,6 +66,23 @@ class OpenAICompatibleAdapter:
         except TRANSPORT_ERRORS as exc:
             raise map_transport_error(call.provider, exc, streaming=False) from exc
         return AiohttpStream(resp)
+
+
+_OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+
+
+class OpenAICompatibleAdapter(SessionAdapter):
+    def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
+        body = call.body
+        if body.get("model") != call.model:
+            body = {**body, "model": call.model}
+        return _OPENAI_PATHS[call.operation], orjson.dumps(body), call.endpoint.headers
+
+    async def complete(self, call: Call) -> Reply:
+        return await self._post(call)
+
+    async def open_stream(self, call: Call) -> AiohttpStream:
+        return await self._post_stream(call)
 
 
 _DRAIN_SECONDS = 1.0

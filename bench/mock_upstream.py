@@ -2,7 +2,8 @@
 
 A bare asyncio protocol with canned responses, so that the upstream costs far less than
 the gateway under test. A request whose body contains ``"stream":true`` gets an SSE
-answer of CHUNKS events, each its own write; any other gets one completion.
+answer of CHUNKS events, each its own write; any other gets one completion. Requests to
+``/v1/messages`` get Anthropic's shapes, others OpenAI's.
 
     python bench/mock_upstream.py --port 9100 [--chunks 50]
 """
@@ -31,9 +32,62 @@ STREAM_HEAD = (
 )
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
 
+MESSAGE = (
+    b'{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model",'
+    b'"content":[{"type":"text","text":"Hello! How can I help you today?"}],'
+    b'"stop_reason":"end_turn","stop_sequence":null,'
+    b'"usage":{"input_tokens":9,"output_tokens":9}}'
+)
+MESSAGE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(MESSAGE)).encode()
+    + b"\r\n\r\n"
+    + MESSAGE
+)
+
 
 def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _event(kind: bytes, data: bytes) -> bytes:
+    return b"event: " + kind + b"\ndata: " + data + b"\n\n"
+
+
+def anthropic_chunks(count: int) -> list[bytes]:
+    """Anthropic's event sequence, with CHUNKS text deltas."""
+    events = [
+        _event(
+            b"message_start",
+            b'{"type":"message_start","message":{"id":"msg_bench",'
+            b'"type":"message","role":"assistant","model":"bench-model","content":[],'
+            b'"stop_reason":null,"stop_sequence":null,'
+            b'"usage":{"input_tokens":9,"output_tokens":1}}}',
+        ),
+        _event(
+            b"content_block_start",
+            b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+        ),
+        _event(b"ping", b'{"type":"ping"}'),
+    ]
+    events += [
+        _event(
+            b"content_block_delta",
+            b'{"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":"tok%d "}}' % i,
+        )
+        for i in range(count)
+    ]
+    events += [
+        _event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'),
+        _event(
+            b"message_delta",
+            b'{"type":"message_delta","delta":{"stop_reason":"end_turn",'
+            b'"stop_sequence":null},"usage":{"output_tokens":%d}}' % count,
+        ),
+        _event(b"message_stop", b'{"type":"message_stop"}'),
+    ]
+    return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
 
 
 def stream_chunks(count: int) -> list[bytes]:
@@ -47,8 +101,10 @@ def stream_chunks(count: int) -> list[bytes]:
 
 
 class MockProtocol(asyncio.Protocol):
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], anthropic: list[bytes]) -> None:
         self.buffer = b""
+        self.openai_chunks = chunks
+        self.anthropic_chunks = anthropic
         self.chunks = chunks
         self.transport: asyncio.Transport | None = None
 
@@ -70,11 +126,13 @@ class MockProtocol(asyncio.Protocol):
             body = self.buffer[end + 4 : total]
             self.buffer = self.buffer[total:]
             assert self.transport is not None
+            anthropic = head.startswith(b"POST /v1/messages")
             if b'"stream":true' in body or b'"stream": true' in body:
+                self.chunks = self.anthropic_chunks if anthropic else self.openai_chunks
                 self.transport.write(STREAM_HEAD)
                 self._send_from(0)
             else:
-                self.transport.write(RESPONSE)
+                self.transport.write(MESSAGE_RESPONSE if anthropic else RESPONSE)
 
     def _send_from(self, index: int) -> None:
         # One event per loop turn, so events leave as separate writes the way a real
@@ -89,8 +147,10 @@ class MockProtocol(asyncio.Protocol):
 
 async def serve(port: int, chunks: int) -> None:
     loop = asyncio.get_running_loop()
-    pieces = stream_chunks(chunks)
-    server = await loop.create_server(lambda: MockProtocol(pieces), "127.0.0.1", port, backlog=4096)
+    pieces, anthropic = stream_chunks(chunks), anthropic_chunks(chunks)
+    server = await loop.create_server(
+        lambda: MockProtocol(pieces, anthropic), "127.0.0.1", port, backlog=4096
+    )
     async with server:
         await server.serve_forever()
 

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,10 +36,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+CHUNKS = 50  # content chunks per streamed answer (the mock's default)
 TOKEN = "bench-token"
-ALIASES = "aliases:\n  bench: openai:bench-model\n"
+ALIASES = "aliases:\n  bench: openai:bench-model\n  bench-claude: anthropic:bench-model\n"
 BODY = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
+)
+TRANSLATED_BODY = json.dumps(
+    {"model": "bench-claude", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
+)
+TRANSLATED_STREAM_BODY = json.dumps(
+    {
+        "model": "bench-claude",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hello, how are you?"}],
+    }
 )
 STREAM_BODY = json.dumps(
     {
@@ -67,7 +79,9 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def wrk(url: str, body: str, *, connections: int, seconds: int, cpu: int) -> WrkResult:
+def wrk(
+    url: str, body: str, *, connections: int, seconds: int, cpu: int, timeout: int = 2
+) -> WrkResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (body, TOKEN))
     try:
@@ -81,6 +95,8 @@ def wrk(url: str, body: str, *, connections: int, seconds: int, cpu: int) -> Wrk
                 f"-c{connections}",
                 f"-d{seconds}s",
                 "--latency",
+                "--timeout",
+                f"{timeout}s",
                 "-s",
                 script.name,
                 url,
@@ -120,14 +136,16 @@ def wait_ready(url: str, timeout: float = 20) -> None:
     raise SystemExit(f"not ready: {url}")
 
 
-def wait_port(port: int, timeout: float = 10) -> None:
-    import socket
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
+
+def wait_port(port: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_open(port):
+            return
         time.sleep(0.05)
     raise SystemExit(f"port {port} never opened")
 
@@ -176,6 +194,9 @@ def main() -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required (apt-get install wrk util-linux)")
 
+    for port in (args.mock_port, args.gateway_port, args.bare_port):
+        if port_open(port):
+            raise SystemExit(f"port {port} is already in use: stop what listens there first")
     workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-"))
     aliases = workdir / "aliases.yaml"
     aliases.write_text(ALIASES)
@@ -185,6 +206,8 @@ def main() -> int:
         "RUNESTONE_SERVICE_TOKEN": TOKEN,
         "OPENAI_BASE_URL": f"http://127.0.0.1:{args.mock_port}/v1",
         "OPENAI_API_KEY": "sk-bench",
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{args.mock_port}",
+        "ANTHROPIC_API_KEY": "sk-ant-bench",
         "RUNESTONE_PORT": str(args.gateway_port),
     }
     mock = subprocess.Popen(
@@ -255,7 +278,24 @@ def main() -> int:
             ours.append(measure(through, s, cpu))
             if not args.no_bare:
                 theirs.append(measure(bare_url, s, cpu))
-        rss = peak_rss_mb(gateway.pid)
+        # The translated case: OpenAI-format client, Anthropic-format upstream, via any-llm.
+        rss = peak_rss_mb(gateway.pid)  # before any-llm and the provider SDKs are loaded
+        wrk(through, TRANSLATED_STREAM_BODY, connections=32, seconds=2, cpu=cpu)
+        translated = [
+            (
+                wrk(through, TRANSLATED_BODY, connections=32, seconds=s, cpu=cpu, timeout=30),
+                wrk(
+                    through,
+                    TRANSLATED_STREAM_BODY,
+                    connections=32,
+                    seconds=s,
+                    cpu=cpu,
+                    timeout=30,
+                ),
+            )
+            for _ in range(args.rounds)
+        ]
+        rss_translated = peak_rss_mb(gateway.pid)
     finally:
         for process in processes:
             process.send_signal(signal.SIGINT)
@@ -292,6 +332,19 @@ def main() -> int:
             "c32": asdict(many),
             "streams_c32": asdict(streams),
         },
+    }
+    t_many = median_result([t[0] for t in translated])
+    t_streams = median_result([t[1] for t in translated])
+    # The gateway's core is saturated at c=32, so 1/throughput is its CPU time per stream.
+    per_chunk_us = (
+        (1 / t_streams.requests_per_second - 1 / streams.requests_per_second) / CHUNKS * 1e6
+    )
+    results["translated"] = {
+        "requests_per_second_c32": round(t_many.requests_per_second),
+        "streams_per_second_c32": round(t_streams.requests_per_second),
+        "added_cpu_per_chunk_us": round(per_chunk_us, 1),
+        "peak_rss_mb": round(rss_translated, 1),
+        "errors": t_many.errors + t_streams.errors,
     }
     if bare_numbers is not None:
         results["bare_forwarder"] = {
@@ -331,7 +384,14 @@ def main() -> int:
     for name, ours, bare_value, target in rows:
         shown = "" if bare_value is None else bare_value
         print(f"| {name:<32} | {ours!s:>10} | {shown!s:>10} | {target:>9} |")
-    errors = sum(results["errors"].values())  # type: ignore[attr-defined]
+    tr = results["translated"]
+    print()
+    print("Translated (OpenAI-format client -> Anthropic-format upstream, through any-llm):")
+    print(f"  non-stream requests/s at c=32   {tr['requests_per_second_c32']}")  # type: ignore[index]
+    print(f"  50-chunk streams/s at c=32      {tr['streams_per_second_c32']}")  # type: ignore[index]
+    print(f"  CPU per streamed chunk, over the pass-through: {tr['added_cpu_per_chunk_us']} us")  # type: ignore[index]
+    print(f"  peak RSS with any-llm loaded    {tr['peak_rss_mb']} MB")  # type: ignore[index]
+    errors = sum(results["errors"].values()) + results["translated"]["errors"]  # type: ignore[attr-defined,index]
     if errors:
         print(f"\nWARNING: {errors} failed requests during the run: {results['errors']}")
     if args.json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +58,10 @@ class AnyLLMClients:
     @staticmethod
     def _create(endpoint: Endpoint) -> Any:
         from any_llm import AnyLLM
+
+        # any-llm warns on every request it adjusts (a defaulted max_tokens, say): at
+        # gateway rates that is a log line per request, so only its errors are kept.
+        logging.getLogger("any_llm").setLevel(logging.ERROR)
 
         spec = endpoint.spec
         if spec.wire_format == "openai":  # any OpenAI-compatible server, by its base URL

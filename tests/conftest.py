@@ -7,9 +7,18 @@ from typing import Any
 import pytest
 
 from runestone.config import Settings
-from tests.servers import FakeProvider, Gateway, ServerThread, start_gateway, stop_gateway
+from tests.servers import (
+    OPEN_CLIENTS,
+    FakeProvider,
+    Gateway,
+    ServerThread,
+    start_gateway,
+    stop_gateway,
+)
 
+# One attempt per target unless a test says otherwise: the resilience tests set their own.
 TEST_ALIASES = """
+defaults: {retries: 0}
 aliases:
   fast: groq:llama3-8b-8192
   smart: {provider: openai, model: gpt-4}
@@ -17,6 +26,13 @@ aliases:
   pair: {targets: [openai:broken, openai:gpt-4o]}
   echo: mock:echo
 """
+
+
+@pytest.fixture(autouse=True)
+def close_sdk_clients() -> Iterator[None]:
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,14 @@ from runestone.http import RunestoneApp, create_app
 
 T = TypeVar("T")
 
+#: SDK clients made by a test; conftest closes them after it, so no socket outlives it.
+OPEN_CLIENTS: list[Any] = []
+
+
+def keep(client: T) -> T:
+    OPEN_CLIENTS.append(client)
+    return client
+
 
 class ServerThread:
     """An asyncio loop in a daemon thread, for servers that outlive one test call."""

@@ -22,6 +22,7 @@ from tests.servers import (
     Gateway,
     anthropic_stream,
     error_response,
+    keep,
     send_stream,
     sse_event,
 )
@@ -67,11 +68,11 @@ def gateway(make_gateway: MakeGateway, fake: FakeProvider) -> Gateway:
 
 
 def claude_client(gateway: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gateway.url, api_key=TOKEN, max_retries=0)
+    return keep(anthropic.Anthropic(base_url=gateway.url, api_key=TOKEN, max_retries=0))
 
 
 def openai_client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key=TOKEN, max_retries=0)
+    return keep(openai.OpenAI(base_url=gateway.base_url, api_key=TOKEN, max_retries=0))
 
 
 # --- Anthropic client, Anthropic upstream: pass-through ---------------------------------------
@@ -212,7 +213,7 @@ def test_in_stream_error_event_ends_without_message_stop(
     ]
 
     async def fail(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        return await send_stream(request, broken)
+        return await send_stream(request, broken, delay=0.05)  # content first, then the error
 
     fake.on("claude-3-5-sonnet-20241022", fail)
     response = httpx.post(

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tests.conftest import MakeGateway
-from tests.servers import FakeProvider, Gateway
+from tests.servers import FakeProvider, Gateway, keep
 
 TOOLS = [
     {
@@ -27,7 +27,7 @@ TOOLS = [
 
 
 def client(gateway: Gateway, token: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key=token, max_retries=0)
+    return keep(openai.OpenAI(base_url=gateway.base_url, api_key=token, max_retries=0))
 
 
 def test_non_stream_through_an_alias(gateway: Gateway, fake: FakeProvider) -> None:

@@ -218,9 +218,9 @@ def test_heartbeats_while_upstream_is_silent(make_gateway: MakeGateway, fake: Fa
     async def slow(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(EVENTS[0])
+        await response.write(EVENTS[0] + EVENTS[1])  # the first content, then silence
         await asyncio.sleep(0.55)
-        for event in EVENTS[1:]:
+        for event in EVENTS[2:]:
             await response.write(event)
         await response.write_eof()
         return response

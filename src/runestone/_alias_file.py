@@ -24,12 +24,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from runestone._policy import DEFAULT_POLICY, POLICY_KEYS, Policy, parse_policy, positive_number
 from runestone._yaml_nodes import Located, YamlProblem, read_located
 from runestone.providers import ProviderSpec
 
-TOP_LEVEL_KEYS = frozenset({"aliases", "providers"})
-ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"})
-TARGET_MAP_KEYS = frozenset({"provider", "model", "target"})
+TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults"})
+ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"}) | POLICY_KEYS
+TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight"})
 PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers"})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -40,6 +41,7 @@ class Target:
 
     provider: str
     model: str
+    weight: float = 1.0
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.model}"
@@ -52,6 +54,7 @@ class Alias:
     name: str
     targets: tuple[Target, ...]
     line: int = 0
+    policy: Policy = DEFAULT_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class AliasTable:
     version: str
     source: str
     providers: tuple[ProviderSpec, ...] = ()
+    defaults: Policy = DEFAULT_POLICY
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)
@@ -124,7 +128,8 @@ def parse_alias_file(
     """
     problems: list[Problem] = []
     providers: list[ProviderSpec] = []
-    aliases = _parse(data, problems, providers)
+    defaults: list[Policy] = [DEFAULT_POLICY]
+    aliases = _parse(data, problems, providers, defaults)
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
@@ -139,10 +144,14 @@ def parse_alias_file(
                     )
     if problems:
         raise AliasFileError(source, sorted(problems, key=lambda p: p.line))
-    return AliasTable(MappingProxyType(aliases), table_version(data), source, tuple(providers))
+    return AliasTable(
+        MappingProxyType(aliases), table_version(data), source, tuple(providers), defaults[0]
+    )
 
 
-def _parse(data: bytes, problems: list[Problem], providers: list[ProviderSpec]) -> dict[str, Alias]:
+def _parse(
+    data: bytes, problems: list[Problem], providers: list[ProviderSpec], defaults: list[Policy]
+) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -164,10 +173,15 @@ def _parse(data: bytes, problems: list[Problem], providers: list[ProviderSpec]) 
     for key, entry in root.value.items():
         if key not in TOP_LEVEL_KEYS:
             problems.append(
-                Problem(entry.line, f"unknown top-level key {key!r} (expected: aliases, providers)")
+                Problem(
+                    entry.line,
+                    f"unknown top-level key {key!r} (expected: aliases, defaults, providers)",
+                )
             )
     if "providers" in root.value:
         providers.extend(_parse_providers(root.value["providers"], problems))
+    if "defaults" in root.value:
+        defaults[0] = _parse_defaults(root.value["defaults"], problems)
     section = root.value.get("aliases")
     if section is None or section.value is None:
         return {}
@@ -176,13 +190,30 @@ def _parse(data: bytes, problems: list[Problem], providers: list[ProviderSpec]) 
         return {}
     aliases: dict[str, Alias] = {}
     for name, entry in section.value.items():
-        alias = _parse_alias(name, entry, problems)
+        alias = _parse_alias(name, entry, problems, defaults[0])
         if alias is not None:
             aliases[name] = alias
     return aliases
 
 
-def _parse_alias(name: str, entry: Located, problems: list[Problem]) -> Alias | None:
+def _parse_defaults(section: Located, problems: list[Problem]) -> Policy:
+    if not isinstance(section.value, dict):
+        problems.append(Problem(section.line, "'defaults' must be a mapping of policy keys"))
+        return DEFAULT_POLICY
+    _unknown_keys(section.value, POLICY_KEYS, "defaults", problems)
+    return _policy(section.value, DEFAULT_POLICY, "defaults", problems)
+
+
+def _policy(value: dict[str, Located], base: Policy, where: str, problems: list[Problem]) -> Policy:
+    found: list[tuple[int, str]] = []
+    policy = parse_policy(value, base, where, found)
+    problems.extend(Problem(line, message) for line, message in found)
+    return policy
+
+
+def _parse_alias(
+    name: str, entry: Located, problems: list[Problem], defaults: Policy
+) -> Alias | None:
     where = f"alias {name!r}"
     if not name.strip():
         problems.append(Problem(entry.line, "alias name is empty"))
@@ -190,7 +221,7 @@ def _parse_alias(name: str, entry: Located, problems: list[Problem]) -> Alias | 
     value = entry.value
     if isinstance(value, str):
         target = _spec_target(value, entry.line, where, problems)
-        return Alias(name, (target,), entry.line) if target else None
+        return Alias(name, (target,), entry.line, defaults) if target else None
     if not isinstance(value, dict):
         problems.append(
             Problem(
@@ -213,9 +244,10 @@ def _parse_alias(name: str, entry: Located, problems: list[Problem]) -> Alias | 
     else:
         single = _map_target(value, entry.line, where, problems)
         targets = [single] if single else []
+    policy = _policy(value, defaults, where, problems)
     if len(problems) > before or not targets:
         return None
-    return Alias(name, tuple(targets), entry.line)
+    return Alias(name, tuple(targets), entry.line, policy)
 
 
 def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[Target]:
@@ -231,6 +263,15 @@ def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[
         elif isinstance(item.value, dict):
             _unknown_keys(item.value, TARGET_MAP_KEYS, item_where, problems)
             target = _map_target(item.value, item.line, item_where, problems)
+            weight = item.value.get("weight")
+            if target is not None and weight is not None:
+                number = positive_number(weight.value)
+                if number is None:
+                    problems.append(
+                        Problem(weight.line, f"{item_where}: weight must be a positive number")
+                    )
+                else:
+                    target = Target(target.provider, target.model, number)
         else:
             problems.append(
                 Problem(

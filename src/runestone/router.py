@@ -15,18 +15,20 @@ import difflib
 import itertools
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
 from runestone._alias_file import AliasTable
+from runestone._policy import Policy
 from runestone.aliases import AliasStore, SpecError, Target, parse_spec
 from runestone.anthropic_sse import AnthropicStreamScanner
+from runestone.breaker import Breakers
 from runestone.errors import GatewayError, error_for
 from runestone.providers import Endpoint, ProviderRegistry, default_registry
-from runestone.providers.adapter import Adapter, Call, Reply, UpstreamStream
+from runestone.providers.adapter import Adapter, Call, Reply
 from runestone.providers.anthropic_native import AnthropicMessagesAdapter
 from runestone.providers.anyllm import (
     AnyLLMChatAdapter,
@@ -36,7 +38,9 @@ from runestone.providers.anyllm import (
 )
 from runestone.providers.mock import MockAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
-from runestone.sse import OpenAIStreamScanner, StreamScanner, StreamSummary, relay_stream
+from runestone.resilience import Candidate, Deadline, run_attempts
+from runestone.sse import OpenAIStreamScanner
+from runestone.streaming import RoutedStream
 from runestone.validation import Operation, validate_chat_request
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
@@ -63,44 +67,6 @@ class Routed:
     attempts: int
 
 
-class RoutedStream:
-    """An accepted upstream stream, relayed to the client with honest endings."""
-
-    __slots__ = ("_stream", "attempts", "request_id", "scanner", "target")
-
-    def __init__(
-        self,
-        stream: UpstreamStream,
-        target: Target,
-        attempts: int,
-        request_id: str,
-        scanner: StreamScanner,
-    ) -> None:
-        self._stream = stream
-        self.target = target
-        self.attempts = attempts
-        self.request_id = request_id
-        self.scanner = scanner
-
-    @property
-    def summary(self) -> StreamSummary:
-        return self.scanner.summary
-
-    def events(self) -> AsyncGenerator[bytes, None]:
-        return relay_stream(self._stream.chunks(), self.scanner, self.request_id)
-
-    def close(self) -> None:
-        """Drop the upstream connection at once (the client went away)."""
-        self._stream.close()
-
-    async def aclose(self) -> None:
-        """Release the upstream: kept for reuse after a complete stream, else cut."""
-        if self.scanner.summary.done:
-            await self._stream.finish()
-        else:
-            self._stream.close()
-
-
 class Router:
     """Resolves model names against the live alias table and calls providers."""
 
@@ -110,8 +76,10 @@ class Router:
         session: aiohttp.ClientSession,
         *,
         environ: Mapping[str, str] | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.aliases = aliases
+        self.breakers = breakers or Breakers()
         self._environ = dict(os.environ if environ is None else environ)
         self._base_registry = default_registry(self._environ)
         self._registry_for: tuple[AliasTable, ProviderRegistry] | None = None
@@ -173,17 +141,24 @@ class Router:
             param="model",
         )
 
-    def _attempts(
+    def _plan(
         self,
         operation: Operation,
         body: dict[str, object],
         request_id: str,
         forward_headers: tuple[tuple[str, str], ...],
-    ) -> list[tuple[Target, Call]]:
+        *,
+        streaming: bool = False,
+    ) -> tuple[list[Candidate], Policy]:
+        """The usable targets for this request, each with its breaker, and the policy."""
         table = self.aliases.table  # read once: the whole request uses this snapshot
         registry = self.registry(table)
-        targets = self.resolve(str(body["model"]), table)
-        calls: list[tuple[Target, Call]] = []
+        model = str(body["model"])
+        alias = table.aliases.get(model)
+        policy = alias.policy if alias is not None else table.defaults
+        targets = alias.targets if alias is not None else self.resolve(model, table)
+        read_timeout = policy.idle_timeout if streaming else None
+        candidates: list[Candidate] = []
         first_error: GatewayError | None = None
         for target in targets:
             endpoint = registry.endpoint(target.provider)
@@ -192,16 +167,21 @@ class Router:
                 first_error = first_error or error
                 continue
             assert endpoint is not None
-            calls.append(
-                (
-                    target,
-                    Call(endpoint, target.model, body, request_id, operation, forward_headers),
-                )
+            call = Call(
+                endpoint,
+                target.model,
+                body,
+                request_id,
+                operation,
+                forward_headers,
+                read_timeout,
             )
-        if not calls:
+            breaker = self.breakers.get(f"{target}@{endpoint.base_url}")
+            candidates.append(Candidate(target, call, breaker))
+        if not candidates:
             assert first_error is not None
             raise first_error
-        return calls
+        return candidates, policy
 
     def _adapter(self, call: Call) -> Adapter:
         adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))
@@ -226,19 +206,12 @@ class Router:
         forward_headers: tuple[tuple[str, str], ...] = (),
     ) -> Routed:
         """Answer one non-streamed request; raise ``GatewayError`` on failure."""
-        last: GatewayError | None = None
-        calls = self._attempts(operation, body, request_id, forward_headers)
-        for attempt, (target, call) in enumerate(calls, start=1):
-            try:
-                reply = await self._adapter(call).complete(call)
-            except GatewayError as exc:
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            return Routed(reply, target, attempt)
-        assert last is not None
-        raise last
+        candidates, policy = self._plan(operation, body, request_id, forward_headers)
+        done = await run_attempts(candidates, policy, Deadline(policy.timeout), self._complete_one)
+        return Routed(done.result, done.candidate.target, done.attempts)
+
+    async def _complete_one(self, call: Call) -> Reply:
+        return await self._adapter(call).complete(call)
 
     async def open_stream(
         self,
@@ -247,21 +220,39 @@ class Router:
         operation: Operation = "chat",
         forward_headers: tuple[tuple[str, str], ...] = (),
     ) -> RoutedStream:
-        """Open a streamed request; return once an upstream accepted it."""
-        last: GatewayError | None = None
-        calls = self._attempts(operation, body, request_id, forward_headers)
+        """Open a streamed request; return once an upstream sent its first content."""
+        candidates, policy = self._plan(
+            operation, body, request_id, forward_headers, streaming=True
+        )
         scanner_type = AnthropicStreamScanner if operation == "messages" else OpenAIStreamScanner
-        for attempt, (target, call) in enumerate(calls, start=1):
-            try:
-                stream = await self._adapter(call).open_stream(call)
-            except GatewayError as exc:
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            return RoutedStream(stream, target, attempt, request_id, scanner_type(target.provider))
-        assert last is not None
-        raise last
+        breakers = {id(c.call): c.breaker for c in candidates}
+        targets = {id(c.call): c.target for c in candidates}
+
+        async def connect(call: Call) -> RoutedStream:
+            stream = await self._adapter(call).open_stream(call)
+            routed = RoutedStream(
+                stream,
+                targets[id(call)],
+                request_id,
+                scanner_type(call.provider),
+                breakers[id(call)],
+            )
+            await routed.prime()
+            return routed
+
+        deadline = Deadline(policy.timeout)
+        done = await run_attempts(
+            candidates,
+            policy,
+            deadline,
+            connect,
+            attempt_timeout=policy.first_token_timeout,
+            hold=True,
+        )
+        routed = done.result
+        routed.attempts = done.attempts
+        routed.arm_deadline(deadline)
+        return routed
 
 
 _OPERATION_NAMES: dict[Operation, str] = {

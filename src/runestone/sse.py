@@ -253,26 +253,35 @@ async def relay_stream(
     chunks: AsyncIterator[bytes],
     scanner: StreamScanner,
     request_id: str | None,
+    first: bytes = b"",
 ) -> AsyncGenerator[bytes, None]:
-    """Yield the SSE bytes a client should receive, ending honestly on any failure."""
+    """Yield the SSE bytes a client should receive, ending honestly on any failure.
+
+    ``first`` is output the scanner already produced (read while connecting).
+    """
+    summary = scanner.summary
+    if first:
+        yield first
+        if summary.done:
+            return
     try:
         async for chunk in chunks:
             out = scanner.feed(chunk)
             if out:
                 yield out
-            if scanner.summary.error is not None:
-                yield scanner.error_event(scanner.summary.error, request_id)
+            if summary.error is not None:
+                yield scanner.error_event(summary.error, request_id)
                 return
-            if scanner.summary.done:
+            if summary.done:
                 return
     except GatewayError as exc:
-        scanner.summary.error = exc
-        yield scanner.error_event(exc, request_id)
+        summary.error = summary.error or exc
+        yield scanner.error_event(summary.error, request_id)
         return
     except Exception as exc:  # a broken upstream connection, mid-stream
-        error = map_transport_error(scanner.provider, exc, streaming=True)
-        scanner.summary.error = error
-        yield scanner.error_event(error, request_id)
+        # An error set already (the deadline passing) is why the connection was cut.
+        summary.error = summary.error or map_transport_error(scanner.provider, exc, streaming=True)
+        yield scanner.error_event(summary.error, request_id)
         return
     ending = scanner.finish()
     if ending is not None:

@@ -31,8 +31,9 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.providers.mock import MODELS as MOCK_MODELS
-from runestone.router import RoutedStream, Router, new_request_id
+from runestone.router import Router, new_request_id
 from runestone.sse import HEARTBEAT, SSE_HEADERS
+from runestone.streaming import RoutedStream
 from runestone.validation import Operation, validate
 
 log = logging.getLogger("runestone.http")

@@ -21,6 +21,8 @@ class Call:
     operation: Operation = "chat"
     #: Client headers a same-format upstream should see (anthropic-version, anthropic-beta).
     forward_headers: tuple[tuple[str, str], ...] = ()
+    #: Seconds of upstream silence allowed between reads (a stream's idle timeout).
+    read_timeout: float | None = None
 
     @property
     def provider(self) -> str:

@@ -32,6 +32,13 @@ class SessionAdapter:
         """(path below the base URL, body, headers) for this call."""
         raise NotImplementedError
 
+    def _send(self, call: Call, path: str, data: bytes, headers: Any) -> Any:
+        url = call.endpoint.url(path)
+        if call.read_timeout is None:  # the session's timeouts: no object per request
+            return self._session.post(url, data=data, headers=headers)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)
+        return self._session.post(url, data=data, headers=headers, timeout=timeout)
+
     async def _post(self, call: Call) -> Reply:
         path, data, headers = self._prepare(call)
         try:
@@ -56,7 +63,7 @@ class SessionAdapter:
     async def _post_stream(self, call: Call) -> AiohttpStream:
         path, data, headers = self._prepare(call)
         try:
-            resp = await self._session.post(call.endpoint.url(path), data=data, headers=headers)
+            resp = await self._send(call, path, data, headers)
             if resp.status >= 400:
                 try:
                     body = await resp.read()

@@ -1,0 +1,92 @@
+"""Per-alias resilience policy: how targets are chosen, retried and timed.
+
+Read from an alias's map (and from the file's ``defaults:``), validated like the rest of
+the file. Keys are part of the user contract::
+
+    strategy: fallback          # or weighted, or least_busy
+    retries: 2                  # per target, retryable errors only
+    timeout: 30                 # seconds, whole request, all attempts together
+    first_token_timeout: 5      # seconds until the first byte/token
+    idle_timeout: 10            # seconds of silence allowed between stream chunks
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from runestone._yaml_nodes import Located
+
+Strategy = Literal["fallback", "weighted", "least_busy"]
+STRATEGIES: tuple[Strategy, ...] = ("fallback", "weighted", "least_busy")
+POLICY_KEYS = frozenset({"strategy", "retries", "timeout", "first_token_timeout", "idle_timeout"})
+MAX_RETRIES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Defaults apply to aliases that set nothing and to bare ``provider:model`` names."""
+
+    strategy: Strategy = "fallback"
+    retries: int = 2
+    timeout: float = 600.0
+    first_token_timeout: float | None = None
+    idle_timeout: float | None = None
+
+    def describe(self) -> str:
+        parts = [self.strategy, f"retries={self.retries}", f"timeout={self.timeout:g}s"]
+        if self.first_token_timeout is not None:
+            parts.append(f"first_token_timeout={self.first_token_timeout:g}s")
+        if self.idle_timeout is not None:
+            parts.append(f"idle_timeout={self.idle_timeout:g}s")
+        return " ".join(parts)
+
+
+DEFAULT_POLICY = Policy()
+
+
+def parse_policy(
+    value: dict[str, Located], base: Policy, where: str, problems: list[tuple[int, str]]
+) -> Policy:
+    """``base`` with the policy keys found in ``value`` applied; problems are appended."""
+    changes: dict[str, object] = {}
+    strategy = value.get("strategy")
+    if strategy is not None:
+        if strategy.value not in STRATEGIES:
+            problems.append(
+                (
+                    strategy.line,
+                    f"{where}: strategy must be one of {', '.join(STRATEGIES)}, "
+                    f"not {strategy.value!r}",
+                )
+            )
+        else:
+            changes["strategy"] = strategy.value
+    retries = value.get("retries")
+    if retries is not None:
+        if (
+            not isinstance(retries.value, int)
+            or isinstance(retries.value, bool)
+            or not 0 <= retries.value <= MAX_RETRIES
+        ):
+            problems.append(
+                (retries.line, f"{where}: retries must be a whole number from 0 to {MAX_RETRIES}")
+            )
+        else:
+            changes["retries"] = retries.value
+    for key in ("timeout", "first_token_timeout", "idle_timeout"):
+        entry = value.get(key)
+        if entry is None:
+            continue
+        seconds = positive_number(entry.value)
+        if seconds is None:
+            problems.append((entry.line, f"{where}: {key} must be a positive number of seconds"))
+        else:
+            changes[key] = seconds
+    return replace(base, **changes) if changes else base  # type: ignore[arg-type]
+
+
+def positive_number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)

@@ -1,0 +1,172 @@
+"""The attempt loop: target order, retries with backoff, one deadline, breakers.
+
+For one request the router hands over its targets (in the alias's order) and an
+operation that tries one target. The loop:
+
+- orders targets by the alias's strategy (``fallback``, ``weighted``, ``least_busy``);
+- skips targets whose breaker is open, and fails fast with ``no_healthy_upstream`` when
+  that is every target;
+- retries a *retryable* failure on the same target up to ``retries`` times, after a full-
+  jitter exponential backoff or the upstream's ``Retry-After``; when that wait would pass
+  the deadline it moves to the next target instead of sleeping;
+- moves to the next target after a gateway-side failure (a rejected key, a missing SDK)
+  or an exhausted target; never retries nor fails over a client error;
+- bounds every attempt, and all of them together, by the request's deadline.
+
+Retries and failover happen only here, before the first byte reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from runestone._policy import Policy, Strategy
+from runestone.aliases import Target
+from runestone.breaker import CircuitBreaker
+from runestone.errors import GatewayError, error_for
+from runestone.providers.adapter import Call
+
+T = TypeVar("T")
+
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 8.0
+
+
+class Deadline:
+    """One deadline per request, shared by every attempt."""
+
+    __slots__ = ("_loop", "at", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.seconds = seconds
+        self.at = self._loop.time() + seconds
+
+    def remaining(self) -> float:
+        return self.at - self._loop.time()
+
+
+def backoff(retry: int) -> float:
+    """Full jitter: uniform between 0 and base * 2**retry, capped."""
+    return random.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * (2**retry)))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    target: Target
+    call: Call
+    breaker: CircuitBreaker
+
+
+def order(strategy: Strategy, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The order to try targets in; every target stays in the list as a fallback."""
+    if strategy == "weighted" and len(candidates) > 1:
+        # A weighted random permutation: key u**(1/w), largest first.
+        keyed = [(random.random() ** (1.0 / c.target.weight), c) for c in candidates]
+        return [c for _, c in sorted(keyed, key=lambda pair: pair[0], reverse=True)]
+    if strategy == "least_busy" and len(candidates) > 1:
+        return sorted(candidates, key=lambda c: c.breaker.in_flight)  # stable: ties in order
+    return list(candidates)
+
+
+@dataclass(slots=True)
+class Attempted(Generic[T]):
+    result: T
+    candidate: Candidate
+    attempts: int
+
+
+def counts_against(error: GatewayError) -> bool:
+    """Whether a failure is evidence that the target is unhealthy."""
+    return error.fault == "upstream" and error.retryable
+
+
+async def run_attempts(
+    candidates: Sequence[Candidate],
+    policy: Policy,
+    deadline: Deadline,
+    attempt: Callable[[Call], Awaitable[T]],
+    *,
+    attempt_timeout: float | None = None,
+    hold: bool = False,
+) -> Attempted[T]:
+    """Try targets until one answers; raise the ``GatewayError`` that ends the request.
+
+    ``attempt_timeout`` bounds each attempt on top of the deadline (the first-token
+    timeout of a stream). With ``hold``, the winning target's in-flight count stays
+    raised for the caller to lower when the answer has been relayed.
+    """
+    attempts = 0
+    last: GatewayError | None = None
+    refused: list[CircuitBreaker] = []
+    for candidate in order(policy.strategy, candidates):
+        breaker = candidate.breaker
+        for retry in range(policy.retries + 1):
+            if not breaker.allow():
+                refused.append(breaker)
+                break
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise _timed_out(deadline, last)
+            limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
+            attempts += 1
+            breaker.in_flight += 1
+            try:
+                async with asyncio.timeout(limit):
+                    result = await attempt(candidate.call)
+            except TimeoutError:
+                error = (
+                    _timed_out(deadline, last)
+                    if deadline.remaining() <= 0
+                    else error_for(
+                        "upstream_timeout",
+                        f"{candidate.call.provider} sent nothing within {limit:.3g}s",
+                        provider=candidate.call.provider,
+                    )
+                )
+            except GatewayError as exc:
+                error = exc
+            else:
+                breaker.record_success()
+                if not hold:
+                    breaker.in_flight -= 1
+                return Attempted(result, candidate, attempts)
+            breaker.in_flight -= 1
+            if error.code == "gateway_timeout":
+                breaker.record_failure()
+                raise error
+            if counts_against(error):
+                breaker.record_failure()
+            elif error.fault == "client":
+                breaker.record_success()  # the upstream answered; the request was wrong
+                raise error
+            last = error
+            if not error.retryable or retry == policy.retries:
+                break  # this target is done: the next one may still answer
+            wait = error.retry_after if error.retry_after is not None else backoff(retry)
+            if wait >= deadline.remaining():
+                break  # sleeping would pass the deadline: try the next target now
+            await asyncio.sleep(wait)
+    if last is None and refused:
+        retry_in = min(b.retry_in() for b in refused)
+        raise error_for(
+            "no_healthy_upstream",
+            "every target is failing and paused by its circuit breaker: "
+            + ", ".join(b.key for b in refused),
+            retry_after=max(retry_in, 1.0),
+        )
+    assert last is not None
+    raise last
+
+
+def _timed_out(deadline: Deadline, last: GatewayError | None) -> GatewayError:
+    detail = f"; last failure: {last.message}" if last is not None else ""
+    return error_for(
+        "gateway_timeout",
+        f"the request's deadline of {deadline.seconds:g}s passed{detail}",
+        provider=last.provider if last is not None else None,
+    )

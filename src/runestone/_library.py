@@ -16,6 +16,7 @@ import aiohttp
 
 from runestone._session import make_session
 from runestone.aliases import AliasStore
+from runestone.breaker import Breakers
 from runestone.config import Settings
 from runestone.providers import known_provider_names
 from runestone.remote import RemoteBackend
@@ -77,7 +78,8 @@ def _create(settings: Settings) -> _Default:
         )
     store = AliasStore.from_env(known_providers=known_provider_names())
     store.load()
-    default = _Default(LocalBackend(Router(store, session)), session)
+    router = Router(store, session, breakers=Breakers(settings.breaker_config()))
+    default = _Default(LocalBackend(router), session)
     default.watcher = asyncio.get_running_loop().create_task(store.watch(settings.watch))
     return default
 

@@ -62,6 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
+    status = commands.add_parser(
+        "status",
+        help="show a running gateway's alias table and circuit breakers",
+        description="Read /health/ready of a running gateway and print its alias table "
+        "status and every target's circuit breaker.",
+    )
+    status.add_argument(
+        "--url",
+        help="the gateway (default: RUNESTONE_URL, else http://127.0.0.1:RUNESTONE_PORT)",
+    )
+    status.set_defaults(handler=_status)
+
     aliases = commands.add_parser(
         "aliases",
         help="list, resolve and check model aliases",
@@ -151,6 +163,47 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = (
+        args.url
+        or os.environ.get("RUNESTONE_URL")
+        or (f"http://127.0.0.1:{os.environ.get('RUNESTONE_PORT', '4001')}")
+    )
+    url = url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
+            ready = json.load(response)
+    except urllib.error.HTTPError as exc:
+        ready = json.load(exc)
+    except OSError as exc:
+        print(f"runestone: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    aliases = ready.get("aliases", {})
+    state = "ok" if aliases.get("ok") else f"LAST RELOAD FAILED: {aliases.get('error')}"
+    print(f"gateway {url}: {ready.get('status')}")
+    print(
+        f"aliases: {aliases.get('count')} from {aliases.get('source')} "
+        f"(version {aliases.get('version')}; {aliases.get('reloads_ok')} reloads, "
+        f"{aliases.get('reloads_failed')} failed; {state})"
+    )
+    breakers = ready.get("breakers") or []
+    if not breakers:
+        print("breakers: none yet (no target has been called)")
+        return 0 if ready.get("status") == "ready" else 1
+    width = max(len(b["target"]) for b in breakers)
+    print(f"\n{'TARGET':<{width}}  {'STATE':<9}  FAILURES  RETRY_IN  IN_FLIGHT")
+    for b in breakers:
+        print(
+            f"{b['target']:<{width}}  {b['state']:<9}  {b['consecutive_failures']:>8}  "
+            f"{b['retry_in']:>7}s  {b['in_flight']:>9}"
+        )
+    return 0 if ready.get("status") == "ready" else 1
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runestone._watch import WATCH_MODES, WatchMode
+from runestone.breaker import BreakerConfig
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,18 @@ class Settings:
     read_timeout: float = 300.0
     gateway_mode: bool = False
     gateway_url: str | None = None
+    breaker_failures: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_cooldown: float = 30.0
+    breaker_half_open_trials: int = 1
+
+    def breaker_config(self) -> BreakerConfig:
+        return BreakerConfig(
+            failures=self.breaker_failures,
+            failure_rate=self.breaker_failure_rate,
+            cooldown=self.breaker_cooldown,
+            half_open_trials=self.breaker_half_open_trials,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +62,14 @@ class Settings:
             read_timeout=_number(env, "RUNESTONE_READ_TIMEOUT", cls.read_timeout),
             gateway_mode=gateway_mode,
             gateway_url=gateway_url,
+            breaker_failures=int(_number(env, "RUNESTONE_BREAKER_FAILURES", cls.breaker_failures)),
+            breaker_failure_rate=_number(
+                env, "RUNESTONE_BREAKER_FAILURE_RATE", cls.breaker_failure_rate
+            ),
+            breaker_cooldown=_number(env, "RUNESTONE_BREAKER_COOLDOWN", cls.breaker_cooldown),
+            breaker_half_open_trials=int(
+                _number(env, "RUNESTONE_BREAKER_HALF_OPEN_TRIALS", cls.breaker_half_open_trials)
+            ),
         )
 
 

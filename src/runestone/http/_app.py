@@ -17,6 +17,7 @@ import orjson
 
 from runestone._session import make_session
 from runestone.aliases import AliasStore
+from runestone.breaker import Breakers
 from runestone.config import Settings
 from runestone.errors import GatewayError, error_for
 from runestone.http._asgi import (
@@ -114,7 +115,12 @@ class RunestoneApp:
                 read_timeout=self.settings.read_timeout,
             )
             self._watcher = asyncio.create_task(self.aliases.watch(self.settings.watch))
-            self.router = Router(self.aliases, self._session, environ=self._environ)
+            self.router = Router(
+                self.aliases,
+                self._session,
+                environ=self._environ,
+                breakers=Breakers(self.settings.breaker_config()),
+            )
 
     async def shutdown(self) -> None:
         if self._watcher is not None:
@@ -330,10 +336,12 @@ class RunestoneApp:
     async def _ready(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         status = self.aliases.status
         loaded = bool(status.version)
+        breakers = self.router.breakers.snapshot() if self.router is not None else []
         body = orjson.dumps(
             {
                 "status": "ready" if loaded else "not_ready",
                 "aliases": {"count": len(self.aliases.table), **status.as_dict()},
+                "breakers": breakers,
             }
         )
         await send_json(send, 200 if loaded else 503, body, [(b"content-type", JSON)])

@@ -43,7 +43,7 @@ _MARKERS = (
     b'"finish_reason": "',
 )
 _FINAL_EVENTS = 6  # how many events before [DONE] may carry usage or the finish reason
-_FINAL_BYTES = 8192  # and how far back they can be
+_FINAL_BYTES = 4096  # and how far back they can be
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 
 
@@ -163,11 +163,9 @@ class OpenAIStreamScanner(StreamScanner):
             if end:
                 self.summary.done = True
                 final = complete[:end]
-                for block in (self._previous, self._earlier):
-                    if final.count(b"\n\n") > _FINAL_EVENTS:
-                        break
-                    final = block[-_FINAL_BYTES:] + final
-                self._read_final_events(final)
+                if len(final) < _FINAL_BYTES:
+                    final = self._earlier[-_FINAL_BYTES:] + self._previous[-_FINAL_BYTES:] + final
+                self._read_final_events(final[-_FINAL_BYTES:])
                 return complete[:end]
         self._earlier, self._previous = self._previous, complete
         return complete

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -108,6 +108,8 @@ class AliasStore:
         self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
         self._last_seen = ""
         self._lock = threading.Lock()
+        #: Called after every reload attempt with (ok, version in use): telemetry's hook.
+        self.on_reload: Callable[[bool, str], None] | None = None
 
     @classmethod
     def from_env(
@@ -149,6 +151,8 @@ class AliasStore:
                 last_attempt_at=now,
             )
         log.info("loaded %d aliases from %s (version %s)", len(table), self.path, table.version)
+        if self.on_reload is not None:
+            self.on_reload(True, table.version)
 
     def reload(self) -> bool:
         """Re-read the file if its content changed; return whether a new table is in use.
@@ -191,6 +195,8 @@ class AliasStore:
                 last_attempt_at=now,
             )
         log.info("reloaded %d aliases from %s (version %s)", len(table), self.path, version)
+        if self.on_reload is not None:
+            self.on_reload(True, version)
         return True
 
     def _failed(self, error: str, *, key: str, now: float, already_seen: bool = False) -> bool:
@@ -206,6 +212,8 @@ class AliasStore:
             last_attempt_at=now,
         )
         log.error("alias reload failed: %s", error)
+        if self.on_reload is not None:
+            self.on_reload(False, self._table.version)
         return False
 
     async def watch(

@@ -147,6 +147,11 @@ def _serve(args: argparse.Namespace) -> int:
             "who reaches this port can spend your provider keys",
             file=sys.stderr,
         )
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # Each worker writes its metrics here, and a scrape of any worker sums them all.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="runestone-metrics-")
     import uvicorn
 
     uvicorn.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ class Settings:
     read_timeout: float = 300.0
     gateway_mode: bool = False
     gateway_url: str | None = None
+    metrics_token: str | None = None
+    log_json: bool = True
     breaker_failures: int = 5
     breaker_failure_rate: float = 0.5
     breaker_cooldown: float = 30.0
@@ -62,6 +65,8 @@ class Settings:
             read_timeout=_number(env, "RUNESTONE_READ_TIMEOUT", cls.read_timeout),
             gateway_mode=gateway_mode,
             gateway_url=gateway_url,
+            metrics_token=env.get("RUNESTONE_METRICS_TOKEN") or None,
+            log_json=_log_format(env) == "json",
             breaker_failures=int(_number(env, "RUNESTONE_BREAKER_FAILURES", cls.breaker_failures)),
             breaker_failure_rate=_number(
                 env, "RUNESTONE_BREAKER_FAILURE_RATE", cls.breaker_failure_rate
@@ -71,6 +76,13 @@ class Settings:
                 _number(env, "RUNESTONE_BREAKER_HALF_OPEN_TRIALS", cls.breaker_half_open_trials)
             ),
         )
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    value = env.get("RUNESTONE_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    if value not in ("json", "text"):
+        raise ConfigError(f"RUNESTONE_LOG_FORMAT must be json or text, not {value!r}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -15,6 +15,7 @@ import difflib
 import itertools
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class Routed:
     reply: Reply
     target: Target
     attempts: int
+    upstream: float = 0.0  # seconds spent in attempts (waiting on upstreams, backoff)
 
 
 class Router:
@@ -241,6 +243,7 @@ class Router:
             return routed
 
         deadline = Deadline(policy.timeout)
+        started = time.perf_counter()
         done = await run_attempts(
             candidates,
             policy,
@@ -251,6 +254,7 @@ class Router:
         )
         routed = done.result
         routed.attempts = done.attempts
+        routed.upstream = time.perf_counter() - started
         routed.arm_deadline(deadline)
         return routed
 

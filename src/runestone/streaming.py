@@ -41,6 +41,7 @@ class RoutedStream:
         "request_id",
         "scanner",
         "target",
+        "upstream",
     )
 
     def __init__(
@@ -58,6 +59,7 @@ class RoutedStream:
         self._expiry: asyncio.TimerHandle | None = None
         self.target = target
         self.attempts = 1
+        self.upstream = 0.0  # seconds spent connecting (attempts, backoff, first content)
         self.request_id = request_id
         self.scanner = scanner
 

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
 
+from runestone import usage
 from runestone._session import make_session
 from runestone.aliases import AliasStore
 from runestone.breaker import Breakers
@@ -35,6 +37,10 @@ from runestone.providers.mock import MODELS as MOCK_MODELS
 from runestone.router import Router, new_request_id
 from runestone.sse import HEARTBEAT, SSE_HEADERS
 from runestone.streaming import RoutedStream
+from runestone.telemetry import AliasReload, Outcome, RequestFinished, Telemetry
+from runestone.telemetry.logs import RequestLog
+from runestone.telemetry.prometheus import CONTENT_TYPE as METRICS_TYPE
+from runestone.telemetry.prometheus import PrometheusMetrics
 from runestone.validation import Operation, validate
 
 log = logging.getLogger("runestone.http")
@@ -77,7 +83,15 @@ class RunestoneApp:
         token = settings.service_token
         self._token = token.encode() if token else None
         self._bearer = b"Bearer " + self._token if self._token else None
+        metrics_token = settings.metrics_token or token
+        self._metrics_bearer = b"Bearer " + metrics_token.encode() if metrics_token else None
+        self.telemetry = Telemetry()
+        self.metrics = PrometheusMetrics(self._breaker_states)
+        self.telemetry.subscribe(self.metrics)
+        self.telemetry.subscribe(RequestLog(json_lines=settings.log_json))
+        aliases.on_reload = lambda ok, version: self.telemetry.emit(AliasReload(ok, version))
         self._routes: dict[str, _Route] = {
+            "/metrics": _Route("GET", self._metrics),
             "/v1/chat/completions": _Route("POST", self._chat),
             "/v1/messages": _Route("POST", self._messages, anthropic=True),
             "/v1/messages/count_tokens": _Route("POST", self._count_tokens, anthropic=True),
@@ -86,6 +100,9 @@ class RunestoneApp:
             "/health/live": _Route("GET", self._live),
             "/health/ready": _Route("GET", self._ready),
         }
+
+    def _breaker_states(self) -> list[dict[str, object]]:
+        return self.router.breakers.snapshot() if self.router is not None else []
 
     def __repr__(self) -> str:
         state = "started" if self.router is not None else "not started"
@@ -236,30 +253,101 @@ class RunestoneApp:
     async def _proxy(
         self, operation: Operation, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        body = validate(operation, await self._read_json_body(scope, receive))
-        router = self.router
-        assert router is not None
-        forward: tuple[tuple[str, str], ...] = ()
-        if operation != "chat" and operation != "embeddings":
-            forward = tuple(
-                (name.decode(), value.decode("latin-1"))
-                for name, value in scope["headers"]
-                if name in _FORWARDED
+        started = time.perf_counter()
+        stream = False
+        model = ""
+        in_flight = self.metrics.in_flight.labels(operation, "false")
+        in_flight.inc()
+        try:
+            body = validate(operation, await self._read_json_body(scope, receive))
+            model = str(body["model"])
+            router = self.router
+            assert router is not None
+            forward: tuple[tuple[str, str], ...] = ()
+            if operation != "chat" and operation != "embeddings":
+                forward = tuple(
+                    (name.decode(), value.decode("latin-1"))
+                    for name, value in scope["headers"]
+                    if name in _FORWARDED
+                )
+            if body.get("stream") is True and operation in ("chat", "messages"):
+                stream = True
+                routed_stream = await router.open_stream(body, request_id, operation, forward)
+                await self._relay(routed_stream, receive, send, operation, model, started)
+                return
+            routed = await router.complete(operation, body, request_id, forward)
+            elapsed = time.perf_counter() - started
+            overhead_ms = max(elapsed - routed.upstream, 0.0) * 1000
+            headers = [
+                (b"content-type", routed.reply.content_type),
+                (b"x-request-id", request_id.encode()),
+                (b"x-runestone-target", _header(str(routed.target))),
+                (b"x-runestone-attempts", str(routed.attempts).encode()),
+                (b"x-runestone-overhead-ms", b"%.3f" % overhead_ms),
+                (
+                    b"server-timing",
+                    b"gateway;dur=%.3f, upstream;dur=%.3f" % (overhead_ms, routed.upstream * 1000),
+                ),
+            ]
+            await send_json(send, 200, routed.reply.body, headers)
+            given, taken = usage.from_body(routed.reply.body)
+            self.telemetry.emit(
+                RequestFinished(
+                    request_id,
+                    operation,
+                    self._alias_label(model),
+                    routed.target.provider,
+                    routed.target.model,
+                    200,
+                    "",
+                    False,
+                    routed.attempts,
+                    time.perf_counter() - started,
+                    routed.upstream,
+                    None,
+                    given,
+                    taken,
+                    "complete",
+                )
             )
-        if body.get("stream") is True and operation in ("chat", "messages"):
-            routed_stream = await router.open_stream(body, request_id, operation, forward)
-            await self._relay(routed_stream, receive, send)
-            return
-        routed = await router.complete(operation, body, request_id, forward)
-        headers = [
-            (b"content-type", routed.reply.content_type),
-            (b"x-request-id", request_id.encode()),
-            (b"x-runestone-target", _header(str(routed.target))),
-            (b"x-runestone-attempts", str(routed.attempts).encode()),
-        ]
-        await send_json(send, 200, routed.reply.body, headers)
+        except GatewayError as exc:
+            self.telemetry.emit(
+                RequestFinished(
+                    request_id,
+                    operation,
+                    self._alias_label(model),
+                    exc.provider or "-",
+                    "-",
+                    exc.status,
+                    exc.code,
+                    stream,
+                    1,
+                    time.perf_counter() - started,
+                    0.0,
+                    None,
+                    None,
+                    None,
+                    "error",
+                )
+            )
+            raise
+        finally:
+            in_flight.dec()
 
-    async def _relay(self, routed: RoutedStream, receive: Receive, send: Send) -> None:
+    def _alias_label(self, model: str) -> str:
+        # Only names from the alias file become labels: client strings stay out of metrics.
+        return model if model in self.aliases.table.aliases else "-"
+
+    async def _relay(
+        self,
+        routed: RoutedStream,
+        receive: Receive,
+        send: Send,
+        operation: Operation,
+        model: str,
+        started: float,
+    ) -> None:
+        setup = time.perf_counter() - started
         headers = [
             *SSE_HEADERS,
             (b"x-request-id", routed.request_id.encode()),
@@ -282,11 +370,52 @@ class RunestoneApp:
         finally:
             watcher.cancel()
             await events.aclose()
+            self._stream_finished(routed, state, operation, model, started, setup)
         if state.client_gone:
             routed.close()
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         await routed.aclose()
+
+    def _stream_finished(
+        self,
+        routed: RoutedStream,
+        state: _StreamState,
+        operation: Operation,
+        model: str,
+        started: float,
+        setup: float,
+    ) -> None:
+        summary = routed.summary
+        if state.client_gone:
+            outcome: Outcome = "client_cancelled"
+        elif summary.done:
+            outcome = "complete"
+        elif summary.error is not None and summary.error.code == "upstream_stream_interrupted":
+            outcome = "truncated"
+        else:
+            outcome = "upstream_error"
+        given, taken = usage.tokens(summary.usage)
+        duration = time.perf_counter() - started
+        self.telemetry.emit(
+            RequestFinished(
+                routed.request_id,
+                operation,
+                self._alias_label(model),
+                routed.target.provider,
+                routed.target.model,
+                200,
+                summary.error.code if summary.error else "",
+                True,
+                routed.attempts,
+                duration,
+                max(duration - setup + routed.upstream, 0.0),
+                setup,
+                given,
+                taken,
+                outcome,
+            )
+        )
 
     async def _watch_client(
         self, receive: Receive, send: Send, state: _StreamState, routed: RoutedStream
@@ -329,6 +458,19 @@ class RunestoneApp:
         await send_json(
             send, 200, body, [(b"content-type", JSON), (b"x-request-id", request_id.encode())]
         )
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        expected = self._metrics_bearer
+        if expected is not None:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, expected):
+                raise error_for(
+                    "unauthorized",
+                    "/metrics needs 'Authorization: Bearer <token>' with RUNESTONE_METRICS_TOKEN "
+                    "(or the service token when no metrics token is set)",
+                )
+        body = self.metrics.render()
+        await send_json(send, 200, body, [(b"content-type", METRICS_TYPE.encode())])
 
     async def _live(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         await send_json(send, 200, b'{"status":"ok"}', [(b"content-type", JSON)])

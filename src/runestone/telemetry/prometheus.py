@@ -1,0 +1,155 @@
+"""Prometheus metrics, a subscriber of the telemetry hook; served at ``GET /metrics``.
+
+Under ``runestone serve --workers N`` every worker writes to ``PROMETHEUS_MULTIPROC_DIR``
+(the CLI creates one) and a scrape of any worker sums them all.
+
+Labels stay bounded: no request ids, no raw user strings; a model label past the first
+``MAX_MODELS`` distinct ones is reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from runestone.telemetry import AliasReload, Event, RequestFinished
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_MODELS = 200
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class PrometheusMetrics:
+    def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]] | None = None) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "runestone_requests",
+            "Requests by route, alias, target, status and error code",
+            ["route", "alias", "provider", "model", "status", "code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "runestone_request_duration_seconds",
+            "Whole request, received to last byte",
+            ["route", "alias", "provider"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "runestone_gateway_overhead_seconds",
+            "Time not spent waiting on the upstream",
+            ["route"],
+            buckets=_OVERHEAD,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "runestone_time_to_first_token_seconds",
+            "Streams: request to first content",
+            ["route", "alias", "provider"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "runestone_tokens",
+            "Tokens as the provider reported them",
+            ["provider", "model", "direction"],
+            registry=r,
+        )
+        self.streams = Counter(
+            "runestone_stream_outcomes",
+            "How streams ended",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.extra_attempts = Counter(
+            "runestone_extra_attempts",
+            "Attempts beyond the first (retries and fallbacks)",
+            ["route", "alias"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "runestone_in_flight_requests",
+            "Requests being answered now",
+            ["route", "stream"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.reloads = Counter(
+            "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
+        )
+        self.table = Gauge(
+            "runestone_alias_table_info",
+            "The alias table in use (value 1)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self._models: set[str] = set()
+        if breakers is not None and not self.multiprocess:
+            r.register(_BreakerCollector(breakers))
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RequestFinished):
+            self._request(event)
+        elif isinstance(event, AliasReload):
+            self.reloads.labels("ok" if event.ok else "failed").inc()
+            if event.ok:
+                self.table.clear()
+                self.table.labels(event.version).set(1)
+
+    def _model(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < MAX_MODELS:
+            self._models.add(model)
+            return model
+        return "other"
+
+    def _request(self, e: RequestFinished) -> None:
+        model = self._model(e.model)
+        self.requests.labels(e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
+        self.duration.labels(e.route, e.alias, e.provider).observe(e.duration)
+        self.overhead.labels(e.route).observe(e.overhead)
+        if e.attempts > 1:
+            self.extra_attempts.labels(e.route, e.alias).inc(e.attempts - 1)
+        if e.input_tokens:
+            self.tokens.labels(e.provider, model, "input").inc(e.input_tokens)
+        if e.output_tokens:
+            self.tokens.labels(e.provider, model, "output").inc(e.output_tokens)
+        if e.stream and e.status == 200:
+            self.streams.labels(e.route, e.outcome).inc()
+            if e.ttft is not None:
+                self.ttft.labels(e.route, e.alias, e.provider).observe(e.ttft)
+
+    def render(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+
+class _BreakerCollector(Collector):
+    """Breaker states, read at scrape time (one process's view)."""
+
+    def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]]) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "runestone_breaker_state",
+            "Circuit breaker per target: 0 closed, 1 half open, 2 open",
+            labels=["target"],
+        )
+        for breaker in self._breakers():
+            value = {"closed": 0, "half_open": 1, "open": 2}[str(breaker["state"])]
+            family.add_metric([str(breaker["target"])], value)
+        yield family

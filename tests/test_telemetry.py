@@ -1,0 +1,203 @@
+"""Metrics scraped from /metrics after real requests, and the request log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from runestone.telemetry import RequestFinished
+from tests.conftest import MakeGateway
+from tests.servers import (
+    FakeProvider,
+    Gateway,
+    StreamLog,
+    chunk,
+    error_response,
+    free_socket,
+    send_stream,
+)
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def scrape(
+    url: str, token: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{url}/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
+    )
+
+
+def post(gateway: Gateway, **body: Any) -> httpx.Response:
+    return httpx.post(f"{gateway.base_url}/chat/completions", json={"messages": HI, **body})
+
+
+def test_metrics_after_real_requests(gateway: Gateway, fake: FakeProvider) -> None:
+    assert post(gateway, model="smart").status_code == 200
+    assert post(gateway, model="smart", stream=True).content.endswith(b"[DONE]\n\n")
+    assert post(gateway, model="nope").status_code == 404
+    fake.on("broken", error_response(503, {"error": {"message": "overloaded"}}))
+    assert post(gateway, model="pair").status_code == 200  # fails over: 2 attempts
+    m = scrape(gateway.url)
+    assert value(m, "runestone_requests_total", alias="smart", status="200") == 2
+    assert value(m, "runestone_requests_total", code="model_not_found", status="404") == 1
+    assert value(m, "runestone_requests_total", alias="-", code="model_not_found") == 1
+    assert value(m, "runestone_stream_outcomes_total", outcome="complete") == 1
+    assert value(m, "runestone_extra_attempts_total", alias="pair") == 1
+    # two non-stream answers report 5 input tokens each; the stream did not ask for usage
+    assert value(m, "runestone_tokens_total", provider="openai", direction="input") == 10
+    assert value(m, "runestone_request_duration_seconds_count", route="chat") == 4
+    assert value(m, "runestone_gateway_overhead_seconds_count", route="chat") == 4
+    assert value(m, "runestone_time_to_first_token_seconds_count") == 1
+    assert value(m, "runestone_alias_reloads_total", result="ok") == 1
+    assert value(m, "runestone_in_flight_requests") == 0
+    states = {dict(ls)["target"]: v for (n, ls), v in m.items() if n == "runestone_breaker_state"}
+    assert set(states.values()) == {0.0}  # closed
+
+
+def test_metrics_for_a_truncated_and_a_cancelled_stream(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    async def drop(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        events = [chunk("m", {"role": "assistant", "content": ""}), chunk("m", {"content": "x"})]
+        return await send_stream(request, events, delay=0.05, then="drop")
+
+    log = StreamLog()
+
+    async def endless(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        events = [chunk("m", {"content": f"w{i}"}) for i in range(200)]
+        return await send_stream(request, events, delay=0.02, log=log)
+
+    fake.on("gpt-4", drop)
+    post(gateway, model="smart", stream=True)
+    fake.on("gpt-4", endless)
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        json={"model": "smart", "stream": True, "messages": HI},
+    ) as response:
+        next(response.iter_raw())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        m = scrape(gateway.url)
+        if value(m, "runestone_stream_outcomes_total", outcome="client_cancelled") == 1:
+            break
+        time.sleep(0.05)
+    assert value(m, "runestone_stream_outcomes_total", outcome="truncated") == 1
+    assert value(m, "runestone_stream_outcomes_total", outcome="client_cancelled") == 1
+
+
+def test_metrics_can_be_protected(make_gateway: MakeGateway) -> None:
+    gateway = make_gateway(service_token="svc", metrics_token="scraper")
+    assert httpx.get(f"{gateway.url}/metrics").status_code == 401
+    assert (
+        httpx.get(f"{gateway.url}/metrics", headers={"authorization": "Bearer svc"}).status_code
+        == 401
+    )
+    scrape(gateway.url, "scraper")
+
+
+def test_overhead_headers(gateway: Gateway) -> None:
+    response = post(gateway, model="smart")
+    overhead = float(response.headers["x-runestone-overhead-ms"])
+    assert 0 <= overhead < 1000
+    assert response.headers["server-timing"].startswith("gateway;dur=")
+    assert "upstream;dur=" in response.headers["server-timing"]
+
+
+def test_one_json_log_line_per_request_without_content(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="runestone.requests"):
+        post(gateway, model="smart", messages=[{"role": "user", "content": "a secret prompt"}])
+        time.sleep(0.1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "runestone.requests"]
+    assert len(lines) == 1
+    record = orjson.loads(lines[0])
+    assert record["alias"] == "smart"
+    assert record["target"] == "openai:gpt-4"
+    assert record["status"] == 200
+    assert record["input_tokens"] == 5
+    assert "secret" not in lines[0]
+    assert "Hello from the fake" not in lines[0]
+
+
+def test_overhead_is_duration_minus_upstream() -> None:
+    event = RequestFinished(
+        "r", "chat", "-", "p", "m", 200, "", False, 1, 0.5, 0.45, None, None, None, "complete"
+    )
+    assert event.overhead == pytest.approx(0.05)
+
+
+def test_metrics_sum_over_two_workers(tmp_path: Any, fake: FakeProvider) -> None:
+    aliases = tmp_path / "aliases.yaml"
+    aliases.write_text("aliases:\n  smart: openai:gpt-4\n")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNESTONE_", "PROMETHEUS"))}
+    env.update(
+        RUNESTONE_ALIASES_PATH=str(aliases),
+        OPENAI_BASE_URL=f"{fake.url}/v1",
+        OPENAI_API_KEY="sk-test",
+        RUNESTONE_LOG_FORMAT="json",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runestone",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for _ in range(20):  # new connections, so both workers take some
+            with httpx.Client() as client:
+                client.post(f"{url}/v1/chat/completions", json={"model": "smart", "messages": HI})
+        totals = [value(scrape(url), "runestone_requests_total", alias="smart") for _ in range(4)]
+        assert totals == [20, 20, 20, 20]
+    finally:
+        process.terminate()
+        process.wait(20)

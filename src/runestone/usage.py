@@ -23,18 +23,13 @@ def from_body(body: bytes) -> tuple[int | None, int | None]:
     if at < 0:
         return None, None
     start = body.find(b"{", at)
-    if start < 0:
-        return None, None
-    depth = 0
-    for index in range(start, min(len(body), start + 2048)):
-        byte = body[index]
-        if byte == 0x7B:  # {
-            depth += 1
-        elif byte == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                try:
-                    return tokens(orjson.loads(body[start : index + 1]))
-                except orjson.JSONDecodeError:
-                    return None, None
+    end = body.find(b"}", start)
+    # Usage may nest (prompt_tokens_details): widen to the next brace until it parses.
+    for _ in range(4):
+        if start < 0 or end < 0:
+            break
+        try:
+            return tokens(orjson.loads(body[start : end + 1]))
+        except orjson.JSONDecodeError:
+            end = body.find(b"}", end + 1)
     return None, None

@@ -256,7 +256,7 @@ class RunestoneApp:
         started = time.perf_counter()
         stream = False
         model = ""
-        in_flight = self.metrics.in_flight.labels(operation, "false")
+        in_flight = self.metrics.child(self.metrics.in_flight, operation, "false")
         in_flight.inc()
         try:
             body = validate(operation, await self._read_json_body(scope, receive))

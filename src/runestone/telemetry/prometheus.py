@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -93,6 +94,9 @@ class PrometheusMetrics:
             multiprocess_mode="liveall",
         )
         self._models: set[str] = set()
+        # labels() costs microseconds (a lock, tuple checks); a child per label set is
+        # looked up once and kept.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
 
@@ -105,6 +109,13 @@ class PrometheusMetrics:
                 self.table.clear()
                 self.table.labels(event.version).set(1)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def _model(self, model: str) -> str:
         if model in self._models:
             return model
@@ -114,20 +125,21 @@ class PrometheusMetrics:
         return "other"
 
     def _request(self, e: RequestFinished) -> None:
+        child = self.child
         model = self._model(e.model)
-        self.requests.labels(e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
-        self.duration.labels(e.route, e.alias, e.provider).observe(e.duration)
-        self.overhead.labels(e.route).observe(e.overhead)
+        child(self.requests, e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
+        child(self.duration, e.route, e.alias, e.provider).observe(e.duration)
+        child(self.overhead, e.route).observe(e.overhead)
         if e.attempts > 1:
-            self.extra_attempts.labels(e.route, e.alias).inc(e.attempts - 1)
+            child(self.extra_attempts, e.route, e.alias).inc(e.attempts - 1)
         if e.input_tokens:
-            self.tokens.labels(e.provider, model, "input").inc(e.input_tokens)
+            child(self.tokens, e.provider, model, "input").inc(e.input_tokens)
         if e.output_tokens:
-            self.tokens.labels(e.provider, model, "output").inc(e.output_tokens)
+            child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
         if e.stream and e.status == 200:
-            self.streams.labels(e.route, e.outcome).inc()
+            child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:
-                self.ttft.labels(e.route, e.alias, e.provider).observe(e.ttft)
+                child(self.ttft, e.route, e.alias, e.provider).observe(e.ttft)
 
     def render(self) -> bytes:
         if self.multiprocess:

@@ -126,3 +126,20 @@ def test_bad_policy_values_name_the_alias_and_line(entry: str, message: str) -> 
 def test_unknown_key_in_defaults() -> None:
     with pytest.raises(AliasFileError, match="defaults: unknown key 'retry'"):
         parse("defaults: {retry: 1}\naliases: {}\n")
+
+
+def test_price_arithmetic_with_cached_tokens() -> None:
+    from runestone.pricing import Price, packaged_prices
+
+    price = Price(input=2.5, output=10, cached_input=1.25)
+    assert price.cost(1_000_000, 100_000, cached=400_000) == pytest.approx(
+        0.6 * 2.5 + 0.4 * 1.25 + 0.1 * 10
+    )
+    assert packaged_prices()["openai:gpt-4o"] == price
+
+
+def test_bad_prices_in_the_alias_file() -> None:
+    with pytest.raises(AliasFileError) as caught:
+        parse("aliases: {}\nprices:\n  openai:x: {input: 1}\n  nocolon: {input: 1, output: 2}\n")
+    lines = [p.line for p in caught.value.problems]
+    assert lines == [3, 4]

@@ -201,3 +201,33 @@ def test_metrics_sum_over_two_workers(tmp_path: Any, fake: FakeProvider) -> None
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_cost_from_the_packaged_price_table(gateway: Gateway) -> None:
+    response = post(gateway, model="smart")  # openai:gpt-4 at $30/$60 per million
+    assert float(response.headers["x-runestone-cost-usd"]) == pytest.approx((5 * 30 + 7 * 60) / 1e6)
+
+
+def test_prices_in_the_alias_file_win_and_reach_metrics(make_gateway: MakeGateway) -> None:
+    from tests.conftest import TEST_ALIASES
+
+    gateway = make_gateway(TEST_ALIASES + "prices:\n  openai:gpt-4: {input: 1000, output: 2000}\n")
+    response = post(gateway, model="smart")
+    assert float(response.headers["x-runestone-cost-usd"]) == pytest.approx(0.019)
+    m = scrape(gateway.url)
+    assert value(m, "runestone_cost_usd_total", provider="openai") == pytest.approx(0.019)
+
+
+def test_no_cost_header_without_a_price(gateway: Gateway) -> None:
+    response = post(gateway, model="openai:some-unpriced-model")
+    assert response.status_code == 200
+    assert "x-runestone-cost-usd" not in response.headers
+
+
+def test_stream_cost_reaches_metrics(gateway: Gateway) -> None:
+    post(gateway, model="smart", stream=True, stream_options={"include_usage": True})
+    m = scrape(gateway.url)
+    # the fake's stream reports 5 input and 3 output tokens; openai:gpt-4 is $30/$60
+    assert value(m, "runestone_cost_usd_total", provider="openai") == pytest.approx(
+        (5 * 30 + 3 * 60) / 1e6
+    )

@@ -21,14 +21,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from runestone._policy import DEFAULT_POLICY, POLICY_KEYS, Policy, parse_policy, positive_number
 from runestone._yaml_nodes import Located, YamlProblem, read_located
+from runestone.pricing import Price, price_from
 from runestone.providers import ProviderSpec
 
-TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults"})
+TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults", "prices"})
 ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"}) | POLICY_KEYS
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight"})
 PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers"})
@@ -84,6 +85,7 @@ class AliasTable:
     source: str
     providers: tuple[ProviderSpec, ...] = ()
     defaults: Policy = DEFAULT_POLICY
+    prices: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)
@@ -129,7 +131,8 @@ def parse_alias_file(
     problems: list[Problem] = []
     providers: list[ProviderSpec] = []
     defaults: list[Policy] = [DEFAULT_POLICY]
-    aliases = _parse(data, problems, providers, defaults)
+    prices: dict[str, Price] = {}
+    aliases = _parse(data, problems, providers, defaults, prices)
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
@@ -145,12 +148,21 @@ def parse_alias_file(
     if problems:
         raise AliasFileError(source, sorted(problems, key=lambda p: p.line))
     return AliasTable(
-        MappingProxyType(aliases), table_version(data), source, tuple(providers), defaults[0]
+        MappingProxyType(aliases),
+        table_version(data),
+        source,
+        tuple(providers),
+        defaults[0],
+        MappingProxyType(prices),
     )
 
 
 def _parse(
-    data: bytes, problems: list[Problem], providers: list[ProviderSpec], defaults: list[Policy]
+    data: bytes,
+    problems: list[Problem],
+    providers: list[ProviderSpec],
+    defaults: list[Policy],
+    prices: dict[str, Price],
 ) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
@@ -175,13 +187,16 @@ def _parse(
             problems.append(
                 Problem(
                     entry.line,
-                    f"unknown top-level key {key!r} (expected: aliases, defaults, providers)",
+                    f"unknown top-level key {key!r} "
+                    f"(expected: {', '.join(sorted(TOP_LEVEL_KEYS))})",
                 )
             )
     if "providers" in root.value:
         providers.extend(_parse_providers(root.value["providers"], problems))
     if "defaults" in root.value:
         defaults[0] = _parse_defaults(root.value["defaults"], problems)
+    if "prices" in root.value:
+        prices.update(_parse_prices(root.value["prices"], problems))
     section = root.value.get("aliases")
     if section is None or section.value is None:
         return {}
@@ -194,6 +209,35 @@ def _parse(
         if alias is not None:
             aliases[name] = alias
     return aliases
+
+
+def _parse_prices(section: Located, problems: list[Problem]) -> dict[str, Price]:
+    """provider:model -> {input, output, cached_input} in USD per million tokens."""
+    if not isinstance(section.value, dict):
+        problems.append(Problem(section.line, "'prices' must map provider:model to prices"))
+        return {}
+    found: dict[str, Price] = {}
+    for spec, entry in section.value.items():
+        try:
+            target = parse_spec(spec)
+        except SpecError as exc:
+            problems.append(Problem(entry.line, f"prices: {exc}"))
+            continue
+        value = entry.value
+        plain = {k: v.value for k, v in value.items()} if isinstance(value, dict) else None
+        price = price_from(plain) if plain is not None else None
+        unknown = set(plain or {}) - {"input", "output", "cached_input"}
+        if price is None or unknown:
+            problems.append(
+                Problem(
+                    entry.line,
+                    f"prices: {spec!r} needs input and output (and optionally cached_input), "
+                    "numbers of USD per million tokens, and nothing else",
+                )
+            )
+            continue
+        found[str(target)] = price
+    return found
 
 
 def _parse_defaults(section: Located, problems: list[Problem]) -> Policy:

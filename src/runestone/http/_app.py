@@ -18,7 +18,7 @@ import orjson
 
 from runestone import usage
 from runestone._session import make_session
-from runestone.aliases import AliasStore
+from runestone.aliases import AliasStore, Target
 from runestone.breaker import Breakers
 from runestone.config import Settings
 from runestone.errors import GatewayError, error_for
@@ -33,6 +33,7 @@ from runestone.http._asgi import (
     send_error,
     send_json,
 )
+from runestone.pricing import packaged_prices
 from runestone.providers.mock import MODELS as MOCK_MODELS
 from runestone.router import Router, new_request_id
 from runestone.sse import HEARTBEAT, SSE_HEADERS
@@ -289,8 +290,11 @@ class RunestoneApp:
                     b"gateway;dur=%.3f, upstream;dur=%.3f" % (overhead_ms, routed.upstream * 1000),
                 ),
             ]
-            await send_json(send, 200, routed.reply.body, headers)
             given, taken = usage.from_body(routed.reply.body)
+            cost = self._cost(routed.target, given, taken)
+            if cost is not None:
+                headers.append((b"x-runestone-cost-usd", b"%.8f" % cost))
+            await send_json(send, 200, routed.reply.body, headers)
             self.telemetry.emit(
                 RequestFinished(
                     request_id,
@@ -308,6 +312,7 @@ class RunestoneApp:
                     given,
                     taken,
                     "complete",
+                    cost,
                 )
             )
         except GatewayError as exc:
@@ -333,6 +338,13 @@ class RunestoneApp:
             raise
         finally:
             in_flight.dec()
+
+    def _cost(self, target: Target, given: int | None, taken: int | None) -> float | None:
+        if given is None and taken is None:
+            return None
+        spec = str(target)
+        price = self.aliases.table.prices.get(spec) or packaged_prices().get(spec)
+        return None if price is None else price.cost(given, taken)
 
     def _alias_label(self, model: str) -> str:
         # Only names from the alias file become labels: client strings stay out of metrics.
@@ -414,6 +426,7 @@ class RunestoneApp:
                 given,
                 taken,
                 outcome,
+                self._cost(routed.target, given, taken),
             )
         )
 

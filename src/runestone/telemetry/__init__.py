@@ -36,6 +36,7 @@ class RequestFinished:
     input_tokens: int | None
     output_tokens: int | None
     outcome: Outcome
+    cost: float | None = None  # USD, when the target has a price
 
     @property
     def overhead(self) -> float:

@@ -39,6 +39,7 @@ class RequestLog:
                         "ttft_ms": None if event.ttft is None else round(event.ttft * 1000, 2),
                         "input_tokens": event.input_tokens,
                         "output_tokens": event.output_tokens,
+                        "cost_usd": event.cost,
                     }
                 ).decode()
             )

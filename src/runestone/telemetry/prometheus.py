@@ -64,6 +64,12 @@ class PrometheusMetrics:
             ["provider", "model", "direction"],
             registry=r,
         )
+        self.cost = Counter(
+            "runestone_cost_usd",
+            "Spend in USD, from reported tokens and the price table",
+            ["provider", "model"],
+            registry=r,
+        )
         self.streams = Counter(
             "runestone_stream_outcomes",
             "How streams ended",
@@ -136,6 +142,8 @@ class PrometheusMetrics:
             child(self.tokens, e.provider, model, "input").inc(e.input_tokens)
         if e.output_tokens:
             child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
+        if e.cost:
+            child(self.cost, e.provider, model).inc(e.cost)
         if e.stream and e.status == 200:
             child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:

@@ -141,7 +141,14 @@ async def test_transport_failure_mid_stream() -> None:
 
 
 def post_stream(gateway: Gateway, model: str, **extra: Any) -> httpx.Response:
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    # Asking for usage: these fakes always send the usage chunk, and it is relayed only
+    # to clients that asked for it.
+    body = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     return httpx.post(f"{gateway.base_url}/chat/completions", json={**body, **extra}, timeout=10)
 
 
@@ -180,7 +187,12 @@ def test_split_events_arrive_whole_end_to_end(gateway: Gateway, fake: FakeProvid
     with httpx.stream(
         "POST",
         f"{gateway.base_url}/chat/completions",
-        json={"model": "smart", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        json={
+            "model": "smart",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "x"}],
+        },
     ) as response:
         received = list(response.iter_raw())
     assert b"".join(received) == WHOLE

@@ -67,8 +67,8 @@ def test_metrics_after_real_requests(gateway: Gateway, fake: FakeProvider) -> No
     assert value(m, "runestone_requests_total", alias="-", code="model_not_found") == 1
     assert value(m, "runestone_stream_outcomes_total", outcome="complete") == 1
     assert value(m, "runestone_extra_attempts_total", alias="pair") == 1
-    # two non-stream answers report 5 input tokens each; the stream did not ask for usage
-    assert value(m, "runestone_tokens_total", provider="openai", direction="input") == 10
+    # 5 input tokens each, the stream's included: the gateway asked for its usage
+    assert value(m, "runestone_tokens_total", provider="openai", direction="input") == 15
     assert value(m, "runestone_request_duration_seconds_count", route="chat") == 4
     assert value(m, "runestone_gateway_overhead_seconds_count", route="chat") == 4
     assert value(m, "runestone_time_to_first_token_seconds_count") == 1
@@ -231,3 +231,19 @@ def test_stream_cost_reaches_metrics(gateway: Gateway) -> None:
     assert value(m, "runestone_cost_usd_total", provider="openai") == pytest.approx(
         (5 * 30 + 3 * 60) / 1e6
     )
+
+
+def test_stream_usage_is_asked_for_and_hidden_from_the_client(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    response = post(gateway, model="smart", stream=True)
+    assert response.content.endswith(b"data: [DONE]\n\n")
+    assert b'"usage"' not in response.content, "no chunk the client did not ask for"
+    assert fake.seen[-1].body["stream_options"] == {"include_usage": True}
+    m = scrape(gateway.url)
+    assert value(m, "runestone_tokens_total", direction="output") == 3
+
+
+def test_stream_usage_the_client_asked_for_is_relayed(gateway: Gateway, fake: FakeProvider) -> None:
+    response = post(gateway, model="smart", stream=True, stream_options={"include_usage": True})
+    assert b'"usage":{' in response.content.replace(b" ", b"")

@@ -160,6 +160,7 @@ class Router:
         policy = alias.policy if alias is not None else table.defaults
         targets = alias.targets if alias is not None else self.resolve(model, table)
         read_timeout = policy.idle_timeout if streaming else None
+        wants_usage = streaming and operation == "chat" and not asked_for_usage(body)
         candidates: list[Candidate] = []
         first_error: GatewayError | None = None
         for target in targets:
@@ -177,6 +178,7 @@ class Router:
                 operation,
                 forward_headers,
                 read_timeout,
+                wants_usage and endpoint.spec.stream_usage,
             )
             breaker = self.breakers.get(f"{target}@{endpoint.base_url}")
             candidates.append(Candidate(target, call, breaker))
@@ -232,12 +234,13 @@ class Router:
 
         async def connect(call: Call) -> RoutedStream:
             stream = await self._adapter(call).open_stream(call)
+            scanner = (
+                OpenAIStreamScanner(call.provider, hide_usage=True)
+                if call.add_stream_usage
+                else scanner_type(call.provider)
+            )
             routed = RoutedStream(
-                stream,
-                targets[id(call)],
-                request_id,
-                scanner_type(call.provider),
-                breakers[id(call)],
+                stream, targets[id(call)], request_id, scanner, breakers[id(call)]
             )
             await routed.prime()
             return routed
@@ -257,6 +260,11 @@ class Router:
         routed.upstream = time.perf_counter() - started
         routed.arm_deadline(deadline)
         return routed
+
+
+def asked_for_usage(body: Mapping[str, object]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 _OPERATION_NAMES: dict[Operation, str] = {

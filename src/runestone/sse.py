@@ -142,12 +142,14 @@ class StreamScanner:
 class OpenAIStreamScanner(StreamScanner):
     """Chat-completions streams: ``data: {...}`` chunks ending with ``data: [DONE]``."""
 
-    __slots__ = ("_earlier", "_previous")
+    __slots__ = ("_earlier", "_previous", "hide_usage")
 
     END_MARKER = "[DONE]"
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, *, hide_usage: bool = False) -> None:
         super().__init__(provider)
+        # The gateway asked for usage the client did not: drop the usage-only chunk.
+        self.hide_usage = hide_usage
         # The two blocks before this one: the finish reason and usage events arrive just
         # before [DONE], sometimes in reads of their own.
         self._earlier = self._previous = b""
@@ -156,6 +158,8 @@ class OpenAIStreamScanner(StreamScanner):
         return error.to_sse(request_id)
 
     def _scan(self, complete: bytes) -> bytes:
+        if self.hide_usage and (b'"usage":{' in complete or b'"usage": {' in complete):
+            complete = self._take_usage(complete)
         if b'"error"' in complete:
             return self._inspect(complete)
         if b"[DONE]" in complete:
@@ -169,6 +173,20 @@ class OpenAIStreamScanner(StreamScanner):
                 return complete[:end]
         self._earlier, self._previous = self._previous, complete
         return complete
+
+    def _take_usage(self, complete: bytes) -> bytes:
+        kept = []
+        for event in split_events(complete):
+            payload = loads_object(event_data(event) or b"")
+            if (
+                payload is not None
+                and isinstance(payload.get("usage"), dict)
+                and not payload.get("choices")
+            ):
+                self.summary.usage = payload["usage"]  # type: ignore[assignment]
+                continue
+            kept.append(event)
+        return b"".join(kept)
 
     def _read_final_events(self, data: bytes) -> None:
         """Usage and finish reason, from the few events that precede [DONE]."""

@@ -41,6 +41,9 @@ class ProviderSpec:
     origin_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     docs: str = ""
+    #: Accepts stream_options.include_usage: the gateway asks for usage on every stream
+    #: and hides the usage chunk from clients that did not ask for it.
+    stream_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

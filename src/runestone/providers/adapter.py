@@ -23,6 +23,8 @@ class Call:
     forward_headers: tuple[tuple[str, str], ...] = ()
     #: Seconds of upstream silence allowed between reads (a stream's idle timeout).
     read_timeout: float | None = None
+    #: Ask the upstream for a usage chunk the client did not ask for (it is hidden again).
+    add_stream_usage: bool = False
 
     @property
     def provider(self) -> str:

@@ -20,6 +20,7 @@ def _openai_compatible(
     origin_path: str = "",
     key_required: bool = True,
     headers: tuple[tuple[str, str], ...] = (),
+    stream_usage: bool = True,
 ) -> ProviderSpec:
     env = name.upper()
     return ProviderSpec(
@@ -31,6 +32,7 @@ def _openai_compatible(
         base_url_env=f"{env}_BASE_URL",
         origin_path=origin_path,
         headers=headers,
+        stream_usage=stream_usage,
     )
 
 
@@ -39,12 +41,18 @@ BUILTIN: tuple[ProviderSpec, ...] = (
     _openai_compatible("groq", "https://api.groq.com/openai/v1", origin_path="/openai/v1"),
     _openai_compatible("openrouter", "https://openrouter.ai/api/v1"),
     _openai_compatible("together", "https://api.together.xyz/v1"),
-    _openai_compatible("mistral", "https://api.mistral.ai/v1", origin_path="/v1"),
+    _openai_compatible(
+        "mistral", "https://api.mistral.ai/v1", origin_path="/v1", stream_usage=False
+    ),
     _openai_compatible("deepseek", "https://api.deepseek.com/v1"),
     _openai_compatible("fireworks", "https://api.fireworks.ai/inference/v1"),
     _openai_compatible("xai", "https://api.x.ai/v1"),
     _openai_compatible(
-        "ollama", "http://127.0.0.1:11434/v1", origin_path="/v1", key_required=False
+        "ollama",
+        "http://127.0.0.1:11434/v1",
+        origin_path="/v1",
+        key_required=False,
+        stream_usage=False,
     ),
     _openai_compatible("vllm", "http://127.0.0.1:8000/v1", key_required=False),
     ProviderSpec(

@@ -83,6 +83,10 @@ class OpenAICompatibleAdapter(SessionAdapter):
         body = call.body
         if body.get("model") != call.model:
             body = {**body, "model": call.model}
+        if call.add_stream_usage:
+            options = body.get("stream_options")
+            extra = options if isinstance(options, dict) else {}
+            body = {**body, "stream_options": {**extra, "include_usage": True}}
         return _OPENAI_PATHS[call.operation], orjson.dumps(body), call.endpoint.headers
 
     async def complete(self, call: Call) -> Reply:

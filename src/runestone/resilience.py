@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -93,12 +94,14 @@ async def run_attempts(
     *,
     attempt_timeout: float | None = None,
     hold: bool = False,
+    observe: Callable[[Call, int, str], None] | None = None,
 ) -> Attempted[T]:
     """Try targets until one answers; raise the ``GatewayError`` that ends the request.
 
     ``attempt_timeout`` bounds each attempt on top of the deadline (the first-token
     timeout of a stream). With ``hold``, the winning target's in-flight count stays
-    raised for the caller to lower when the answer has been relayed.
+    raised for the caller to lower when the answer has been relayed. ``observe`` hears
+    of every attempt: (call, wall-clock start in ns, error code or "").
     """
     attempts = 0
     last: GatewayError | None = None
@@ -115,6 +118,7 @@ async def run_attempts(
             limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
             attempts += 1
             breaker.in_flight += 1
+            began = time.time_ns() if observe is not None else 0
             try:
                 async with asyncio.timeout(limit):
                     result = await attempt(candidate.call)
@@ -134,8 +138,12 @@ async def run_attempts(
                 breaker.record_success()
                 if not hold:
                     breaker.in_flight -= 1
+                if observe is not None:
+                    observe(candidate.call, began, "")
                 return Attempted(result, candidate, attempts)
             breaker.in_flight -= 1
+            if observe is not None:
+                observe(candidate.call, began, error.code)
             if error.code == "gateway_timeout":
                 breaker.record_failure()
                 raise error

@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -82,6 +82,8 @@ class Router:
     ) -> None:
         self.aliases = aliases
         self.breakers = breakers or Breakers()
+        #: Hears of every upstream attempt (call, wall-clock start in ns, error code).
+        self.observe: Callable[[Call, int, str], None] | None = None
         self._environ = dict(os.environ if environ is None else environ)
         self._base_registry = default_registry(self._environ)
         self._registry_for: tuple[AliasTable, ProviderRegistry] | None = None
@@ -211,8 +213,16 @@ class Router:
     ) -> Routed:
         """Answer one non-streamed request; raise ``GatewayError`` on failure."""
         candidates, policy = self._plan(operation, body, request_id, forward_headers)
-        done = await run_attempts(candidates, policy, Deadline(policy.timeout), self._complete_one)
-        return Routed(done.result, done.candidate.target, done.attempts)
+        started = time.perf_counter()
+        done = await run_attempts(
+            candidates,
+            policy,
+            Deadline(policy.timeout),
+            self._complete_one,
+            observe=self.observe,
+        )
+        upstream = time.perf_counter() - started
+        return Routed(done.result, done.candidate.target, done.attempts, upstream)
 
     async def _complete_one(self, call: Call) -> Reply:
         return await self._adapter(call).complete(call)
@@ -254,6 +264,7 @@ class Router:
             connect,
             attempt_timeout=policy.first_token_timeout,
             hold=True,
+            observe=self.observe,
         )
         routed = done.result
         routed.attempts = done.attempts

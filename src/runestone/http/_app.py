@@ -34,11 +34,20 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.pricing import packaged_prices
+from runestone.providers.adapter import Call
 from runestone.providers.mock import MODELS as MOCK_MODELS
 from runestone.router import Router, new_request_id
 from runestone.sse import HEARTBEAT, SSE_HEADERS
 from runestone.streaming import RoutedStream
-from runestone.telemetry import AliasReload, Outcome, RequestFinished, Telemetry
+from runestone.telemetry import (
+    AliasReload,
+    AttemptFinished,
+    Outcome,
+    RequestFinished,
+    Subscriber,
+    Telemetry,
+    otel,
+)
 from runestone.telemetry.logs import RequestLog
 from runestone.telemetry.prometheus import CONTENT_TYPE as METRICS_TYPE
 from runestone.telemetry.prometheus import PrometheusMetrics
@@ -90,6 +99,16 @@ class RunestoneApp:
         self.metrics = PrometheusMetrics(self._breaker_states)
         self.telemetry.subscribe(self.metrics)
         self.telemetry.subscribe(RequestLog(json_lines=settings.log_json))
+        self._tracing = False
+        if otel.configured(environ):
+            try:
+                self.add_tracing(otel.from_environment())
+            except ImportError as exc:
+                log.warning(
+                    "OTEL_* is set but tracing is not installed (%s): pip install "
+                    "'runestone[otel]'",
+                    exc,
+                )
         aliases.on_reload = lambda ok, version: self.telemetry.emit(AliasReload(ok, version))
         self._routes: dict[str, _Route] = {
             "/metrics": _Route("GET", self._metrics),
@@ -101,6 +120,23 @@ class RunestoneApp:
             "/health/live": _Route("GET", self._live),
             "/health/ready": _Route("GET", self._ready),
         }
+
+    def add_tracing(self, traces: Subscriber) -> None:
+        """Subscribe a trace exporter (``runestone.telemetry.otel.OTelTraces``).
+
+        Turns on the per-attempt events it needs; without tracing they are not made.
+        """
+        self.telemetry.subscribe(traces)
+        self._tracing = True
+        if self.router is not None:
+            self.router.observe = self._observe_attempt
+
+    def _observe_attempt(self, call: Call, began_ns: int, code: str) -> None:
+        self.telemetry.emit(
+            AttemptFinished(
+                call.request_id, call.provider, call.model, began_ns, time.time_ns(), code
+            )
+        )
 
     def _breaker_states(self) -> list[dict[str, object]]:
         return self.router.breakers.snapshot() if self.router is not None else []
@@ -139,6 +175,8 @@ class RunestoneApp:
                 environ=self._environ,
                 breakers=Breakers(self.settings.breaker_config()),
             )
+            if self._tracing:
+                self.router.observe = self._observe_attempt
 
     async def shutdown(self) -> None:
         if self._watcher is not None:
@@ -255,6 +293,12 @@ class RunestoneApp:
         self, operation: Operation, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
+        traceparent = None
+        if self._tracing:
+            traceparent = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
+            )
         stream = False
         model = ""
         in_flight = self.metrics.child(self.metrics.in_flight, operation, "false")
@@ -274,7 +318,8 @@ class RunestoneApp:
             if body.get("stream") is True and operation in ("chat", "messages"):
                 stream = True
                 routed_stream = await router.open_stream(body, request_id, operation, forward)
-                await self._relay(routed_stream, receive, send, operation, model, started)
+                trace = (started_ns, traceparent)
+                await self._relay(routed_stream, receive, send, operation, model, started, trace)
                 return
             routed = await router.complete(operation, body, request_id, forward)
             elapsed = time.perf_counter() - started
@@ -313,6 +358,8 @@ class RunestoneApp:
                     taken,
                     "complete",
                     cost,
+                    started_ns,
+                    traceparent,
                 )
             )
         except GatewayError as exc:
@@ -333,6 +380,9 @@ class RunestoneApp:
                     None,
                     None,
                     "error",
+                    None,
+                    started_ns,
+                    traceparent,
                 )
             )
             raise
@@ -358,6 +408,7 @@ class RunestoneApp:
         operation: Operation,
         model: str,
         started: float,
+        trace: tuple[int, str | None],
     ) -> None:
         setup = time.perf_counter() - started
         headers = [
@@ -382,7 +433,7 @@ class RunestoneApp:
         finally:
             watcher.cancel()
             await events.aclose()
-            self._stream_finished(routed, state, operation, model, started, setup)
+            self._stream_finished(routed, state, operation, model, started, setup, trace)
         if state.client_gone:
             routed.close()
             return
@@ -397,6 +448,7 @@ class RunestoneApp:
         model: str,
         started: float,
         setup: float,
+        trace: tuple[int, str | None],
     ) -> None:
         summary = routed.summary
         if state.client_gone:
@@ -427,6 +479,7 @@ class RunestoneApp:
                 taken,
                 outcome,
                 self._cost(routed.target, given, taken),
+                *trace,
             )
         )
 

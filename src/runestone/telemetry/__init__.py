@@ -37,6 +37,8 @@ class RequestFinished:
     output_tokens: int | None
     outcome: Outcome
     cost: float | None = None  # USD, when the target has a price
+    started_ns: int = 0  # wall clock, for traces
+    traceparent: str | None = None  # the client's W3C trace context, if it sent one
 
     @property
     def overhead(self) -> float:
@@ -45,12 +47,24 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """One attempt at one target (a retry or a fallback is another attempt)."""
+
+    request_id: str
+    provider: str
+    model: str
+    started_ns: int
+    ended_ns: int
+    code: str  # "" on success
+
+
+@dataclass(frozen=True, slots=True)
 class AliasReload:
     ok: bool
     version: str
 
 
-Event = RequestFinished | AliasReload
+Event = RequestFinished | AttemptFinished | AliasReload
 Subscriber = Callable[[Event], None]
 
 
@@ -74,4 +88,12 @@ class Telemetry:
                     log.exception("telemetry subscriber %r failed", subscriber)
 
 
-__all__ = ["AliasReload", "Event", "Outcome", "RequestFinished", "Subscriber", "Telemetry"]
+__all__ = [
+    "AliasReload",
+    "AttemptFinished",
+    "Event",
+    "Outcome",
+    "RequestFinished",
+    "Subscriber",
+    "Telemetry",
+]

@@ -247,3 +247,27 @@ def test_stream_usage_is_asked_for_and_hidden_from_the_client(
 def test_stream_usage_the_client_asked_for_is_relayed(gateway: Gateway, fake: FakeProvider) -> None:
     response = post(gateway, model="smart", stream=True, stream_options={"include_usage": True})
     assert b'"usage":{' in response.content.replace(b" ", b"")
+
+
+def test_overhead_excludes_the_upstream_time(gateway: Gateway, fake: FakeProvider) -> None:
+    async def slow(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        return web.json_response({"choices": [], "usage": {"prompt_tokens": 1}})
+
+    fake.on("gpt-4", slow)
+    response = post(gateway, model="smart")
+    timing = dict(
+        part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")
+    )
+    assert float(timing["upstream"]) >= 300
+    assert float(timing["gateway"]) < 100
+    assert float(response.headers["x-runestone-overhead-ms"]) == float(timing["gateway"])
+
+
+def test_in_flight_gauges_return_to_zero(gateway: Gateway) -> None:
+    post(gateway, model="smart", stream=True)
+    m = scrape(gateway.url)
+    assert value(m, "runestone_in_flight_streams") == 0
+    assert value(m, "runestone_in_flight_requests") == 0

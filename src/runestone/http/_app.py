@@ -301,7 +301,7 @@ class RunestoneApp:
             )
         stream = False
         model = ""
-        in_flight = self.metrics.child(self.metrics.in_flight, operation, "false")
+        in_flight = self.metrics.child(self.metrics.in_flight, operation)
         in_flight.inc()
         try:
             body = validate(operation, await self._read_json_body(scope, receive))
@@ -418,6 +418,8 @@ class RunestoneApp:
             (b"x-runestone-attempts", str(routed.attempts).encode()),
         ]
         state = _StreamState()
+        streams = self.metrics.child(self.metrics.in_flight_streams, operation)
+        streams.inc()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         watcher = asyncio.create_task(self._watch_client(receive, send, state, routed))
         events = routed.events()
@@ -431,6 +433,7 @@ class RunestoneApp:
             routed.close()
             raise
         finally:
+            streams.dec()
             watcher.cancel()
             await events.aclose()
             self._stream_finished(routed, state, operation, model, started, setup, trace)

@@ -84,8 +84,15 @@ class PrometheusMetrics:
         )
         self.in_flight = Gauge(
             "runestone_in_flight_requests",
-            "Requests being answered now",
-            ["route", "stream"],
+            "Requests being answered now, streams included",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight_streams = Gauge(
+            "runestone_in_flight_streams",
+            "Streams being relayed now",
+            ["route"],
             registry=r,
             multiprocess_mode="livesum",
         )

@@ -191,52 +191,50 @@ def _arguments(call: Call) -> dict[str, Any]:
     return arguments
 
 
-class AnyLLMChatAdapter:
-    """OpenAI chat completions to a provider of another wire format."""
+class _TranslatingAdapter:
+    """Calls one any-llm method (``METHOD``) and renders its stream in the client's protocol."""
+
+    METHOD = ""
 
     def __init__(self, clients: AnyLLMClients) -> None:
         self._clients = clients
 
-    async def complete(self, call: Call) -> Reply:
-        llm = self._clients.get(call.endpoint)
+    async def _call(self, call: Call, *, stream: bool) -> Any:
+        method = getattr(self._clients.get(call.endpoint), self.METHOD)
         try:
-            answer = await llm.acompletion(**{**_arguments(call), "stream": False})
+            return await method(**{**_arguments(call), "stream": stream})
         except Exception as exc:
             raise map_anyllm_error(call.provider, exc) from exc
-        return Reply(_dump(answer))
+
+    async def complete(self, call: Call) -> Reply:
+        return Reply(_dump(await self._call(call, stream=False)))
 
     async def open_stream(self, call: Call) -> _SdkStream:
-        llm = self._clients.get(call.endpoint)
-        try:
-            events = await llm.acompletion(**{**_arguments(call), "stream": True})
-        except Exception as exc:
-            raise map_anyllm_error(call.provider, exc) from exc
+        events = await self._call(call, stream=True)
+        return self._stream(call, events)
+
+    def _stream(self, call: Call, events: Any) -> _SdkStream:
+        raise NotImplementedError
+
+
+class AnyLLMChatAdapter(_TranslatingAdapter):
+    """OpenAI chat completions to a provider of another wire format."""
+
+    METHOD = "acompletion"
+
+    def _stream(self, call: Call, events: Any) -> _SdkStream:
         options = call.body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         render = _OpenAIChunks(include_usage)
         return _SdkStream(call.provider, events, render, b"data: [DONE]\n\n")
 
 
-class AnyLLMMessagesAdapter:
+class AnyLLMMessagesAdapter(_TranslatingAdapter):
     """Anthropic Messages requests to a provider of another wire format."""
 
-    def __init__(self, clients: AnyLLMClients) -> None:
-        self._clients = clients
+    METHOD = "amessages"
 
-    async def complete(self, call: Call) -> Reply:
-        llm = self._clients.get(call.endpoint)
-        try:
-            answer = await llm.amessages(**{**_arguments(call), "stream": False})
-        except Exception as exc:
-            raise map_anyllm_error(call.provider, exc) from exc
-        return Reply(_dump(answer))
-
-    async def open_stream(self, call: Call) -> _SdkStream:
-        llm = self._clients.get(call.endpoint)
-        try:
-            events = await llm.amessages(**{**_arguments(call), "stream": True})
-        except Exception as exc:
-            raise map_anyllm_error(call.provider, exc) from exc
+    def _stream(self, call: Call, events: Any) -> _SdkStream:
         return _SdkStream(call.provider, events, _anthropic_event, b"")
 
 

@@ -374,14 +374,24 @@ def test_openai_client_stream_from_anthropic(gateway: Gateway) -> None:
     assert any(c.usage is not None and c.usage.completion_tokens == 6 for c in chunks)
 
 
-def test_openai_client_stream_tool_call_deltas_from_anthropic(gateway: Gateway) -> None:
+def test_openai_client_stream_tool_call_deltas_from_anthropic(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
     chunks = list(
         openai_client(gateway).chat.completions.create(
             model="claude",
             max_tokens=50,
             stream=True,
             tools=[OPENAI_WEATHER_TOOL],  # type: ignore[list-item]
-            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Weather where this photo was taken?"},
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    ],
+                }
+            ],
         )
     )
     calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
@@ -391,6 +401,9 @@ def test_openai_client_stream_tool_call_deltas_from_anthropic(gateway: Gateway) 
     arguments = "".join(call.function.arguments or "" for call in calls if call.function)
     assert arguments.replace(" ", "") == '{"city":"Paris"}'
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    image = fake.seen[-1].body["messages"][0]["content"][1]
+    assert image["type"] == "image"
+    assert image["source"]["data"] == PNG
 
 
 def test_openai_client_sees_anthropic_overload_as_the_envelope(

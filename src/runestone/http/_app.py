@@ -33,11 +33,11 @@ from runestone.http._asgi import (
     send_error,
     send_json,
 )
+from runestone.http._relay import StreamState, relay_to_client
 from runestone.pricing import packaged_prices
 from runestone.providers.adapter import Call
 from runestone.providers.mock import MODELS as MOCK_MODELS
 from runestone.router import Router, new_request_id
-from runestone.sse import HEARTBEAT, SSE_HEADERS
 from runestone.streaming import RoutedStream
 from runestone.telemetry import (
     AliasReload,
@@ -67,14 +67,6 @@ class _Route:
         self.method = method
         self.handler = handler
         self.anthropic = anthropic  # errors in Anthropic's shape
-
-
-class _StreamState:
-    __slots__ = ("client_gone", "sent")
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.client_gone = False
 
 
 class RunestoneApp:
@@ -411,42 +403,19 @@ class RunestoneApp:
         trace: tuple[int, str | None],
     ) -> None:
         setup = time.perf_counter() - started
-        headers = [
-            *SSE_HEADERS,
-            (b"x-request-id", routed.request_id.encode()),
-            (b"x-runestone-target", _header(str(routed.target))),
-            (b"x-runestone-attempts", str(routed.attempts).encode()),
-        ]
-        state = _StreamState()
         streams = self.metrics.child(self.metrics.in_flight_streams, operation)
         streams.inc()
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        watcher = asyncio.create_task(self._watch_client(receive, send, state, routed))
-        events = routed.events()
-        try:
-            async for piece in events:
-                if state.client_gone:
-                    break
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-                state.sent += 1
-        except BaseException:
-            routed.close()
-            raise
-        finally:
+
+        def finished(state: StreamState) -> None:
             streams.dec()
-            watcher.cancel()
-            await events.aclose()
             self._stream_finished(routed, state, operation, model, started, setup, trace)
-        if state.client_gone:
-            routed.close()
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        await routed.aclose()
+
+        await relay_to_client(routed, receive, send, self.settings.heartbeat_seconds, finished)
 
     def _stream_finished(
         self,
         routed: RoutedStream,
-        state: _StreamState,
+        state: StreamState,
         operation: Operation,
         model: str,
         started: float,
@@ -485,26 +454,6 @@ class RunestoneApp:
                 *trace,
             )
         )
-
-    async def _watch_client(
-        self, receive: Receive, send: Send, state: _StreamState, routed: RoutedStream
-    ) -> None:
-        """Cut the upstream the moment the client leaves; keep an idle client connection alive."""
-        interval = self.settings.heartbeat_seconds
-        seen = -1
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    message = await receive()
-            except TimeoutError:
-                if state.sent == seen:
-                    await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                seen = state.sent
-                continue
-            if message["type"] == "http.disconnect":
-                state.client_gone = True
-                routed.close()
-                return
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         router = self.router

@@ -7,6 +7,8 @@ A clean stream ends with ``message_stop``; a failure ends with ``event: error`` 
 
 from __future__ import annotations
 
+import re
+
 from runestone.errors import GatewayError
 from runestone.sse import StreamScanner, event_data, loads_object, split_events
 from runestone.upstream_errors import map_stream_error_event
@@ -18,6 +20,7 @@ class AnthropicStreamScanner(StreamScanner):
     __slots__ = ()
 
     END_MARKER = "message_stop"
+    FIRST_CONTENT = re.compile(rb"content_block_delta|message_stop")
 
     def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
         return error.to_anthropic_sse(request_id)

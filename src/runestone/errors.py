@@ -144,19 +144,21 @@ class GatewayError(Exception):
         where = f" provider={self.provider}" if self.provider else ""
         return f"<{type(self).__name__} {self.code} {self.status}{where}: {self.message}>"
 
-    def envelope(self, request_id: str | None) -> dict[str, object]:
-        error: dict[str, object] = {
-            "message": self.message,
-            "type": self.type,
-            "param": self.param,
+    def _gateway_fields(self) -> dict[str, object]:
+        """What both envelope shapes add to their protocol's own error fields."""
+        fields: dict[str, object] = {
             "code": self.code,
             "provider": self.provider,
             "retryable": self.retryable,
             "status": self.status,
         }
         if self.retry_after is not None:
-            error["retry_after"] = self.retry_after
-        return {"error": error, "request_id": request_id}
+            fields["retry_after"] = self.retry_after
+        return fields
+
+    def envelope(self, request_id: str | None) -> dict[str, object]:
+        error = {"message": self.message, "type": self.type, "param": self.param}
+        return {"error": {**error, **self._gateway_fields()}, "request_id": request_id}
 
     def to_json(self, request_id: str | None) -> bytes:
         return orjson.dumps(self.envelope(request_id))
@@ -167,17 +169,12 @@ class GatewayError(Exception):
 
     def anthropic_envelope(self, request_id: str | None) -> dict[str, object]:
         """The same error in Anthropic's shape, for the Messages API endpoints."""
-        error: dict[str, object] = {
-            "type": self.anthropic_type,
-            "message": self.message,
-            "code": self.code,
-            "provider": self.provider,
-            "retryable": self.retryable,
-            "status": self.status,
+        error = {"type": self.anthropic_type, "message": self.message}
+        return {
+            "type": "error",
+            "error": {**error, **self._gateway_fields()},
+            "request_id": request_id,
         }
-        if self.retry_after is not None:
-            error["retry_after"] = self.retry_after
-        return {"type": "error", "error": error, "request_id": request_id}
 
     @property
     def anthropic_type(self) -> str:

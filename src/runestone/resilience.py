@@ -90,7 +90,7 @@ async def run_attempts(
     candidates: Sequence[Candidate],
     policy: Policy,
     deadline: Deadline,
-    attempt: Callable[[Call], Awaitable[T]],
+    attempt: Callable[[Candidate], Awaitable[T]],
     *,
     attempt_timeout: float | None = None,
     hold: bool = False,
@@ -121,7 +121,7 @@ async def run_attempts(
             began = time.time_ns() if observe is not None else 0
             try:
                 async with asyncio.timeout(limit):
-                    result = await attempt(candidate.call)
+                    result = await attempt(candidate)
             except TimeoutError:
                 error = (
                     _timed_out(deadline, last)

@@ -224,8 +224,8 @@ class Router:
         upstream = time.perf_counter() - started
         return Routed(done.result, done.candidate.target, done.attempts, upstream)
 
-    async def _complete_one(self, call: Call) -> Reply:
-        return await self._adapter(call).complete(call)
+    async def _complete_one(self, candidate: Candidate) -> Reply:
+        return await self._adapter(candidate.call).complete(candidate.call)
 
     async def open_stream(
         self,
@@ -239,19 +239,16 @@ class Router:
             operation, body, request_id, forward_headers, streaming=True
         )
         scanner_type = AnthropicStreamScanner if operation == "messages" else OpenAIStreamScanner
-        breakers = {id(c.call): c.breaker for c in candidates}
-        targets = {id(c.call): c.target for c in candidates}
 
-        async def connect(call: Call) -> RoutedStream:
+        async def connect(candidate: Candidate) -> RoutedStream:
+            call = candidate.call
             stream = await self._adapter(call).open_stream(call)
             scanner = (
                 OpenAIStreamScanner(call.provider, hide_usage=True)
                 if call.add_stream_usage
                 else scanner_type(call.provider)
             )
-            routed = RoutedStream(
-                stream, targets[id(call)], request_id, scanner, breakers[id(call)]
-            )
+            routed = RoutedStream(stream, candidate.target, request_id, scanner, candidate.breaker)
             await routed.prime()
             return routed
 

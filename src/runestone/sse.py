@@ -97,6 +97,8 @@ class StreamScanner:
 
     #: How a clean end looks, for the message when a stream ends without it.
     END_MARKER = ""
+    #: What counts as the first content: until it arrives, a stream may still fail over.
+    FIRST_CONTENT: re.Pattern[bytes] = re.compile(rb"(?!)")
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
@@ -145,6 +147,10 @@ class OpenAIStreamScanner(StreamScanner):
     __slots__ = ("_earlier", "_previous", "hide_usage")
 
     END_MARKER = "[DONE]"
+    # Text or tool-call deltas, a refusal, a finish, the end.
+    FIRST_CONTENT = re.compile(
+        rb'"content": ?"[^"]|"tool_calls"|"finish_reason": ?"|\[DONE\]|"refusal": ?"[^"]'
+    )
 
     def __init__(self, provider: str, *, hide_usage: bool = False) -> None:
         super().__init__(provider)

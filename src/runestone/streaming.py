@@ -9,7 +9,6 @@ request's deadline passing, ends the stream in-band.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from runestone.aliases import Target
@@ -20,11 +19,6 @@ from runestone.resilience import Deadline, counts_against
 from runestone.sse import StreamScanner, StreamSummary, relay_stream
 from runestone.upstream_errors import TRANSPORT_ERRORS, map_transport_error
 
-# What counts as the first content: text or tool-call deltas, a finish, the end.
-_OPENAI_CONTENT = re.compile(
-    rb'"content": ?"[^"]|"tool_calls"|"finish_reason": ?"|\[DONE\]|"refusal": ?"[^"]'
-)
-_ANTHROPIC_CONTENT = re.compile(rb"content_block_delta|message_stop")
 _PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
 
 
@@ -70,7 +64,7 @@ class RoutedStream:
     async def prime(self) -> None:
         """Read up to the first content event; raise ``GatewayError`` if it never comes."""
         scanner = self.scanner
-        pattern = _ANTHROPIC_CONTENT if scanner.END_MARKER == "message_stop" else _OPENAI_CONTENT
+        pattern = scanner.FIRST_CONTENT
         held: list[bytes] = []
         size = 0
         try:

@@ -90,19 +90,35 @@ def map_upstream_response(
     message, meaning, has_error_body = _read_error_body(body)
     code = _BY_MEANING.get(meaning or "") if meaning else None
     if code is None:
-        code = _BY_STATUS.get(status)
-        if code is None:
-            code = "upstream_server_error" if status >= 500 else "upstream_bad_request"
-        if code in ("upstream_bad_request", "upstream_permission_denied") and message:
-            for pattern, by_message in _BY_MESSAGE:
-                if pattern.search(message):
-                    code = by_message
-                    break
+        code = _refine_by_message(_code_for_status(status), message)
         if status == 404 and not has_error_body:
             code = "upstream_endpoint_not_found"
     text = _message_for(code, provider, status, message)
     retry_after = parse_retry_after(headers)
     return error_for(code, text, provider=provider, retry_after=retry_after, upstream_status=status)
+
+
+def _code_for_status(status: int) -> str:
+    found = _BY_STATUS.get(status)
+    if found is not None:
+        return found
+    return "upstream_server_error" if status >= 500 else "upstream_bad_request"
+
+
+def _refine_by_message(code: str, message: str | None) -> str:
+    """A 400 or 403 says little by itself; its message may say context length or policy."""
+    if message and code in ("upstream_bad_request", "upstream_permission_denied"):
+        for pattern, by_message in _BY_MESSAGE:
+            if pattern.search(message):
+                return by_message
+    return code
+
+
+def _after_stream_start(code: str | None) -> str:
+    """A failure after the stream began is the upstream's, whatever it calls itself."""
+    if code is None or CODES[code].fault == "client":
+        return "upstream_server_error"
+    return code
 
 
 def _message_for(code: str, provider: str, status: int, upstream: str | None) -> str:
@@ -235,9 +251,7 @@ def map_stream_error_event(provider: str, error: object) -> GatewayError:
                 break
     elif isinstance(error, str):
         message = error
-    if code is None or CODES[code].fault == "client":
-        # A failure after the stream began is the upstream's, whatever it calls itself.
-        code = "upstream_server_error"
+    code = _after_stream_start(code)
     text = f"{provider} reported an error mid-stream: {message or 'no message'}"
     return error_for(code, text, provider=provider)
 
@@ -285,18 +299,10 @@ def map_anyllm_error(provider: str, exc: BaseException, *, streaming: bool = Fal
     elif isinstance(exc, NotImplementedError):
         code = "provider_not_supported"
     elif code is None and isinstance(status, int):
-        code = _BY_STATUS.get(status) or (
-            "upstream_server_error" if status >= 500 else "upstream_bad_request"
-        )
-    if code is None:
-        code = "upstream_server_error"
-    if code in ("upstream_bad_request", "upstream_permission_denied"):
-        for pattern, by_message in _BY_MESSAGE:
-            if pattern.search(str(exc)):
-                code = by_message
-                break
-    if streaming and CODES[code].fault == "client":
-        code = "upstream_server_error"  # a failure after the stream began is the upstream's
+        code = _code_for_status(status)
+    code = _refine_by_message(code or "upstream_server_error", str(exc))
+    if streaming:
+        code = _after_stream_start(code)
     message = getattr(exc, "message", None) or str(exc) or name
     if code == "upstream_auth_failed":
         message = f"{provider} rejected the gateway's API key; check its API key variable"

@@ -28,6 +28,7 @@ from runestone.http._asgi import (
     Receive,
     Scope,
     Send,
+    header_value,
     parse_json,
     read_body,
     send_error,
@@ -319,7 +320,7 @@ class RunestoneApp:
             headers = [
                 (b"content-type", routed.reply.content_type),
                 (b"x-request-id", request_id.encode()),
-                (b"x-runestone-target", _header(str(routed.target))),
+                (b"x-runestone-target", header_value(str(routed.target))),
                 (b"x-runestone-attempts", str(routed.attempts).encode()),
                 (b"x-runestone-overhead-ms", b"%.3f" % overhead_ms),
                 (
@@ -505,7 +506,3 @@ class RunestoneApp:
             }
         )
         await send_json(send, 200 if loaded else 503, body, [(b"content-type", JSON)])
-
-
-def _header(value: str) -> bytes:
-    return value.encode("ascii", "backslashreplace")

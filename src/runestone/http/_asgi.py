@@ -80,6 +80,11 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def header_value(value: str) -> bytes:
+    """Header bytes for a string that may hold non-ASCII (a model name, say)."""
+    return value.encode("ascii", "backslashreplace")
+
+
 def error_headers(exc: GatewayError, request_id: bytes) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", JSON),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from runestone.http._asgi import Receive, Send
+from runestone.http._asgi import Receive, Send, header_value
 from runestone.sse import HEARTBEAT, SSE_HEADERS
 from runestone.streaming import RoutedStream
 
@@ -26,7 +26,7 @@ def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
     return [
         *SSE_HEADERS,
         (b"x-request-id", routed.request_id.encode()),
-        (b"x-runestone-target", str(routed.target).encode("ascii", "backslashreplace")),
+        (b"x-runestone-target", header_value(str(routed.target))),
         (b"x-runestone-attempts", str(routed.attempts).encode()),
     ]
 

@@ -30,6 +30,12 @@ class Call:
     def provider(self) -> str:
         return self.endpoint.spec.name
 
+    def target_body(self) -> dict[str, object]:
+        """The client's body with ``model`` rewritten to the target's: all that changes."""
+        if self.body.get("model") == self.model:
+            return self.body
+        return {**self.body, "model": self.model}
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

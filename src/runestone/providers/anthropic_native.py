@@ -10,24 +10,15 @@ from typing import Any
 
 import orjson
 
-from runestone.providers.adapter import Call, Reply
-from runestone.providers.openai_compat import AiohttpStream, SessionAdapter
+from runestone.providers.adapter import Call
+from runestone.providers.openai_compat import SessionAdapter
 
 _PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
 
 
 class AnthropicMessagesAdapter(SessionAdapter):
     def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
-        body = call.body
-        if body.get("model") != call.model:
-            body = {**body, "model": call.model}
         headers: Any = call.endpoint.headers
         if call.forward_headers:
             headers = {**call.endpoint.headers, **dict(call.forward_headers)}
-        return _PATHS[call.operation], orjson.dumps(body), headers
-
-    async def complete(self, call: Call) -> Reply:
-        return await self._post(call)
-
-    async def open_stream(self, call: Call) -> AiohttpStream:
-        return await self._post_stream(call)
+        return _PATHS[call.operation], orjson.dumps(call.target_body()), headers

@@ -185,12 +185,6 @@ def _anthropic_event(event: Any) -> bytes:
     return b"event: " + str(event.type).encode() + b"\ndata: " + _dump(event) + b"\n\n"
 
 
-def _arguments(call: Call) -> dict[str, Any]:
-    arguments = {k: v for k, v in call.body.items() if k != "model"}
-    arguments["model"] = call.model
-    return arguments
-
-
 class _TranslatingAdapter:
     """Calls one any-llm method (``METHOD``) and renders its stream in the client's protocol."""
 
@@ -202,7 +196,7 @@ class _TranslatingAdapter:
     async def _call(self, call: Call, *, stream: bool) -> Any:
         method = getattr(self._clients.get(call.endpoint), self.METHOD)
         try:
-            return await method(**{**_arguments(call), "stream": stream})
+            return await method(**{**call.target_body(), "stream": stream})
         except Exception as exc:
             raise map_anyllm_error(call.provider, exc) from exc
 

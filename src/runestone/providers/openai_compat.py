@@ -39,12 +39,10 @@ class SessionAdapter:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)
         return self._session.post(url, data=data, headers=headers, timeout=timeout)
 
-    async def _post(self, call: Call) -> Reply:
+    async def complete(self, call: Call) -> Reply:
         path, data, headers = self._prepare(call)
         try:
-            async with self._session.post(
-                call.endpoint.url(path), data=data, headers=headers
-            ) as resp:
+            async with self._send(call, path, data, headers) as resp:
                 body = await resp.read()
                 status, response_headers = resp.status, resp.headers
         except TRANSPORT_ERRORS as exc:
@@ -60,7 +58,7 @@ class SessionAdapter:
             )
         return Reply(body)
 
-    async def _post_stream(self, call: Call) -> AiohttpStream:
+    async def open_stream(self, call: Call) -> AiohttpStream:
         path, data, headers = self._prepare(call)
         try:
             resp = await self._send(call, path, data, headers)
@@ -80,20 +78,12 @@ _OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 
 class OpenAICompatibleAdapter(SessionAdapter):
     def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
-        body = call.body
-        if body.get("model") != call.model:
-            body = {**body, "model": call.model}
+        body = call.target_body()
         if call.add_stream_usage:
             options = body.get("stream_options")
             extra = options if isinstance(options, dict) else {}
             body = {**body, "stream_options": {**extra, "include_usage": True}}
         return _OPENAI_PATHS[call.operation], orjson.dumps(body), call.endpoint.headers
-
-    async def complete(self, call: Call) -> Reply:
-        return await self._post(call)
-
-    async def open_stream(self, call: Call) -> AiohttpStream:
-        return await self._post_stream(call)
 
 
 _DRAIN_SECONDS = 1.0

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from runestone._alias_file import Target, parse_alias_file, parse_spec
-from runestone.aliases import DEFAULT_ALIASES_PATH, AliasFileError, SpecError, load_alias_file
+from runestone.aliases import (
+    DEFAULT_ALIASES_PATH,
+    AliasFileError,
+    SpecError,
+    Target,
+    load_alias_file,
+    parse_alias_file,
+    parse_spec,
+)
 
 
 def parse(text: str):  # type: ignore[no-untyped-def]

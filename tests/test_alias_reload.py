@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import runestone._watch
+import runestone.aliases._watch
 from runestone.aliases import AliasFileError, AliasStore
 
 ONE = "aliases:\n  fast: groq:one\n  stable: openai:gpt-4\n"
@@ -136,7 +136,7 @@ async def test_polling_fallback_when_file_events_are_unavailable(
     async def no_inotify(*_args: object, **_kwargs: object) -> None:
         raise OSError(24, "OS file watch limit reached")
 
-    monkeypatch.setattr(runestone._watch, "_watch_events", no_inotify)
+    monkeypatch.setattr(runestone.aliases._watch, "_watch_events", no_inotify)
     store = AliasStore(alias_path)
     store.load()
     with caplog.at_level(logging.WARNING, logger="runestone.aliases"):

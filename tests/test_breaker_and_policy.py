@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runestone._alias_file import AliasFileError, parse_alias_file
-from runestone._policy import DEFAULT_POLICY, Policy
-from runestone.breaker import BreakerConfig, CircuitBreaker
+from runestone.aliases import DEFAULT_POLICY, AliasFileError, Policy, parse_alias_file
+from runestone.routing.breakers import BreakerConfig, CircuitBreaker
 
 
 class Clock:

@@ -78,6 +78,6 @@ def test_register_a_third_party_provider() -> None:
         assert spec in registered_specs()
         assert endpoint("acme-test", ACME_KEY="k").headers["authorization"] == "Bearer k"
     finally:
-        from runestone import providers
+        from runestone.providers import _registry
 
-        del providers._REGISTERED["acme-test"]
+        del _registry._PROVIDERS["acme-test"]

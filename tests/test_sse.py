@@ -12,7 +12,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from runestone.sse import OpenAIStreamScanner, relay_stream
+from runestone.protocols.openai_chat import OpenAIStreamScanner
+from runestone.streams import relay_stream
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, Gateway, StreamLog, chunk, send_stream, stream_events
 

@@ -147,7 +147,15 @@ def test_one_json_log_line_per_request_without_content(
 
 def test_overhead_is_duration_minus_upstream() -> None:
     event = RequestFinished(
-        "r", "chat", "-", "p", "m", 200, "", False, 1, 0.5, 0.45, None, None, None, "complete"
+        request_id="r",
+        route="chat",
+        alias="-",
+        provider="p",
+        model="m",
+        status=200,
+        duration=0.5,
+        upstream=0.45,
+        outcome="complete",
     )
     assert event.overhead == pytest.approx(0.05)
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from runestone.anthropic_sse import AnthropicStreamScanner
-from runestone.sse import relay_stream
-from runestone.upstream_errors import map_anyllm_error, map_upstream_response
+from runestone.protocols.anthropic_messages import AnthropicStreamScanner
+from runestone.providers.errors import map_anyllm_error, map_upstream_response
+from runestone.streams import relay_stream
 from tests.servers import anthropic_stream, sse_event
 
 EVENTS = anthropic_stream("claude-3-5-sonnet-20241022", ["Hello", " there"])
@@ -153,7 +153,7 @@ def test_anyllm_rate_limit_keeps_retry_after() -> None:
 
 def test_any_llm_is_imported_lazily() -> None:
     code = (
-        "import sys, runestone, runestone.http, runestone.router; print('any_llm' in sys.modules)"
+        "import sys, runestone, runestone.http, runestone.routing; print('any_llm' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from runestone.errors import CODES, ClientError, GatewayFault, UpstreamError, error_for
-from runestone.upstream_errors import (
+from runestone.providers.errors import (
     map_stream_error_event,
     map_upstream_response,
     parse_retry_after,

@@ -15,11 +15,11 @@ Runestone server instead. As a server: ``runestone serve``, or mount
 ``runestone.http.create_app()`` in an ASGI application.
 """
 
+from runestone._api import route_chat, route_stream
 from runestone._library import aclose
 from runestone._version import __version__
 from runestone.aliases import Alias, AliasStore, AliasTable, Target
 from runestone.errors import ClientError, GatewayError, GatewayFault, UpstreamError
-from runestone.router import route_chat, route_stream
 
 __all__ = [
     "Alias",

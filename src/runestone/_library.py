@@ -1,26 +1,24 @@
 """The backend behind the library calls ``route_chat`` and ``route_stream``.
 
-One backend per event loop (an aiohttp session belongs to one loop): the in-process
-router, or with ``RUNESTONE_GATEWAY_MODE=true`` a client of a central Runestone server.
+One backend per event loop (an aiohttp session belongs to one loop): an in-process
+``Gateway``, or with ``RUNESTONE_GATEWAY_MODE=true`` a client of a central Runestone
+server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import aiohttp
-
-from runestone._session import make_session
+from runestone._gateway import Gateway
 from runestone.aliases import AliasStore
-from runestone.breaker import Breakers
 from runestone.config import Settings
 from runestone.providers import known_provider_names
+from runestone.providers._session import make_session
 from runestone.remote import RemoteBackend
-from runestone.router import Router
+from runestone.routing import Router
 
 
 class Backend(Protocol):
@@ -28,9 +26,12 @@ class Backend(Protocol):
 
     def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]: ...
 
+    async def aclose(self) -> None: ...
+
 
 class LocalBackend:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, gateway: Gateway, router: Router) -> None:
+        self.gateway = gateway
         self.router = router
 
     async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
@@ -46,15 +47,11 @@ class LocalBackend:
             raise
         await routed.aclose()
 
-
-class _Default:
-    def __init__(self, backend: Backend, session: aiohttp.ClientSession) -> None:
-        self.backend = backend
-        self.session = session
-        self.watcher: asyncio.Task[None] | None = None
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
 
 
-_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Default] = (
+_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -63,36 +60,37 @@ async def default_backend() -> Backend:
     loop = asyncio.get_running_loop()
     current = _defaults.get(loop)
     if current is None:
-        current = _defaults[loop] = _create(Settings.from_env())
-    return current.backend
+        current = _defaults[loop] = await _create(Settings.from_env())
+    return current
 
 
-def _create(settings: Settings) -> _Default:
-    session = make_session(
-        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
-    )
-    if settings.gateway_mode:
+class _Remote:
+    def __init__(self, settings: Settings) -> None:
         assert settings.gateway_url is not None
-        return _Default(
-            RemoteBackend(settings.gateway_url, settings.service_token, session), session
+        self._session = make_session(
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
         )
-    store = AliasStore.from_env(known_providers=known_provider_names())
-    store.load()
-    router = Router(store, session, breakers=Breakers(settings.breaker_config()))
-    default = _Default(LocalBackend(router), session)
-    default.watcher = asyncio.get_running_loop().create_task(store.watch(settings.watch))
-    return default
+        self._remote = RemoteBackend(settings.gateway_url, settings.service_token, self._session)
+
+    async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
+        return await self._remote.chat_bytes(body, request_id)
+
+    def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]:
+        return self._remote.stream_bytes(body, request_id)
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+async def _create(settings: Settings) -> Backend:
+    if settings.gateway_mode:
+        return _Remote(settings)
+    gateway = Gateway(settings, AliasStore.from_env(known_providers=known_provider_names()))
+    return LocalBackend(gateway, await gateway.start())
 
 
 async def aclose() -> None:
     """Close this event loop's library backend (its HTTP session and alias watcher)."""
     current = _defaults.pop(asyncio.get_running_loop(), None)
-    if current is None:
-        return
-    if current.watcher is not None:
-        current.watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await current.watcher
-    if isinstance(current.backend, LocalBackend):
-        await current.backend.router.aclose()
-    await current.session.close()
+    if current is not None:
+        await current.aclose()

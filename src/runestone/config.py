@@ -7,8 +7,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from runestone._watch import WATCH_MODES, WatchMode
-from runestone.breaker import BreakerConfig
+from runestone.aliases import WATCH_MODES, WatchMode
+from runestone.routing.breakers import BreakerConfig
 
 
 class ConfigError(ValueError):

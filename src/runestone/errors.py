@@ -10,7 +10,8 @@ whether retrying the same request can help::
     └── UpstreamError               the provider failed or refused
 
 Rendered once, at the outside, as an OpenAI-compatible envelope (OpenAI SDKs parse it),
-or on the Anthropic Messages endpoints in Anthropic's shape with the same fields::
+or on the Anthropic Messages endpoints in Anthropic's shape with the same fields
+(``runestone.protocols.anthropic_messages``)::
 
     {"error": {"message": "...", "type": "rate_limit_error", "param": null,
                "code": "upstream_rate_limited", "provider": "groq",
@@ -144,7 +145,7 @@ class GatewayError(Exception):
         where = f" provider={self.provider}" if self.provider else ""
         return f"<{type(self).__name__} {self.code} {self.status}{where}: {self.message}>"
 
-    def _gateway_fields(self) -> dict[str, object]:
+    def gateway_fields(self) -> dict[str, object]:
         """What both envelope shapes add to their protocol's own error fields."""
         fields: dict[str, object] = {
             "code": self.code,
@@ -158,7 +159,7 @@ class GatewayError(Exception):
 
     def envelope(self, request_id: str | None) -> dict[str, object]:
         error = {"message": self.message, "type": self.type, "param": self.param}
-        return {"error": {**error, **self._gateway_fields()}, "request_id": request_id}
+        return {"error": {**error, **self.gateway_fields()}, "request_id": request_id}
 
     def to_json(self, request_id: str | None) -> bytes:
         return orjson.dumps(self.envelope(request_id))
@@ -166,37 +167,6 @@ class GatewayError(Exception):
     def to_sse(self, request_id: str | None) -> bytes:
         """The in-band event that ends a stream which already started."""
         return b"data: " + self.to_json(request_id) + b"\n\n"
-
-    def anthropic_envelope(self, request_id: str | None) -> dict[str, object]:
-        """The same error in Anthropic's shape, for the Messages API endpoints."""
-        error = {"type": self.anthropic_type, "message": self.message}
-        return {
-            "type": "error",
-            "error": {**error, **self._gateway_fields()},
-            "request_id": request_id,
-        }
-
-    @property
-    def anthropic_type(self) -> str:
-        if self.code == "upstream_overloaded":
-            return "overloaded_error"
-        return _ANTHROPIC_TYPES.get(self.status, "api_error")
-
-    def to_anthropic_json(self, request_id: str | None) -> bytes:
-        return orjson.dumps(self.anthropic_envelope(request_id))
-
-    def to_anthropic_sse(self, request_id: str | None) -> bytes:
-        return b"event: error\ndata: " + self.to_anthropic_json(request_id) + b"\n\n"
-
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-}
 
 
 class ClientError(GatewayError):

@@ -14,9 +14,10 @@ import aiohttp
 import orjson
 
 from runestone.errors import CODES, GatewayError, error_for
-from runestone.upstream_errors import (
+from runestone.providers.errors import (
     TRANSPORT_ERRORS,
     map_transport_error,
+    map_transport_errors,
     map_upstream_response,
 )
 
@@ -42,25 +43,21 @@ class RemoteBackend:
         return {**self._headers, "x-request-id": request_id}
 
     async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
-        try:
+        with map_transport_errors("runestone"):
             async with self._session.post(
                 self.url, data=orjson.dumps(body), headers=self._headers_for(request_id)
             ) as resp:
                 data = await resp.read()
                 status, headers = resp.status, resp.headers
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error("runestone", exc, streaming=False) from exc
         if status >= 400:
             raise error_from_envelope(data, status, headers)
         return data
 
     async def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]:
-        try:
+        with map_transport_errors("runestone"):
             resp = await self._session.post(
                 self.url, data=orjson.dumps(body), headers=self._headers_for(request_id)
             )
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error("runestone", exc, streaming=False) from exc
         try:
             if resp.status >= 400:
                 raise error_from_envelope(await resp.read(), resp.status, resp.headers)

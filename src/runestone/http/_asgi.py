@@ -1,4 +1,4 @@
-"""Small ASGI helpers: read a bounded body, send JSON, send an error envelope."""
+"""ASGI types and small helpers: read a bounded body, send JSON, send an error envelope."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
 
@@ -98,9 +99,11 @@ def error_headers(exc: GatewayError, request_id: bytes) -> list[tuple[bytes, byt
 
 
 async def send_error(
-    send: Send, exc: GatewayError, request_id: str, *, anthropic: bool = False
+    send: Send,
+    exc: GatewayError,
+    request_id: str,
+    render: Callable[[GatewayError, str | None], bytes] | None = None,
 ) -> None:
-    """The envelope, in Anthropic's shape on the Messages endpoints, else OpenAI's."""
-    rid = request_id.encode()
-    body = exc.to_anthropic_json(request_id) if anthropic else exc.to_json(request_id)
-    await send_json(send, exc.status, body, error_headers(exc, rid))
+    """The envelope in the route's protocol (``render``), else the gateway's own."""
+    body = exc.to_json(request_id) if render is None else render(exc, request_id)
+    await send_json(send, exc.status, body, error_headers(exc, request_id.encode()))

@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Callable
 
 from runestone.http._asgi import Receive, Send, header_value
-from runestone.sse import HEARTBEAT, SSE_HEADERS
-from runestone.streaming import RoutedStream
+from runestone.routing import RoutedStream
+from runestone.streams import HEARTBEAT, SSE_HEADERS
 
 
 class StreamState:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
-from runestone.providers import Endpoint
-from runestone.validation import Operation
+import aiohttp
+
+from runestone.providers._specs import Endpoint
+
+#: What a client asked for, as an adapter sees it. Each client wire format (see
+#: ``runestone.protocols``) serves one or more of these.
+Operation = Literal["chat", "messages", "count_tokens", "embeddings"]
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +79,32 @@ class Adapter(Protocol):
         A refusal (any HTTP error before the first byte) raises ``GatewayError``.
         """
         ...
+
+
+@dataclass(slots=True)
+class AdapterContext:
+    """What adapters of one gateway share: the upstream session and shared resources.
+
+    ``shared`` hands out one instance per key (one any-llm client cache, say) that the
+    gateway closes with ``aclose`` when it stops.
+    """
+
+    session: aiohttp.ClientSession
+    _shared: dict[str, Any] = field(default_factory=dict)
+
+    def shared(self, key: str, factory: Callable[[], R]) -> R:
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = factory()
+        return found
+
+    async def aclose(self) -> None:
+        resources, self._shared = list(self._shared.values()), {}
+        for resource in resources:
+            close = getattr(resource, "aclose", None)
+            if close is not None:
+                await close()
+
+
+#: Builds an adapter for one gateway; registered with ``register_adapter``.
+AdapterFactory = Callable[[AdapterContext], Adapter]

@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from runestone.errors import GatewayError
-from runestone.providers import Endpoint
+from runestone.providers._specs import Endpoint
 from runestone.providers.adapter import Call, Reply
-from runestone.upstream_errors import map_anyllm_error
+from runestone.providers.errors import map_anyllm_error
 
 
 class AnyLLMClients:

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runestone.providers import ProviderSpec, register
+from runestone.providers._registry import register, register_adapter
+from runestone.providers._specs import ProviderSpec
+from runestone.providers.adapter import Adapter, AdapterContext
+from runestone.providers.anthropic_native import AnthropicMessagesAdapter
+from runestone.providers.anyllm import (
+    AnyLLMChatAdapter,
+    AnyLLMClients,
+    AnyLLMEmbeddingsAdapter,
+    AnyLLMMessagesAdapter,
+)
+from runestone.providers.mock import MockAdapter
+from runestone.providers.openai_compat import OpenAICompatibleAdapter
 
 
 def _openai_compatible(
@@ -97,3 +108,39 @@ def _constant(spec: ProviderSpec) -> Callable[[], ProviderSpec]:
 
 for _spec in BUILTIN:
     register(_spec.name, _constant(_spec))
+
+
+# How each operation reaches each wire format. Same format: bytes pass through (one
+# adapter instance per gateway, shared by its operations); otherwise any-llm translates.
+def _passthrough(context: AdapterContext) -> Adapter:
+    return context.shared("openai-passthrough", lambda: OpenAICompatibleAdapter(context.session))
+
+
+def _anthropic(context: AdapterContext) -> Adapter:
+    return context.shared(
+        "anthropic-passthrough", lambda: AnthropicMessagesAdapter(context.session)
+    )
+
+
+def _translated_chat(context: AdapterContext) -> Adapter:
+    return AnyLLMChatAdapter(context.shared("anyllm", AnyLLMClients))
+
+
+def _translated_messages(context: AdapterContext) -> Adapter:
+    return AnyLLMMessagesAdapter(context.shared("anyllm", AnyLLMClients))
+
+
+def _translated_embeddings(context: AdapterContext) -> Adapter:
+    return AnyLLMEmbeddingsAdapter(context.shared("anyllm", AnyLLMClients))
+
+
+register_adapter("chat", "openai", _passthrough)
+register_adapter("chat", "mock", lambda context: MockAdapter())
+register_adapter("chat", "anthropic", _translated_chat)
+register_adapter("chat", "anyllm", _translated_chat)
+register_adapter("messages", "anthropic", _anthropic)
+register_adapter("messages", "openai", _translated_messages)
+register_adapter("messages", "anyllm", _translated_messages)
+register_adapter("count_tokens", "anthropic", _anthropic)
+register_adapter("embeddings", "openai", _passthrough)
+register_adapter("embeddings", "anyllm", _translated_embeddings)

@@ -15,9 +15,9 @@ import orjson
 
 from runestone.errors import error_for
 from runestone.providers.adapter import Call, Reply
-from runestone.upstream_errors import (
+from runestone.providers.errors import (
     TRANSPORT_ERRORS,
-    map_transport_error,
+    map_transport_errors,
     map_upstream_response,
 )
 
@@ -41,12 +41,10 @@ class SessionAdapter:
 
     async def complete(self, call: Call) -> Reply:
         path, data, headers = self._prepare(call)
-        try:
+        with map_transport_errors(call.provider):
             async with self._send(call, path, data, headers) as resp:
                 body = await resp.read()
                 status, response_headers = resp.status, resp.headers
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(call.provider, exc, streaming=False) from exc
         if status >= 400:
             raise map_upstream_response(call.provider, status, body, response_headers)
         if not body.lstrip()[:1] == b"{":
@@ -60,7 +58,7 @@ class SessionAdapter:
 
     async def open_stream(self, call: Call) -> AiohttpStream:
         path, data, headers = self._prepare(call)
-        try:
+        with map_transport_errors(call.provider):
             resp = await self._send(call, path, data, headers)
             if resp.status >= 400:
                 try:
@@ -68,8 +66,6 @@ class SessionAdapter:
                 finally:
                     resp.release()
                 raise map_upstream_response(call.provider, resp.status, body, resp.headers)
-        except TRANSPORT_ERRORS as exc:
-            raise map_transport_error(call.provider, exc, streaming=False) from exc
         return AiohttpStream(resp)
 
 

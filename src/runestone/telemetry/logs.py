@@ -9,7 +9,7 @@ import logging
 
 import orjson
 
-from runestone.telemetry import Event, RequestFinished
+from runestone.telemetry.events import Event, RequestFinished
 
 log = logging.getLogger("runestone.requests")
 

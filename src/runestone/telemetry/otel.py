@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from runestone.telemetry import AttemptFinished, Event, RequestFinished
+from runestone.telemetry.events import AttemptFinished, Event, RequestFinished
 
 _MAX_PENDING = 10_000  # attempts held for requests that have not finished yet
 

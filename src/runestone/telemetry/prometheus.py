@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from runestone.telemetry import AliasReload, Event, RequestFinished
+from runestone.telemetry.events import AliasReload, Event, InFlight, RequestFinished
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_MODELS = 200
@@ -114,7 +114,10 @@ class PrometheusMetrics:
             r.register(_BreakerCollector(breakers))
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, RequestFinished):
+        if isinstance(event, InFlight):
+            gauge = self.in_flight_streams if event.stream else self.in_flight
+            self.child(gauge, event.route).inc(event.change)
+        elif isinstance(event, RequestFinished):
             self._request(event)
         elif isinstance(event, AliasReload):
             self.reloads.labels("ok" if event.ok else "failed").inc()

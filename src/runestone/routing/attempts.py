@@ -25,13 +25,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from runestone._policy import Policy, Strategy
-from runestone.aliases import Target
-from runestone.breaker import CircuitBreaker
+from runestone.aliases import Policy, Strategy, Target
 from runestone.errors import GatewayError, error_for
-from runestone.providers.adapter import Call
+from runestone.providers import Call
+from runestone.routing.breakers import CircuitBreaker
 
 T = TypeVar("T")
+
+#: Hears of every attempt: (call, wall-clock start in ns, error code or "").
+Observer = Callable[[Call, int, str], None]
 
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
@@ -79,6 +81,8 @@ class Attempted(Generic[T]):
     result: T
     candidate: Candidate
     attempts: int
+    #: The candidates that were not tried, in the order they would have been.
+    remaining: tuple[Candidate, ...] = ()
 
 
 def counts_against(error: GatewayError) -> bool:
@@ -94,7 +98,7 @@ async def run_attempts(
     *,
     attempt_timeout: float | None = None,
     hold: bool = False,
-    observe: Callable[[Call, int, str], None] | None = None,
+    observe: Observer | None = None,
 ) -> Attempted[T]:
     """Try targets until one answers; raise the ``GatewayError`` that ends the request.
 
@@ -106,7 +110,8 @@ async def run_attempts(
     attempts = 0
     last: GatewayError | None = None
     refused: list[CircuitBreaker] = []
-    for candidate in order(policy.strategy, candidates):
+    ordered = order(policy.strategy, candidates)
+    for position, candidate in enumerate(ordered):
         breaker = candidate.breaker
         for retry in range(policy.retries + 1):
             if not breaker.allow():
@@ -140,7 +145,7 @@ async def run_attempts(
                     breaker.in_flight -= 1
                 if observe is not None:
                     observe(candidate.call, began, "")
-                return Attempted(result, candidate, attempts)
+                return Attempted(result, candidate, attempts, tuple(ordered[position + 1 :]))
             breaker.in_flight -= 1
             if observe is not None:
                 observe(candidate.call, began, error.code)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from runestone._yaml_nodes import Located
+from runestone.aliases._yaml_nodes import Located
 
 Strategy = Literal["fallback", "weighted", "least_busy"]
 STRATEGIES: tuple[Strategy, ...] = ("fallback", "weighted", "least_busy")

@@ -1,17 +1,4 @@
-"""Model aliases: loaded from YAML, validated whole, hot-reloaded without a restart.
-
-Lookups read one reference to an immutable ``AliasTable`` and do one dict lookup, so a
-request never sees a half-loaded table, and a reload never blocks a lookup. A reload
-builds a whole new table first; an invalid file keeps the last good one.
-
-Alias names are case-sensitive, like the model names of every provider: ``fast`` and
-``Fast`` are different names. (An unknown name's error suggests a near match.)
-
->>> store = AliasStore.from_env()
->>> store.load()
->>> str(store.table.get("fast").targets[0])
-'groq:llama3-8b-8192'
-"""
+"""The alias store: the live table, its reloads and their status."""
 
 from __future__ import annotations
 
@@ -23,35 +10,19 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runestone._alias_file import (
+from runestone.aliases._file import parse_alias_file
+from runestone.aliases._schema import (
     Alias,
     AliasFileError,
     AliasTable,
     Problem,
-    SpecError,
-    Target,
-    parse_alias_file,
-    parse_spec,
     table_version,
 )
-from runestone._watch import WATCH_MODES, WatchMode, watch_file
-
-__all__ = [
-    "DEFAULT_ALIASES_PATH",
-    "Alias",
-    "AliasFileError",
-    "AliasStore",
-    "AliasTable",
-    "ReloadStatus",
-    "SpecError",
-    "Target",
-    "load_alias_file",
-    "parse_spec",
-]
+from runestone.aliases._watch import WATCH_MODES, WatchMode, watch_file
 
 log = logging.getLogger("runestone.aliases")
 
-DEFAULT_ALIASES_PATH = Path(__file__).parent / "aliases.yaml"
+DEFAULT_ALIASES_PATH = Path(__file__).parent.parent / "aliases.yaml"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ Two kinds of failure reach here. An HTTP error answer is mapped from the provide
 body by its meaning field first (OpenAI, Groq and most OpenAI-compatible servers put it
 in ``error.code``; OpenRouter puts the HTTP status there and details in ``metadata``),
 then by the HTTP status, then by message patterns. A transport failure (refused,
-reset, timed out) is mapped by exception class; adapters catch ``TRANSPORT_ERRORS``
-around both sending and reading and hand them to ``map_transport_error``.
+reset, timed out) is mapped by exception class: adapters wrap both the send and the
+reading of the answer in ``map_transport_errors(provider)``, the one boundary where
+aiohttp's exceptions become gateway errors (as httpx's ``map_httpcore_exceptions``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
+from types import TracebackType
 
 import aiohttp
 import orjson
@@ -229,9 +231,36 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-#: What a transport can raise while sending a request or reading its answer. Adapters
-#: catch exactly these around both and hand them to ``map_transport_error``.
+#: What a transport can raise while sending a request or reading its answer.
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+class map_transport_errors:
+    """Re-raise a transport failure inside the block as the matching ``GatewayError``.
+
+    A class, not a ``@contextmanager`` generator: it sits on every upstream call.
+
+    >>> with map_transport_errors("openai"):
+    ...     body = await response.read()
+    """
+
+    __slots__ = ("provider", "streaming")
+
+    def __init__(self, provider: str, *, streaming: bool = False) -> None:
+        self.provider = provider
+        self.streaming = streaming
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None and isinstance(exc, TRANSPORT_ERRORS):
+            raise map_transport_error(self.provider, exc, streaming=self.streaming) from exc
 
 
 def map_stream_error_event(provider: str, error: object) -> GatewayError:

@@ -1,0 +1,95 @@
+"""The one place that assembles a gateway, for the server and the library alike.
+
+A ``Gateway`` owns what lives as long as the process serves: the alias store and its
+reload watcher, the upstream HTTP session, the adapters' shared resources, the circuit
+breakers, the router and the telemetry hook. ``start`` and ``aclose`` bring them up and
+down in order; the ASGI app runs them from its lifespan, the library on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+import aiohttp
+
+from runestone.aliases import AliasStore
+from runestone.config import Settings
+from runestone.providers import AdapterContext
+from runestone.providers._session import make_session
+from runestone.routing import Breakers, Router
+from runestone.telemetry import AliasReload, Telemetry
+
+
+class Gateway:
+    """Settings, aliases, session, adapters, breakers, router and telemetry, together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        aliases: AliasStore,
+        *,
+        environ: Mapping[str, str] | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.aliases = aliases
+        self.environ = environ
+        self.telemetry = telemetry or Telemetry()
+        self.router: Router | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._context: AdapterContext | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        aliases.on_reload = self._reloaded
+
+    def __repr__(self) -> str:
+        state = "started" if self.router is not None else "not started"
+        return f"<Gateway {state} aliases={self.aliases.path}>"
+
+    def _reloaded(self, ok: bool, version: str) -> None:
+        self.telemetry.emit(AliasReload(ok=ok, version=version))
+
+    @property
+    def breakers(self) -> Breakers | None:
+        return self.router.breakers if self.router is not None else None
+
+    def breaker_states(self) -> list[dict[str, object]]:
+        return self.router.breakers.snapshot() if self.router is not None else []
+
+    async def start(self) -> Router:
+        """Load aliases, open the upstream session, start the reload watcher. Idempotent."""
+        async with self._start_lock:
+            if self.router is not None:
+                return self.router
+            settings = self.settings
+            self.aliases.load()
+            self._session = make_session(
+                connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
+            )
+            self._context = AdapterContext(self._session)
+            self._watcher = asyncio.create_task(self.aliases.watch(settings.watch))
+            self.router = Router(
+                self.aliases,
+                self._context,
+                environ=self.environ,
+                breakers=Breakers(settings.breaker_config()),
+                telemetry=self.telemetry,
+            )
+            return self.router
+
+    async def aclose(self) -> None:
+        """Stop the watcher, close the adapters' resources and the session."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._context is not None:
+            await self._context.aclose()
+            self._context = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.router = None

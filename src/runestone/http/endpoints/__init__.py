@@ -1,0 +1,8 @@
+"""The endpoints: the model API (``proxy``), ``models``, ``health``, ``metrics``."""
+
+from runestone.http.endpoints.health import ReadyEndpoint, live
+from runestone.http.endpoints.metrics import MetricsEndpoint
+from runestone.http.endpoints.models import ModelsEndpoint
+from runestone.http.endpoints.proxy import ProxyEndpoint
+
+__all__ = ["MetricsEndpoint", "ModelsEndpoint", "ProxyEndpoint", "ReadyEndpoint", "live"]

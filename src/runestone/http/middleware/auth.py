@@ -1,0 +1,110 @@
+"""Authentication: who is calling, put in ``scope["auth"]`` for everything after it.
+
+Like starlette's ``AuthenticationMiddleware`` with a backend: the backend turns request
+headers into a ``Principal`` (today the gateway's tokens; per-team keys later), and a
+route says which scope it needs (``requires``). Endpoints, limits and metrics read the
+principal from the scope; nothing else looks at credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Protocol
+
+from runestone.errors import error_for
+from runestone.http._asgi import ASGIApp, Receive, Scope, Send
+
+#: Scopes a principal can hold: ``client`` calls the model API, ``metrics`` scrapes.
+CLIENT = "client"
+METRICS = "metrics"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who the request is from, and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def __repr__(self) -> str:
+        return f"<Principal {self.name} {'+'.join(sorted(self.scopes)) or 'no scopes'}>"
+
+
+class AuthBackend(Protocol):
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal: ...
+
+
+class TokenBackend:
+    """The gateway's own tokens: ``RUNESTONE_SERVICE_TOKEN`` and ``RUNESTONE_METRICS_TOKEN``.
+
+    The service token (Bearer, or ``x-api-key`` as Anthropic clients send it) may call
+    the API, and scrape metrics unless a metrics token is set. Without a service token
+    the API is open; without either token so are the metrics. Tokens are compared in
+    constant time.
+    """
+
+    def __init__(self, service_token: str | None, metrics_token: str | None) -> None:
+        self._token = service_token.encode() if service_token else None
+        self._bearer = b"Bearer " + self._token if self._token else None
+        metrics = metrics_token or service_token
+        self._metrics_bearer = b"Bearer " + metrics.encode() if metrics else None
+        self._separate_metrics = bool(metrics_token)
+        anonymous = set()
+        if self._token is None:
+            anonymous.add(CLIENT)
+        if self._metrics_bearer is None:
+            anonymous.add(METRICS)
+        self._anonymous = Principal("anonymous", frozenset(anonymous))
+        service = {CLIENT} if self._separate_metrics else {CLIENT, METRICS}
+        self._service = Principal("service", frozenset(service))
+        self._metrics = Principal("metrics", frozenset({METRICS}))
+
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
+        if self._token is None and self._metrics_bearer is None:
+            return self._anonymous
+        authorization = api_key = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                api_key = value
+        if self._bearer is not None:
+            if authorization is not None and hmac.compare_digest(authorization, self._bearer):
+                return self._service
+            if api_key is not None and hmac.compare_digest(api_key, self._token or b""):
+                return self._service
+        if (
+            self._separate_metrics
+            and authorization is not None
+            and self._metrics_bearer is not None
+            and hmac.compare_digest(authorization, self._metrics_bearer)
+        ):
+            return self._metrics
+        return self._anonymous
+
+
+_REFUSALS = {
+    CLIENT: "missing or wrong gateway token: send 'Authorization: Bearer <token>' (or "
+    "'x-api-key: <token>') with the gateway's RUNESTONE_SERVICE_TOKEN",
+    METRICS: "/metrics needs 'Authorization: Bearer <token>' with RUNESTONE_METRICS_TOKEN "
+    "(or the service token when no metrics token is set)",
+}
+
+
+def requires(scope: Scope, needed: str) -> None:
+    """Raise ``unauthorized`` unless the request's principal holds ``needed``."""
+    principal: Principal | None = scope.get("auth")
+    if principal is None or needed not in principal.scopes:
+        raise error_for("unauthorized", _REFUSALS[needed])
+
+
+class AuthenticationMiddleware:
+    def __init__(self, app: ASGIApp, backend: AuthBackend) -> None:
+        self.app = app
+        self.backend = backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["auth"] = self.backend.authenticate(scope["headers"])
+        await self.app(scope, receive, send)

@@ -1,0 +1,66 @@
+"""The outermost middleware: a request id for every request, and errors rendered once.
+
+A ``GatewayError`` raised anywhere inside becomes the error envelope, in the shape of
+the protocol the route declared (``scope["runestone.protocol"]``); any other exception
+is logged and becomes ``internal_error``. As in starlette's ``ServerErrorMiddleware``,
+once the response has started nothing can be rendered any more: the error is logged
+and the connection left to close, since a second response would corrupt the first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from runestone.errors import GatewayError, error_for
+from runestone.http._asgi import ASGIApp, ClientGone, Message, Receive, Scope, Send, send_error
+from runestone.routing import new_request_id
+
+log = logging.getLogger("runestone.http")
+
+REQUEST_ID = "runestone.request_id"
+PROTOCOL = "runestone.protocol"
+
+
+class ErrorMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                client_id = value.decode("latin-1")
+                break
+        request_id = scope[REQUEST_ID] = new_request_id(client_id)
+        started = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if not started and message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded)
+        except ClientGone:
+            return
+        except GatewayError as exc:
+            if started:
+                log.warning("request %s failed after its response started: %r", request_id, exc)
+                return
+            protocol = scope.get(PROTOCOL)
+            await send_error(send, exc, request_id, protocol.error_body if protocol else None)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                return
+            protocol = scope.get(PROTOCOL)
+            await send_error(
+                send,
+                error_for("internal_error", "the gateway failed to handle the request"),
+                request_id,
+                protocol.error_body if protocol else None,
+            )

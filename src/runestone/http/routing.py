@@ -1,0 +1,88 @@
+"""Routes and mounts: which endpoint answers a path, and what it requires.
+
+An explicit list, as in starlette's ``routing.py``: ``Route(path, endpoint, ...)`` for
+one exact path, ``Mount(prefix, app)`` for a sub-application (the path below the prefix
+is its own; ``root_path`` grows by the prefix). A route declares the client protocol of
+its errors and the scope a caller needs; the dispatcher checks method and scope before
+the endpoint runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runestone.errors import error_for
+from runestone.http._asgi import ASGIApp, Receive, Scope, Send
+from runestone.http.middleware.auth import requires
+from runestone.http.middleware.errors import PROTOCOL
+from runestone.protocols import ClientProtocol
+
+
+class Route:
+    """One exact path, one method, one endpoint."""
+
+    __slots__ = ("endpoint", "method", "path", "protocol", "scope")
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: ASGIApp,
+        *,
+        method: str = "GET",
+        protocol: ClientProtocol | None = None,
+        scope: str | None = None,
+    ) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.method = method
+        #: Errors on this route take this protocol's shape (the gateway's own if None).
+        self.protocol = protocol
+        #: What the caller's principal must hold; None: open to anyone.
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return f"<Route {self.method} {self.path}>"
+
+
+class Mount:
+    """A sub-application below a path prefix."""
+
+    __slots__ = ("app", "prefix")
+
+    def __init__(self, prefix: str, app: ASGIApp) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<Mount {self.prefix}>"
+
+
+class Dispatcher:
+    """Finds the route or mount for a request's path and hands the request to it."""
+
+    def __init__(self, routes: Sequence[Route | Mount]) -> None:
+        self._routes = {r.path: r for r in routes if isinstance(r, Route)}
+        self._mounts = [m for m in routes if isinstance(m, Mount)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]  # mounted under a prefix by a host application
+        route = self._routes.get(path)
+        if route is None:
+            for mount in self._mounts:
+                if path == mount.prefix or path.startswith(mount.prefix + "/"):
+                    child = dict(scope)
+                    child["root_path"] = root + mount.prefix
+                    child["path"] = root + path  # sub-apps strip root_path themselves
+                    await mount.app(child, receive, send)
+                    return
+            raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
+        if route.protocol is not None:
+            scope[PROTOCOL] = route.protocol
+        if scope["method"] != route.method:
+            raise error_for("method_not_allowed", f"{path} accepts {route.method} only")
+        if route.scope is not None:
+            requires(scope, route.scope)
+        await route.endpoint(scope, receive, send)

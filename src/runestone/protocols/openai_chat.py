@@ -1,0 +1,186 @@
+"""OpenAI chat completions: the request check, the stream scanner and the error shapes.
+
+Streams are ``data: {...}`` chunks ending with ``data: [DONE]``; a failure after the
+stream started ends it with ``data: {"error": {...envelope...}}`` and no ``[DONE]``.
+Errors use the gateway's own envelope, which is OpenAI's with a few fields more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from runestone.errors import GatewayError
+from runestone.protocols._base import ClientProtocol, require_messages, require_model
+from runestone.providers.errors import map_stream_error_event
+from runestone.streams.sse import StreamScanner, event_data, loads_object, split_events
+
+# Markers of events worth parsing. Only "error" and "[DONE]" are searched in every block;
+# usage and finish reason come in the last events, read once when [DONE] arrives.
+_MARKERS = (
+    b'"error"',
+    b"[DONE]",
+    b'"usage":{',
+    b'"usage": {',
+    b'"finish_reason":"',
+    b'"finish_reason": "',
+)
+_FINAL_EVENTS = 6  # how many events before [DONE] may carry usage or the finish reason
+_FINAL_BYTES = 4096  # and how far back they can be
+_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+
+
+def validate_chat(body: object) -> dict[str, object]:
+    """A chat-completions body (the library calls use this directly)."""
+    return require_messages(require_model(body))
+
+
+def asked_for_usage(body: Mapping[str, object]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _adds_usage(body: Mapping[str, object]) -> bool:
+    # Providers that accept it (a flag on their row) are asked for usage on every
+    # stream; the scanner hides the usage chunk from a client that did not ask.
+    return not asked_for_usage(body)
+
+
+def error_json(error: GatewayError, request_id: str | None) -> bytes:
+    return error.to_json(request_id)
+
+
+class OpenAIStreamScanner(StreamScanner):
+    """Chat-completions streams: ``data: {...}`` chunks ending with ``data: [DONE]``."""
+
+    __slots__ = ("_earlier", "_previous", "hide_usage")
+
+    END_MARKER = "[DONE]"
+    # Text or tool-call deltas, a refusal, a finish, the end.
+    FIRST_CONTENT = re.compile(
+        rb'"content": ?"[^"]|"tool_calls"|"finish_reason": ?"|\[DONE\]|"refusal": ?"[^"]'
+    )
+
+    def __init__(self, provider: str, *, hide_usage: bool = False) -> None:
+        super().__init__(provider)
+        # The gateway asked for usage the client did not: drop the usage-only chunk.
+        self.hide_usage = hide_usage
+        # The two blocks before this one: the finish reason and usage events arrive just
+        # before [DONE], sometimes in reads of their own.
+        self._earlier = self._previous = b""
+
+    def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
+        return error.to_sse(request_id)
+
+    def _scan(self, complete: bytes) -> bytes:
+        if self.hide_usage and (b'"usage":{' in complete or b'"usage": {' in complete):
+            complete = self._take_usage(complete)
+        if b'"error"' in complete:
+            return self._inspect(complete)
+        if b"[DONE]" in complete:
+            end = _done_event_end(complete)
+            if end:
+                self.summary.done = True
+                final = complete[:end]
+                if len(final) < _FINAL_BYTES:
+                    final = self._earlier[-_FINAL_BYTES:] + self._previous[-_FINAL_BYTES:] + final
+                self._read_final_events(final[-_FINAL_BYTES:])
+                return complete[:end]
+        self._earlier, self._previous = self._previous, complete
+        return complete
+
+    def _take_usage(self, complete: bytes) -> bytes:
+        kept = []
+        for event in split_events(complete):
+            payload = loads_object(event_data(event) or b"")
+            if (
+                payload is not None
+                and isinstance(payload.get("usage"), dict)
+                and not payload.get("choices")
+            ):
+                self.summary.usage = payload["usage"]  # type: ignore[assignment]
+                continue
+            kept.append(event)
+        return b"".join(kept)
+
+    def _read_final_events(self, data: bytes) -> None:
+        """Usage and finish reason, from the few events that precede [DONE]."""
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        events = data.rsplit(b"\n\n", _FINAL_EVENTS)
+        if len(events) > _FINAL_EVENTS:
+            events = events[1:]  # the first piece holds everything older, unsplit
+        for event in events:
+            if not _has_marker(event):
+                continue
+            payload = loads_object(event_data(event) or b"")
+            if payload is not None:
+                self._note(payload)
+
+    def _note(self, payload: dict[str, object]) -> None:
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self.summary.usage = usage
+        choices = payload.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                    self.summary.finish_reason = choice["finish_reason"]
+
+    def _inspect(self, complete: bytes) -> bytes:
+        """Read the events that may matter; return what to relay (all, or up to an end)."""
+        end = 0
+        for event in split_events(complete):
+            start, end = end, end + len(event)
+            if not _has_marker(event):
+                continue
+            data = event_data(event)
+            if data is None:
+                continue
+            if data == b"[DONE]":
+                self.summary.done = True
+                return complete[:end]
+            payload = loads_object(data)
+            if payload is None:
+                continue
+            if payload.get("error"):
+                self.summary.error = map_stream_error_event(self.provider, payload["error"])
+                return complete[:start]
+            self._note(payload)
+        return complete
+
+
+def _done_event_end(data: bytes) -> int:
+    """Index just past a ``data: [DONE]`` event that starts a line, or 0 if there is none."""
+    for line in _DONE_LINES:
+        at = data.find(line)
+        while at >= 0:
+            if at == 0 or data[at - 1] in b"\r\n":
+                end = data.find(b"\n\n", at)
+                crlf = data.find(b"\r\n\r\n", at)
+                if crlf >= 0 and (end < 0 or crlf < end):
+                    return crlf + 4
+                return end + 2 if end >= 0 else 0
+            at = data.find(line, at + 1)
+    return 0
+
+
+def _has_marker(event: bytes) -> bool:
+    for marker in _MARKERS:  # noqa: SIM110  (a plain loop is twice as fast as any() here)
+        if marker in event:
+            return True
+    return False
+
+
+def _scanner(provider: str, hide_usage: bool) -> StreamScanner:
+    return OpenAIStreamScanner(provider, hide_usage=hide_usage)
+
+
+CHAT = ClientProtocol(
+    operation="chat",
+    title="chat completions",
+    validate=validate_chat,
+    error_body=error_json,
+    scanner=_scanner,
+    add_stream_usage=_adds_usage,
+)

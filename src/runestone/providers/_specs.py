@@ -1,0 +1,105 @@
+"""Provider rows (data, not code) and the endpoints they resolve to in an environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from yarl import URL
+
+#: openai and anthropic are spoken over HTTP here; anyllm providers are reached only
+#: through any-llm (their own SDKs); mock answers in-process.
+WireFormat = Literal["openai", "anthropic", "anyllm", "mock"]
+AuthStyle = Literal["bearer", "x-api-key", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """What the gateway needs to know to call a provider.
+
+    ``base_url`` is the OpenAI-compatible base the adapter appends
+    ``/chat/completions`` to. ``base_url_env`` overrides it with the meaning the
+    provider's own SDK gives that variable: when the SDK takes a bare origin
+    (``GROQ_BASE_URL=https://api.groq.com``), ``origin_path`` is appended to it.
+    """
+
+    name: str
+    wire_format: WireFormat
+    base_url: str
+    api_key_env: str | None = None
+    key_required: bool = True
+    auth_style: AuthStyle = "bearer"
+    base_url_env: str | None = None
+    origin_path: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    docs: str = ""
+    #: Accepts stream_options.include_usage: the gateway asks for usage on every stream
+    #: and hides the usage chunk from clients that did not ask for it.
+    stream_usage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A provider resolved against the environment: the URL and key actually used."""
+
+    spec: ProviderSpec
+    base_url: str
+    api_key: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    _urls: dict[str, URL] = field(default_factory=dict, repr=False, compare=False)
+
+    def url(self, path: str) -> URL:
+        """``base_url + path``, parsed once and reused for every request."""
+        found = self._urls.get(path)
+        if found is None:
+            found = self._urls[path] = URL(self.base_url + path)
+        return found
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def configured(self) -> bool:
+        return self.api_key is not None or not self.spec.key_required
+
+
+def resolve_endpoint(spec: ProviderSpec, environ: Mapping[str, str]) -> Endpoint:
+    base = spec.base_url
+    override = environ.get(spec.base_url_env) if spec.base_url_env else None
+    if override:
+        base = override.rstrip("/")
+        if spec.origin_path and not base.endswith(spec.origin_path):
+            base += spec.origin_path
+    key = environ.get(spec.api_key_env) or None if spec.api_key_env else None
+    headers: dict[str, str] = {"content-type": "application/json"}
+    if key is not None:
+        if spec.auth_style == "bearer":
+            headers["authorization"] = f"Bearer {key}"
+        elif spec.auth_style == "x-api-key":
+            headers["x-api-key"] = key
+    headers.update(spec.headers)
+    return Endpoint(spec, base.rstrip("/"), key, headers)
+
+
+class ProviderRegistry:
+    """Provider specs by name, with their endpoints resolved once per snapshot."""
+
+    def __init__(self, specs: Iterable[ProviderSpec], environ: Mapping[str, str]) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+        self._endpoints = {name: resolve_endpoint(s, environ) for name, s in self._specs.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        return self._endpoints.get(name)
+
+    def with_specs(
+        self, extra: Iterable[ProviderSpec], environ: Mapping[str, str]
+    ) -> ProviderRegistry:
+        return ProviderRegistry([*self._specs.values(), *extra], environ)

@@ -1,0 +1,53 @@
+"""Model name -> targets: an exact alias first, else ``provider:model``, else a clear 404."""
+
+from __future__ import annotations
+
+import difflib
+
+from runestone.aliases import AliasTable, SpecError, Target, parse_spec
+from runestone.errors import GatewayError, error_for
+from runestone.providers import Endpoint, ProviderRegistry
+
+
+def resolve(model: str, table: AliasTable) -> tuple[Target, ...]:
+    alias = table.aliases.get(model)
+    if alias is not None:
+        return alias.targets
+    if ":" in model:
+        try:
+            return (parse_spec(model),)
+        except SpecError as exc:
+            raise error_for("model_not_found", str(exc), param="model") from None
+    hint = ""
+    close = [a for a in table.aliases if a.lower() == model.lower()] or (
+        difflib.get_close_matches(model, list(table.aliases), n=3)
+    )
+    if close:
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?"
+    raise error_for(
+        "model_not_found",
+        f"unknown model {model!r}: name an alias (GET /v1/models lists them) or "
+        f"provider:model, e.g. openai:gpt-4o-mini or mock:echo.{hint}",
+        param="model",
+    )
+
+
+def unusable(
+    target: Target, endpoint: Endpoint | None, registry: ProviderRegistry
+) -> GatewayError | None:
+    """Why ``target`` cannot be called at all (unknown provider, no key), or None."""
+    if endpoint is None:
+        return error_for(
+            "model_not_found",
+            f"unknown provider {target.provider!r} in {str(target)!r}; "
+            f"known providers: {', '.join(registry.names())}",
+            param="model",
+        )
+    if not endpoint.configured:
+        return error_for(
+            "provider_not_configured",
+            f"provider {target.provider!r} has no API key: set {endpoint.spec.api_key_env} "
+            "in the gateway's environment",
+            provider=target.provider,
+        )
+    return None

@@ -1,0 +1,191 @@
+"""The router: model name -> targets -> an attempt at each, until one answers.
+
+Resolution: an exact alias first, else ``provider:model``, else ``model_not_found``.
+Targets are tried in order; a retryable failure before the first byte moves on to the
+next target, anything else is final. Once a stream has started it is never retried.
+
+The router knows requests only through their ``ClientProtocol`` and calls providers
+only through the adapters registered for (operation, wire format): a new wire format or
+a translator of one's own needs no edit here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runestone.aliases import AliasStore, AliasTable, Policy, Target
+from runestone.errors import GatewayError, error_for
+from runestone.protocols import CHAT, ClientProtocol, protocol_for
+from runestone.providers import (
+    Adapter,
+    AdapterContext,
+    Call,
+    Operation,
+    ProviderRegistry,
+    Reply,
+    UpstreamStream,
+    default_registry,
+    registered_adapters,
+)
+from runestone.routing.attempts import Candidate, Deadline, run_attempts
+from runestone.routing.breakers import Breakers
+from runestone.routing.resolve import resolve, unusable
+from runestone.routing.stream import RoutedStream
+from runestone.telemetry import Telemetry
+
+ForwardHeaders = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Routed:
+    """A completed non-streamed request, and how it got its answer."""
+
+    reply: Reply
+    target: Target
+    attempts: int
+    upstream: float = 0.0  # seconds spent in attempts (waiting on upstreams, backoff)
+
+
+class Router:
+    """Resolves model names against the live alias table and calls providers."""
+
+    def __init__(
+        self,
+        aliases: AliasStore,
+        context: AdapterContext,
+        *,
+        environ: Mapping[str, str] | None = None,
+        breakers: Breakers | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.aliases = aliases
+        self.breakers = breakers or Breakers()
+        self.telemetry = telemetry or Telemetry()
+        self._environ = dict(os.environ if environ is None else environ)
+        self._base_registry = default_registry(self._environ)
+        self._registry_for: tuple[AliasTable, ProviderRegistry] | None = None
+        self._adapters: dict[tuple[Operation, str], Adapter] = {
+            pair: factory(context) for pair, factory in registered_adapters().items()
+        }
+
+    def registry(self, table: AliasTable) -> ProviderRegistry:
+        """Built-in providers plus the table's own, rebuilt only when the table changes."""
+        cached = self._registry_for
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        registry = self._base_registry
+        if table.providers:
+            registry = registry.with_specs(table.providers, self._environ)
+        self._registry_for = (table, registry)
+        return registry
+
+    def resolve(self, model: str, table: AliasTable | None = None) -> tuple[Target, ...]:
+        return resolve(model, self.aliases.table if table is None else table)
+
+    def _plan(
+        self,
+        protocol: ClientProtocol,
+        body: dict[str, object],
+        request_id: str,
+        forward_headers: ForwardHeaders,
+        *,
+        streaming: bool = False,
+    ) -> tuple[list[Candidate], Policy]:
+        """The usable targets for this request, each with its breaker, and the policy."""
+        table = self.aliases.table  # read once: the whole request uses this snapshot
+        registry = self.registry(table)
+        model = str(body["model"])
+        alias = table.aliases.get(model)
+        policy = alias.policy if alias is not None else table.defaults
+        targets = alias.targets if alias is not None else resolve(model, table)
+        read_timeout = policy.idle_timeout if streaming else None
+        wants_usage = streaming and protocol.add_stream_usage(body)
+        candidates: list[Candidate] = []
+        first_error: GatewayError | None = None
+        for target in targets:
+            endpoint = registry.endpoint(target.provider)
+            error = unusable(target, endpoint, registry)
+            if error is not None:
+                first_error = first_error or error
+                continue
+            assert endpoint is not None
+            call = Call(
+                endpoint,
+                target.model,
+                body,
+                request_id,
+                protocol.operation,
+                forward_headers,
+                read_timeout,
+                wants_usage and endpoint.spec.stream_usage,
+            )
+            breaker = self.breakers.get(f"{target}@{endpoint.base_url}")
+            candidates.append(Candidate(target, call, breaker))
+        if not candidates:
+            assert first_error is not None
+            raise first_error
+        return candidates, policy
+
+    def _adapter(self, call: Call) -> Adapter:
+        adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))
+        if adapter is None:
+            raise error_for(
+                "provider_not_supported",
+                f"{protocol_for(call.operation).title} cannot go to provider "
+                f"{call.provider!r} ({call.endpoint.spec.wire_format} wire format)",
+                provider=call.provider,
+            )
+        return adapter
+
+    async def chat(self, body: dict[str, object], request_id: str) -> Routed:
+        """Answer a non-streamed chat completion; raise ``GatewayError`` on failure."""
+        return await self.complete(CHAT, body, request_id)
+
+    async def complete(
+        self,
+        protocol: ClientProtocol,
+        body: dict[str, object],
+        request_id: str,
+        forward_headers: ForwardHeaders = (),
+    ) -> Routed:
+        """Answer one non-streamed request; raise ``GatewayError`` on failure."""
+        candidates, policy = self._plan(protocol, body, request_id, forward_headers)
+        started = time.perf_counter()
+        done = await run_attempts(
+            candidates,
+            policy,
+            Deadline(policy.timeout),
+            self._complete_one,
+            observe=self.telemetry.attempt_observer,
+        )
+        upstream = time.perf_counter() - started
+        return Routed(done.result, done.candidate.target, done.attempts, upstream)
+
+    async def _complete_one(self, candidate: Candidate) -> Reply:
+        return await self._adapter(candidate.call).complete(candidate.call)
+
+    async def _open_upstream(self, call: Call) -> UpstreamStream:
+        return await self._adapter(call).open_stream(call)
+
+    async def open_stream(
+        self,
+        body: dict[str, object],
+        request_id: str,
+        protocol: ClientProtocol = CHAT,
+        forward_headers: ForwardHeaders = (),
+    ) -> RoutedStream:
+        """Open a streamed request; return once an upstream sent its first content."""
+        candidates, policy = self._plan(protocol, body, request_id, forward_headers, streaming=True)
+        routed = RoutedStream(
+            request_id=request_id,
+            protocol=protocol,
+            candidates=candidates,
+            policy=policy,
+            open_upstream=self._open_upstream,
+            observe=self.telemetry.attempt_observer,
+        )
+        await routed.connect()
+        return routed

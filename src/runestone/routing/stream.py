@@ -1,0 +1,260 @@
+"""One routed stream through explicit states: connecting -> streaming -> done | failed.
+
+While connecting, each attempt's upstream stream is read up to its first content event
+and nothing reaches the client yet, so a failure is still retried or failed over. Once
+streaming, the status and target are fixed: any failure, including the request's
+deadline passing, ends the stream in-band. The stream keeps its attempt record, the
+candidates it has not tried and the deadline, so that a later state (continuing on
+another target) has what it needs.
+
+An illegal move (streaming before connecting, connecting twice) raises
+``IllegalTransition``: a bug in the caller, never a client's fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+
+from runestone.aliases import Policy, Target
+from runestone.errors import error_for
+from runestone.protocols import ClientProtocol
+from runestone.providers import Call, UpstreamStream
+from runestone.providers.errors import map_transport_errors
+from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
+from runestone.streams import StreamScanner, StreamSummary, relay_stream
+
+_PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
+
+OpenUpstream = Callable[[Call], Awaitable[UpstreamStream]]
+
+
+class StreamState(enum.Enum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_MOVES: dict[StreamState, frozenset[StreamState]] = {
+    StreamState.CONNECTING: frozenset({StreamState.STREAMING, StreamState.FAILED}),
+    StreamState.STREAMING: frozenset({StreamState.DONE, StreamState.FAILED}),
+    StreamState.DONE: frozenset(),
+    StreamState.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A routed stream was asked to move to a state it cannot reach from its own."""
+
+
+class _Leg:
+    """One upstream stream of a routed stream, from its opening to its release."""
+
+    __slots__ = ("candidate", "chunks", "primed", "scanner", "stream")
+
+    def __init__(self, candidate: Candidate, stream: UpstreamStream, scanner: StreamScanner):
+        self.candidate = candidate
+        self.stream = stream
+        self.chunks: AsyncIterator[bytes] = stream.chunks()
+        self.scanner = scanner
+        self.primed = b""
+
+    async def prime(self) -> None:
+        """Read up to the first content event; raise ``GatewayError`` if it never comes."""
+        scanner = self.scanner
+        pattern = scanner.FIRST_CONTENT
+        held: list[bytes] = []
+        size = 0
+        try:
+            with map_transport_errors(scanner.provider):
+                while True:
+                    try:
+                        chunk = await anext(self.chunks)
+                    except StopAsyncIteration:
+                        break
+                    out = scanner.feed(chunk)
+                    if scanner.summary.error is not None:
+                        raise scanner.summary.error
+                    if out:
+                        held.append(out)
+                        size += len(out)
+                        if pattern.search(out) or size > _PRIME_LIMIT:
+                            self.primed = b"".join(held)
+                            return
+                    if scanner.summary.done:
+                        break
+        except BaseException:
+            self.stream.close()
+            raise
+        self.stream.close()
+        if scanner.summary.done and held:
+            self.primed = b"".join(held)
+            return
+        raise error_for(
+            "upstream_invalid_response",
+            f"{scanner.provider} ended the stream before any content",
+            provider=scanner.provider,
+        )
+
+
+class RoutedStream:
+    """A streamed request: its attempts while connecting, then the relay of one upstream.
+
+    Built by the router; ``connect`` runs the attempts, ``events`` relays the accepted
+    upstream, and ``close`` (client gone, failure) or ``aclose`` (relayed to the end)
+    releases it.
+    """
+
+    __slots__ = (
+        "_expiry",
+        "_leg",
+        "_observe",
+        "_open_upstream",
+        "_state",
+        "attempts",
+        "candidates",
+        "deadline",
+        "policy",
+        "protocol",
+        "remaining",
+        "request_id",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        protocol: ClientProtocol,
+        candidates: Sequence[Candidate],
+        policy: Policy,
+        open_upstream: OpenUpstream,
+        observe: Observer | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.protocol = protocol
+        self.candidates = tuple(candidates)
+        self.policy = policy
+        self.deadline = Deadline(policy.timeout)
+        self._open_upstream = open_upstream
+        self._observe = observe
+        self._state = StreamState.CONNECTING
+        self._leg: _Leg | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self.attempts = 0
+        self.upstream = 0.0  # seconds spent connecting (attempts, backoff, first content)
+        #: Candidates not tried yet, in the order they would have been tried.
+        self.remaining: tuple[Candidate, ...] = ()
+
+    def __repr__(self) -> str:
+        target = f" {self.target}" if self._leg is not None else ""
+        return f"<RoutedStream {self.request_id} {self._state.value}{target}>"
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    def _move(self, to: StreamState) -> None:
+        if to not in _MOVES[self._state]:
+            raise IllegalTransition(f"{self!r} cannot move to {to.value}")
+        self._state = to
+
+    @property
+    def target(self) -> Target:
+        return self._accepted().candidate.target
+
+    @property
+    def summary(self) -> StreamSummary:
+        return self._accepted().scanner.summary
+
+    def _accepted(self) -> _Leg:
+        if self._leg is None:
+            raise IllegalTransition(f"{self!r} has no upstream yet")
+        return self._leg
+
+    async def connect(self) -> None:
+        """Try the candidates until one streams its first content; raise if none does."""
+        if self._state is not StreamState.CONNECTING or self._leg is not None:
+            raise IllegalTransition(f"{self!r} cannot connect again")
+        started = time.perf_counter()
+        try:
+            done = await run_attempts(
+                self.candidates,
+                self.policy,
+                self.deadline,
+                self._open_leg,
+                attempt_timeout=self.policy.first_token_timeout,
+                hold=True,
+                observe=self._observe,
+            )
+        except BaseException:
+            self._move(StreamState.FAILED)
+            raise
+        self._leg = done.result
+        self.attempts = done.attempts
+        self.remaining = done.remaining
+        self.upstream = time.perf_counter() - started
+        self._move(StreamState.STREAMING)
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(self.deadline.at, self._expire)
+
+    async def _open_leg(self, candidate: Candidate) -> _Leg:
+        call = candidate.call
+        stream = await self._open_upstream(call)
+        scanner = self.protocol.scanner
+        assert scanner is not None, f"{self.protocol.operation} does not stream"
+        leg = _Leg(candidate, stream, scanner(call.provider, call.add_stream_usage))
+        await leg.prime()
+        return leg
+
+    def _expire(self) -> None:
+        leg = self._leg
+        if leg is None or leg.scanner.summary.done or leg.scanner.summary.error is not None:
+            return
+        leg.scanner.summary.error = error_for(
+            "gateway_timeout",
+            f"the request's deadline of {self.deadline.seconds:g}s passed mid-stream; "
+            "the answer is incomplete",
+            provider=leg.candidate.target.provider,
+        )
+        leg.stream.close()
+
+    def events(self) -> AsyncGenerator[bytes, None]:
+        """The SSE bytes for the client, ending with the protocol's end or error event."""
+        if self._state is not StreamState.STREAMING:
+            raise IllegalTransition(f"{self!r} cannot relay")
+        leg = self._accepted()
+        first, leg.primed = leg.primed, b""
+        return relay_stream(leg.chunks, leg.scanner, self.request_id, first)
+
+    def close(self) -> None:
+        """Drop the upstream connection at once (the client went away, or it failed)."""
+        if self._leg is not None:
+            self._leg.stream.close()
+        self._settle()
+
+    async def aclose(self) -> None:
+        """Release the upstream: kept for reuse after a complete stream, else cut."""
+        leg = self._leg
+        if leg is not None and leg.scanner.summary.done:
+            await leg.stream.finish()
+        elif leg is not None:
+            leg.stream.close()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._state is not StreamState.STREAMING:
+            return  # settled already, or never connected
+        leg = self._accepted()
+        summary = leg.scanner.summary
+        self._move(StreamState.DONE if summary.done else StreamState.FAILED)
+        breaker = leg.candidate.breaker
+        breaker.in_flight -= 1
+        if summary.error is not None and counts_against(summary.error):
+            breaker.record_failure()

@@ -1,0 +1,25 @@
+"""Streams: SSE framing (``sse``) and the relay with honest endings (``relay``)."""
+
+from runestone.streams.relay import relay_stream
+from runestone.streams.sse import (
+    DONE_EVENT,
+    HEARTBEAT,
+    SSE_HEADERS,
+    StreamScanner,
+    StreamSummary,
+    event_data,
+    loads_object,
+    split_events,
+)
+
+__all__ = [
+    "DONE_EVENT",
+    "HEARTBEAT",
+    "SSE_HEADERS",
+    "StreamScanner",
+    "StreamSummary",
+    "event_data",
+    "loads_object",
+    "relay_stream",
+    "split_events",
+]

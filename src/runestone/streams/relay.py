@@ -1,0 +1,57 @@
+"""The relay: a scanned upstream stream out to the client, with an honest ending.
+
+How a stream ends:
+
+- the upstream sent its protocol's end marker (``data: [DONE]``, ``message_stop``):
+  relayed; the stream is complete;
+- the upstream sent an in-band error event, broke off, or closed without the marker: the
+  client gets the protocol's in-band error event and no end marker, so that a truncated
+  answer is never presented as a complete one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from runestone.errors import GatewayError
+from runestone.providers.errors import map_transport_error
+from runestone.streams.sse import StreamScanner
+
+
+async def relay_stream(
+    chunks: AsyncIterator[bytes],
+    scanner: StreamScanner,
+    request_id: str | None,
+    first: bytes = b"",
+) -> AsyncGenerator[bytes, None]:
+    """Yield the SSE bytes a client should receive, ending honestly on any failure.
+
+    ``first`` is output the scanner already produced (read while connecting).
+    """
+    summary = scanner.summary
+    if first:
+        yield first
+        if summary.done:
+            return
+    try:
+        async for chunk in chunks:
+            out = scanner.feed(chunk)
+            if out:
+                yield out
+            if summary.error is not None:
+                yield scanner.error_event(summary.error, request_id)
+                return
+            if summary.done:
+                return
+    except GatewayError as exc:
+        summary.error = summary.error or exc
+        yield scanner.error_event(summary.error, request_id)
+        return
+    except Exception as exc:  # a broken upstream connection, mid-stream
+        # An error set already (the deadline passing) is why the connection was cut.
+        summary.error = summary.error or map_transport_error(scanner.provider, exc, streaming=True)
+        yield scanner.error_event(summary.error, request_id)
+        return
+    ending = scanner.finish()
+    if ending is not None:
+        yield scanner.error_event(ending, request_id)

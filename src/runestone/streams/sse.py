@@ -1,0 +1,127 @@
+"""SSE framing: cut a byte stream at event boundaries, read an event's data lines.
+
+``StreamScanner`` is the base of every protocol's stream scanner (``runestone.protocols``):
+bytes are relayed unchanged, cut only at event boundaries so that an event split across
+network reads goes out whole; a subclass looks inside an event only when a cheap byte
+search says it may matter (an error, usage, the end marker), so a content chunk costs a
+few substring searches and no JSON parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from runestone.errors import GatewayError, error_for
+
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+DONE_EVENT = b"data: [DONE]\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What the gateway learned from a stream it relayed, for usage and telemetry."""
+
+    done: bool = False
+    usage: dict[str, object] | None = None
+    finish_reason: str | None = None
+    error: GatewayError | None = None
+
+
+def _last_boundary(data: bytes) -> int:
+    """Index just past the last complete event in ``data``, or 0 when there is none."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n)")
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """Complete events, each with its own terminating blank line, bytes unchanged."""
+    if b"\r" not in data:
+        parts = data.split(b"\n\n")
+        return [part + b"\n\n" for part in parts[:-1]]
+    parts = _EVENT_END.split(data)
+    return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+
+
+def event_data(event: bytes) -> bytes | None:
+    lines = [
+        line[5:].lstrip(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
+
+
+class StreamScanner:
+    """Cuts an SSE byte stream at event boundaries; subclasses read their protocol's events.
+
+    ``feed`` returns the complete events to relay now and keeps a partial event for
+    later. After an in-band error event it returns the events before it and sets
+    ``summary.error``; the caller must then end the stream with ``error_event``.
+    """
+
+    __slots__ = ("_tail", "provider", "summary")
+
+    #: How a clean end looks, for the message when a stream ends without it.
+    END_MARKER = ""
+    #: What counts as the first content: until it arrives, a stream may still fail over.
+    FIRST_CONTENT: re.Pattern[bytes] = re.compile(rb"(?!)")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.summary = StreamSummary()
+        self._tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        if data.endswith(b"\n\n"):  # the usual case: whole events per read
+            complete = data
+        else:
+            end = _last_boundary(data)
+            if end == 0:
+                self._tail = data
+                return b""
+            complete, self._tail = data[:end], data[end:]
+        if self.summary.done:
+            return b""  # nothing after the end of the answer is part of it
+        return self._scan(complete)
+
+    def _scan(self, complete: bytes) -> bytes:
+        raise NotImplementedError
+
+    def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
+        """The in-band event that ends a stream which already started, in this protocol."""
+        raise NotImplementedError
+
+    def finish(self) -> GatewayError | None:
+        """At upstream end of stream: the error to end with, or None if it completed."""
+        if self.summary.error is not None or self.summary.done:
+            return self.summary.error
+        detail = "in the middle of an event" if self._tail.strip() else f"without {self.END_MARKER}"
+        self.summary.error = error_for(
+            "upstream_stream_interrupted",
+            f"{self.provider} ended the stream {detail}; the answer is incomplete",
+            provider=self.provider,
+        )
+        return self.summary.error
+
+
+def loads_object(data: bytes) -> dict[str, object] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,67 @@
+"""The telemetry events: small, frozen, built with keyword arguments only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Outcome = Literal["complete", "error", "client_cancelled", "upstream_error", "truncated"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InFlight:
+    """A request (or the relay of a stream) began (+1) or ended (-1)."""
+
+    route: str
+    change: int
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFinished:
+    """One client request, when its answer has been sent (or has failed)."""
+
+    request_id: str
+    route: str  # chat | messages | count_tokens | embeddings
+    alias: str  # the alias used, or "-" for a provider:model name
+    provider: str  # "-" when no provider was reached
+    model: str
+    status: int
+    code: str = ""  # "" on success, else the error code
+    stream: bool = False
+    attempts: int = 1
+    duration: float  # seconds, request received to last byte sent
+    upstream: float = 0.0  # seconds spent waiting on the upstream
+    ttft: float | None = None  # seconds to the first streamed content, for streams
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    outcome: Outcome
+    cost: float | None = None  # USD, when the target has a price
+    started_ns: int = 0  # wall clock, for traces
+    traceparent: str | None = None  # the client's W3C trace context, if it sent one
+
+    @property
+    def overhead(self) -> float:
+        """Time the gateway itself added: everything not spent waiting on the upstream."""
+        return max(self.duration - self.upstream, 0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptFinished:
+    """One attempt at one target (a retry or a fallback is another attempt)."""
+
+    request_id: str
+    provider: str
+    model: str
+    started_ns: int
+    ended_ns: int
+    code: str = ""  # "" on success
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AliasReload:
+    ok: bool
+    version: str
+
+
+Event = InFlight | RequestFinished | AttemptFinished | AliasReload

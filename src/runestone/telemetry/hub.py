@@ -1,0 +1,57 @@
+"""The hook: ``Telemetry.emit`` hands each event to every subscriber."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from runestone.providers import Call
+from runestone.telemetry.events import AttemptFinished, Event
+
+log = logging.getLogger("runestone.telemetry")
+
+Subscriber = Callable[[Event], None]
+#: Hears of every upstream attempt: (call, wall-clock start in ns, error code or "").
+AttemptObserver = Callable[[Call, int, str], None]
+
+
+class Telemetry:
+    """The hook. ``emit`` costs one loop over the subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._failed: set[int] = set()
+        #: Someone listens to attempts and traces: the request path then records them.
+        self.tracing = False
+
+    def subscribe(self, subscriber: Subscriber, *, traces: bool = False) -> None:
+        """Add a subscriber; ``traces`` turns on the per-attempt events it needs."""
+        self._subscribers.append(subscriber)
+        self.tracing = self.tracing or traces
+
+    @property
+    def attempt_observer(self) -> AttemptObserver | None:
+        """What the attempt loop calls after each attempt, or None when nobody listens."""
+        return self._attempt if self.tracing else None
+
+    def _attempt(self, call: Call, began_ns: int, code: str) -> None:
+        self.emit(
+            AttemptFinished(
+                request_id=call.request_id,
+                provider=call.provider,
+                model=call.model,
+                started_ns=began_ns,
+                ended_ns=time.time_ns(),
+                code=code,
+            )
+        )
+
+    def emit(self, event: Event) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                if id(subscriber) not in self._failed:  # log once, not once per request
+                    self._failed.add(id(subscriber))
+                    log.exception("telemetry subscriber %r failed", subscriber)

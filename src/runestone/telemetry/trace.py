@@ -1,0 +1,198 @@
+"""One request's accounting, from its start to its ``RequestFinished`` event.
+
+The HTTP layer opens a ``RequestTrace`` when a request arrives and tells it what
+happened (answered, failed, streamed); the trace works out usage, cost, overhead and
+the stream's outcome and emits the events, so no endpoint does accounting itself. Like
+httpcore's ``Trace``: the core reports, subscribers decide what becomes a signal.
+
+Every trace emits ``InFlight`` +1 when it opens and -1 when it closes, whatever path
+the request took, so the in-flight gauges always return to zero.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from runestone.aliases import AliasTable, Target
+from runestone.errors import GatewayError
+from runestone.pricing import packaged_prices
+from runestone.telemetry import usage
+from runestone.telemetry.events import InFlight, Outcome, RequestFinished
+from runestone.telemetry.hub import Telemetry
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a non-streamed answer's headers report: the gateway's own time and the cost."""
+
+    overhead_ms: float
+    upstream_ms: float
+    cost: float | None
+
+
+class RequestTrace:
+    """Accounting for one request; ``close`` it in a ``finally``."""
+
+    __slots__ = (
+        "_finished",
+        "_streaming",
+        "_table",
+        "model",
+        "request_id",
+        "route",
+        "started",
+        "started_ns",
+        "telemetry",
+        "traceparent",
+    )
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        *,
+        request_id: str,
+        route: str,
+        table: AliasTable,
+        traceparent: str | None = None,
+    ) -> None:
+        self.telemetry = telemetry
+        self.request_id = request_id
+        self.route = route
+        self.model = ""  # the requested name, once the body has been read
+        self.traceparent = traceparent
+        self.started = time.perf_counter()
+        self.started_ns = time.time_ns()
+        self._table = table
+        self._streaming = False
+        self._finished = False  # one RequestFinished per request, whatever happens
+        telemetry.emit(InFlight(route=route, change=1))
+
+    def close(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            self.telemetry.emit(InFlight(route=self.route, change=-1, stream=True))
+        self.telemetry.emit(InFlight(route=self.route, change=-1))
+
+    def _alias(self) -> str:
+        # Only names from the alias file become labels: client strings stay out of metrics.
+        return self.model if self.model in self._table.aliases else "-"
+
+    def _cost(self, target: Target, given: int | None, taken: int | None) -> float | None:
+        if given is None and taken is None:
+            return None
+        spec = str(target)
+        price = self._table.prices.get(spec) or packaged_prices().get(spec)
+        return None if price is None else price.cost(given, taken)
+
+    def answered(self, *, target: Target, attempts: int, upstream: float, body: bytes) -> Answer:
+        """A non-streamed answer is about to be sent: emit its event, return its figures."""
+        elapsed = time.perf_counter() - self.started
+        self._finished = True
+        given, taken = usage.from_body(body)
+        cost = self._cost(target, given, taken)
+        self.telemetry.emit(
+            RequestFinished(
+                request_id=self.request_id,
+                route=self.route,
+                alias=self._alias(),
+                provider=target.provider,
+                model=target.model,
+                status=200,
+                attempts=attempts,
+                duration=elapsed,
+                upstream=upstream,
+                input_tokens=given,
+                output_tokens=taken,
+                outcome="complete",
+                cost=cost,
+                started_ns=self.started_ns,
+                traceparent=self.traceparent,
+            )
+        )
+        overhead = max(elapsed - upstream, 0.0)
+        return Answer(overhead * 1000, upstream * 1000, cost)
+
+    def failed(self, error: GatewayError, *, stream: bool) -> None:
+        """The request ends in an error envelope (nothing was streamed)."""
+        if self._finished:
+            return
+        self._finished = True
+        self.telemetry.emit(
+            RequestFinished(
+                request_id=self.request_id,
+                route=self.route,
+                alias=self._alias(),
+                provider=error.provider or "-",
+                model="-",
+                status=error.status,
+                code=error.code,
+                stream=stream,
+                duration=time.perf_counter() - self.started,
+                outcome="error",
+                started_ns=self.started_ns,
+                traceparent=self.traceparent,
+            )
+        )
+
+    def stream_started(self) -> float:
+        """The 200 of a stream is going out; return the seconds it took to get here."""
+        self._streaming = True
+        self.telemetry.emit(InFlight(route=self.route, change=1, stream=True))
+        return time.perf_counter() - self.started
+
+    def stream_ended(
+        self,
+        *,
+        target: Target,
+        attempts: int,
+        connecting: float,
+        setup: float,
+        summary_usage: object,
+        done: bool,
+        error: GatewayError | None,
+        client_gone: bool,
+    ) -> None:
+        """A relayed stream ended: complete, cut by the client, or failed in-band.
+
+        ``connecting`` is the seconds spent on attempts before the first content;
+        ``setup`` the seconds from the request's arrival to the 200.
+        """
+        if self._streaming:
+            self._streaming = False
+            self.telemetry.emit(InFlight(route=self.route, change=-1, stream=True))
+        self._finished = True
+        outcome: Outcome
+        if client_gone:
+            outcome = "client_cancelled"
+        elif done:
+            outcome = "complete"
+        elif error is not None and error.code == "upstream_stream_interrupted":
+            outcome = "truncated"
+        else:
+            outcome = "upstream_error"
+        given, taken = usage.tokens(summary_usage)
+        duration = time.perf_counter() - self.started
+        self.telemetry.emit(
+            RequestFinished(
+                request_id=self.request_id,
+                route=self.route,
+                alias=self._alias(),
+                provider=target.provider,
+                model=target.model,
+                status=200,
+                code=error.code if error is not None else "",
+                stream=True,
+                attempts=attempts,
+                duration=duration,
+                # The relay's own time is not the gateway's: it waits on the upstream.
+                upstream=max(duration - setup + connecting, 0.0),
+                ttft=setup,
+                input_tokens=given,
+                output_tokens=taken,
+                outcome=outcome,
+                cost=self._cost(target, given, taken),
+                started_ns=self.started_ns,
+                traceparent=self.traceparent,
+            )
+        )

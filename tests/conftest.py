@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runestone.config import Settings
+from runestone.http import Mount
 from tests.servers import (
     OPEN_CLIENTS,
     FakeProvider,
@@ -75,6 +76,7 @@ def make_gateway(
     def make(
         aliases_yaml: str = TEST_ALIASES,
         env: dict[str, str] | None = None,
+        mounts: Sequence[Mount] = (),
         **settings: Any,
     ) -> Gateway:
         path = tmp_path / f"aliases-{len(started)}.yaml"
@@ -82,7 +84,7 @@ def make_gateway(
         full_env = {**provider_env(fake), **(env or {})}
         base = Settings.from_env(full_env)
         merged = Settings(**{**base.__dict__, "watch": "poll", **settings})
-        gateway = server_thread.run(start_gateway(path, full_env, merged))
+        gateway = server_thread.run(start_gateway(path, full_env, merged, mounts))
         started.append(gateway)
         return gateway
 

@@ -10,7 +10,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ import uvicorn
 from aiohttp import web
 
 from runestone.config import Settings
-from runestone.http import RunestoneApp, create_app
+from runestone.http import Mount, RunestoneApp, create_app
 
 T = TypeVar("T")
 
@@ -285,10 +285,13 @@ class Gateway:
 
 
 async def start_gateway(
-    aliases_path: Path, env: Mapping[str, str], settings: Settings | None = None
+    aliases_path: Path,
+    env: Mapping[str, str],
+    settings: Settings | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> Gateway:
     settings = settings or Settings.from_env(env)
-    app = create_app(settings, aliases_path=aliases_path, environ=env)
+    app = create_app(settings, aliases_path=aliases_path, environ=env, mounts=mounts)
     sock = free_socket()
     config = uvicorn.Config(
         app, lifespan="on", log_level="warning", access_log=False, http="httptools"

@@ -51,10 +51,6 @@ class Gateway:
     def _reloaded(self, ok: bool, version: str) -> None:
         self.telemetry.emit(AliasReload(ok=ok, version=version))
 
-    @property
-    def breakers(self) -> Breakers | None:
-        return self.router.breakers if self.router is not None else None
-
     def breaker_states(self) -> list[dict[str, object]]:
         return self.router.breakers.snapshot() if self.router is not None else []
 

@@ -11,15 +11,17 @@ Serve it with ``runestone serve``, or mount it in a FastAPI or Starlette applica
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.http._app import RunestoneApp
+from runestone.http.middleware.auth import Principal
+from runestone.http.routing import Mount
 from runestone.providers import known_provider_names
 
-__all__ = ["RunestoneApp", "create_app"]
+__all__ = ["Mount", "Principal", "RunestoneApp", "create_app"]
 
 
 def create_app(
@@ -27,8 +29,15 @@ def create_app(
     *,
     aliases_path: Path | str | None = None,
     environ: Mapping[str, str] | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> RunestoneApp:
-    """Build the gateway's ASGI app from ``settings`` (default: the environment)."""
+    """Build the gateway's ASGI app from ``settings`` (default: the environment).
+
+    ``mounts`` add sub-applications below a path prefix; they see the caller's
+    ``Principal`` in ``scope["auth"]``::
+
+        create_app(mounts=[Mount("/console", console_app)])
+    """
     settings = Settings.from_env(environ) if settings is None else settings
     known = known_provider_names()
     store = (
@@ -36,4 +45,4 @@ def create_app(
         if aliases_path is not None
         else AliasStore.from_env(environ, known)
     )
-    return RunestoneApp(settings, store, environ)
+    return RunestoneApp(settings, store, environ, mounts=tuple(mounts))

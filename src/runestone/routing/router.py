@@ -82,9 +82,6 @@ class Router:
         self._registry_for = (table, registry)
         return registry
 
-    def resolve(self, model: str, table: AliasTable | None = None) -> tuple[Target, ...]:
-        return resolve(model, self.aliases.table if table is None else table)
-
     def _plan(
         self,
         protocol: ClientProtocol,

@@ -110,13 +110,18 @@ class PrometheusMetrics:
         # labels() costs microseconds (a lock, tuple checks); a child per label set is
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._gauges: dict[tuple[str, bool], Any] = {}
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, InFlight):
-            gauge = self.in_flight_streams if event.stream else self.in_flight
-            self.child(gauge, event.route).inc(event.change)
+            key = (event.route, event.stream)
+            gauge = self._gauges.get(key)
+            if gauge is None:
+                metric = self.in_flight_streams if event.stream else self.in_flight
+                gauge = self._gauges[key] = self.child(metric, event.route)
+            gauge.inc(event.change)
         elif isinstance(event, RequestFinished):
             self._request(event)
         elif isinstance(event, AliasReload):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from runestone.aliases import AliasTable, Target
 from runestone.errors import GatewayError
@@ -29,6 +30,18 @@ class Answer:
     overhead_ms: float
     upstream_ms: float
     cost: float | None
+
+
+_IN_FLIGHT: dict[tuple[str, int, bool], InFlight] = {}
+
+
+def _in_flight(route: str, change: int, stream: bool = False) -> InFlight:
+    # Events are immutable, and these few recur on every request: build each once.
+    key = (route, change, stream)
+    event = _IN_FLIGHT.get(key)
+    if event is None:
+        event = _IN_FLIGHT[key] = InFlight(route=route, change=change, stream=stream)
+    return event
 
 
 class RequestTrace:
@@ -66,13 +79,13 @@ class RequestTrace:
         self._table = table
         self._streaming = False
         self._finished = False  # one RequestFinished per request, whatever happens
-        telemetry.emit(InFlight(route=route, change=1))
+        telemetry.emit(_in_flight(route, 1))
 
     def close(self) -> None:
         if self._streaming:
             self._streaming = False
-            self.telemetry.emit(InFlight(route=self.route, change=-1, stream=True))
-        self.telemetry.emit(InFlight(route=self.route, change=-1))
+            self.telemetry.emit(_in_flight(self.route, -1, True))
+        self.telemetry.emit(_in_flight(self.route, -1))
 
     def _alias(self) -> str:
         # Only names from the alias file become labels: client strings stay out of metrics.
@@ -88,27 +101,19 @@ class RequestTrace:
     def answered(self, *, target: Target, attempts: int, upstream: float, body: bytes) -> Answer:
         """A non-streamed answer is about to be sent: emit its event, return its figures."""
         elapsed = time.perf_counter() - self.started
-        self._finished = True
         given, taken = usage.from_body(body)
         cost = self._cost(target, given, taken)
-        self.telemetry.emit(
-            RequestFinished(
-                request_id=self.request_id,
-                route=self.route,
-                alias=self._alias(),
-                provider=target.provider,
-                model=target.model,
-                status=200,
-                attempts=attempts,
-                duration=elapsed,
-                upstream=upstream,
-                input_tokens=given,
-                output_tokens=taken,
-                outcome="complete",
-                cost=cost,
-                started_ns=self.started_ns,
-                traceparent=self.traceparent,
-            )
+        self._finish(
+            provider=target.provider,
+            model=target.model,
+            status=200,
+            attempts=attempts,
+            duration=elapsed,
+            upstream=upstream,
+            input_tokens=given,
+            output_tokens=taken,
+            outcome="complete",
+            cost=cost,
         )
         overhead = max(elapsed - upstream, 0.0)
         return Answer(overhead * 1000, upstream * 1000, cost)
@@ -117,28 +122,20 @@ class RequestTrace:
         """The request ends in an error envelope (nothing was streamed)."""
         if self._finished:
             return
-        self._finished = True
-        self.telemetry.emit(
-            RequestFinished(
-                request_id=self.request_id,
-                route=self.route,
-                alias=self._alias(),
-                provider=error.provider or "-",
-                model="-",
-                status=error.status,
-                code=error.code,
-                stream=stream,
-                duration=time.perf_counter() - self.started,
-                outcome="error",
-                started_ns=self.started_ns,
-                traceparent=self.traceparent,
-            )
+        self._finish(
+            provider=error.provider or "-",
+            model="-",
+            status=error.status,
+            code=error.code,
+            stream=stream,
+            duration=time.perf_counter() - self.started,
+            outcome="error",
         )
 
     def stream_started(self) -> float:
         """The 200 of a stream is going out; return the seconds it took to get here."""
         self._streaming = True
-        self.telemetry.emit(InFlight(route=self.route, change=1, stream=True))
+        self.telemetry.emit(_in_flight(self.route, 1, True))
         return time.perf_counter() - self.started
 
     def stream_ended(
@@ -160,8 +157,7 @@ class RequestTrace:
         """
         if self._streaming:
             self._streaming = False
-            self.telemetry.emit(InFlight(route=self.route, change=-1, stream=True))
-        self._finished = True
+            self.telemetry.emit(_in_flight(self.route, -1, True))
         outcome: Outcome
         if client_gone:
             outcome = "client_cancelled"
@@ -173,26 +169,32 @@ class RequestTrace:
             outcome = "upstream_error"
         given, taken = usage.tokens(summary_usage)
         duration = time.perf_counter() - self.started
+        self._finish(
+            provider=target.provider,
+            model=target.model,
+            status=200,
+            code=error.code if error is not None else "",
+            stream=True,
+            attempts=attempts,
+            duration=duration,
+            # The relay's own time is not the gateway's: it waits on the upstream.
+            upstream=max(duration - setup + connecting, 0.0),
+            ttft=setup,
+            input_tokens=given,
+            output_tokens=taken,
+            outcome=outcome,
+            cost=self._cost(target, given, taken),
+        )
+
+    def _finish(self, **fields: Any) -> None:
+        self._finished = True
         self.telemetry.emit(
             RequestFinished(
                 request_id=self.request_id,
                 route=self.route,
                 alias=self._alias(),
-                provider=target.provider,
-                model=target.model,
-                status=200,
-                code=error.code if error is not None else "",
-                stream=True,
-                attempts=attempts,
-                duration=duration,
-                # The relay's own time is not the gateway's: it waits on the upstream.
-                upstream=max(duration - setup + connecting, 0.0),
-                ttft=setup,
-                input_tokens=given,
-                output_tokens=taken,
-                outcome=outcome,
-                cost=self._cost(target, given, taken),
                 started_ns=self.started_ns,
                 traceparent=self.traceparent,
+                **fields,
             )
         )

@@ -388,12 +388,15 @@ def test_open_breaker_moves_traffic_to_the_fallback(gateway: Gateway, fake: Fake
 def test_weighted_spreads_by_weight(gateway: Gateway, fake: FakeProvider) -> None:
     # 400 draws: with 3:1 expected, a ratio outside 1.8..6 is a 5-sigma event (at 100
     # draws it was 1 run in 60).
-    with httpx.Client(timeout=10) as client:
-        for _ in range(400):
+    def send(client: httpx.Client) -> None:
+        for _ in range(50):
             client.post(
                 f"{gateway.base_url}/chat/completions",
                 json={"model": "spread", "messages": [{"role": "user", "content": "x"}]},
             )
+
+    with httpx.Client(timeout=10) as client, ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, [client] * 8))
     a, b = hits(fake, "a"), hits(fake, "b")
     assert a + b == 400
     assert 1.8 <= a / b <= 6.0, (a, b)

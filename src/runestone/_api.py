@@ -13,6 +13,7 @@ import orjson
 from runestone._library import default_backend
 from runestone.protocols import validate_chat
 from runestone.routing import new_request_id
+from runestone.streams import one_event_each
 
 
 async def route_chat(
@@ -38,7 +39,7 @@ async def route_chat(
 async def route_stream(
     request: dict[str, object], *, request_id: str | None = None
 ) -> AsyncIterator[bytes]:
-    """Stream one chat completion as SSE event bytes, ending with ``[DONE]`` or an error event.
+    """Stream one chat completion, one SSE event per item, ending with ``[DONE]`` or an error.
 
     Failures before the stream starts raise ``GatewayError``; after that, the stream ends
     with ``data: {"error": ...}`` and no ``[DONE]``.
@@ -49,5 +50,5 @@ async def route_stream(
     """
     backend = await default_backend()
     body = validate_chat({**request, "stream": True})
-    async for event in backend.stream_bytes(body, new_request_id(request_id)):
+    async for event in one_event_each(backend.stream_bytes(body, new_request_id(request_id))):
         yield event

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 
 import aiohttp
 
 from runestone.aliases import AliasStore
 from runestone.config import Settings
+from runestone.errors import error_for
 from runestone.providers import AdapterContext
-from runestone.providers._session import make_session
-from runestone.routing import Breakers, Router
+from runestone.providers._session import close_now, make_session
+from runestone.routing import Breakers, RoutedStream, Router
 from runestone.telemetry import AliasReload, Telemetry
+
+log = logging.getLogger("runestone.gateway")
 
 
 class Gateway:
@@ -42,14 +46,19 @@ class Gateway:
         self._context: AdapterContext | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
+        #: Streams being relayed now, so that a shutdown can end them honestly.
+        self.streams: set[RoutedStream] = set()
+        #: Shutting down: not ready for new traffic; streams end at the graceful timeout.
+        self.draining = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         aliases.on_reload = self._reloaded
 
     def __repr__(self) -> str:
         state = "started" if self.router is not None else "not started"
         return f"<Gateway {state} aliases={self.aliases.path}>"
 
-    def _reloaded(self, ok: bool, version: str) -> None:
-        self.telemetry.emit(AliasReload(ok=ok, version=version))
+    def _reloaded(self, ok: bool, version: str, initial: bool) -> None:
+        self.telemetry.emit(AliasReload(ok=ok, version=version, initial=initial))
 
     def breaker_states(self) -> list[dict[str, object]]:
         return self.router.breakers.snapshot() if self.router is not None else []
@@ -75,8 +84,47 @@ class Gateway:
             )
             return self.router
 
+    def begin_drain(self, timeout: float) -> None:
+        """Shutdown begins: report not ready; after ``timeout`` seconds, end every stream
+        still running with ``gateway_shutting_down`` in-band (retryable: the client can
+        ask another replica), so that the process can exit without cutting a stream dead.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        log.info(
+            "draining: %d streams in flight, ended in-band after %gs", len(self.streams), timeout
+        )
+        loop = asyncio.get_running_loop()
+        self._drain_timer = loop.call_later(timeout, self._end_streams, timeout)
+
+    def _end_streams(self, timeout: float) -> None:
+        for routed in list(self.streams):
+            routed.end_now(
+                error_for(
+                    "gateway_shutting_down",
+                    f"the gateway is shutting down and its graceful timeout of {timeout:g}s "
+                    "has passed; the answer is incomplete, retry it",
+                )
+            )
+
+    def abort(self) -> None:
+        """A forced exit (a second Ctrl-C): cut every stream and the upstream pool now.
+
+        Nothing is awaited any more after this, so what can be closed synchronously is:
+        no stream stays open and no unclosed-session warning is left for exit.
+        """
+        self._end_streams(0)
+        for routed in list(self.streams):
+            routed.close()
+        if self._session is not None:
+            close_now(self._session)
+
     async def aclose(self) -> None:
         """Stop the watcher, close the adapters' resources and the session."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from runestone._version import __version__
 from runestone.aliases import (
@@ -27,7 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (runestone status | head -3): not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return result
 
 
@@ -59,6 +69,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--access-log", action="store_true", help="log every request line (off by default)"
+    )
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, how long streams in flight may go on before they end "
+        "with an in-band gateway_shutting_down (RUNESTONE_GRACEFUL_TIMEOUT, default 30); a "
+        "second Ctrl-C exits at once",
     )
     serve.set_defaults(handler=_serve)
 
@@ -122,9 +140,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from runestone.config import ConfigError, Settings
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    if args.graceful_timeout is not None:
+        if args.graceful_timeout < 0:
+            print("runestone: --graceful-timeout must not be negative", file=sys.stderr)
+            return 1
+        # Workers read their settings from the environment they inherit.
+        os.environ["RUNESTONE_GRACEFUL_TIMEOUT"] = str(args.graceful_timeout or 0.001)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -157,6 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "runestone.http:create_app",
         factory=True,
+        log_config=_log_config(args.log_level.upper()),
         host=host,
         port=port,
         workers=args.workers,
@@ -166,8 +189,35 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         log_level=args.log_level,
         server_header=False,
+        # uvicorn's own limit, a backstop: by then the gateway has ended every stream.
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout) + 5,
     )
     return 0
+
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _log_config(level: str) -> dict[str, object]:
+    """uvicorn's logging plus Runestone's own loggers.
+
+    uvicorn applies this in every worker process it starts; logging configured in the
+    parent alone (``basicConfig``) never reaches ``--workers N`` processes, whose request
+    log and alias reloads were then lost.
+    """
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["runestone"] = {"format": _LOG_FORMAT}
+    config["handlers"]["runestone"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "runestone",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["runestone"] = {"handlers": ["runestone"], "level": level, "propagate": False}
+    return config
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -243,10 +293,11 @@ def _aliases_list(args: argparse.Namespace) -> int:
     table = _load(args.file)
     if table is None:
         return 1
-    width = max((len(name) for name in table.aliases), default=5)
+    every = [*table.aliases.values(), *(alias for _, alias in table.patterns)]
+    width = max((len(alias.name) for alias in every), default=5)
     print(f"{'ALIAS':<{width}}  TARGETS")
-    for name, alias in table.aliases.items():
-        print(f"{name:<{width}}  {', '.join(str(t) for t in alias.targets)}")
+    for alias in every:
+        print(f"{alias.name:<{width}}  {', '.join(str(t) for t in alias.targets)}")
     print(f"\n{len(table)} aliases from {table.source} (version {table.version})")
     return 0
 
@@ -256,7 +307,7 @@ def _aliases_resolve(args: argparse.Namespace) -> int:
     if table is None:
         return 1
     name: str = args.name
-    alias = table.get(name)
+    alias = table.match(name)
     if alias is not None:
         for target in alias.targets:
             print(target)

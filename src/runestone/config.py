@@ -35,6 +35,7 @@ class Settings:
     breaker_failure_rate: float = 0.5
     breaker_cooldown: float = 30.0
     breaker_half_open_trials: int = 1
+    graceful_timeout: float = 30.0
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -75,6 +76,7 @@ class Settings:
             breaker_half_open_trials=int(
                 _number(env, "RUNESTONE_BREAKER_HALF_OPEN_TRIALS", cls.breaker_half_open_trials)
             ),
+            graceful_timeout=_number(env, "RUNESTONE_GRACEFUL_TIMEOUT", cls.graceful_timeout),
         )
 
 

@@ -66,6 +66,9 @@ CODES: dict[str, CodeInfo] = {
     "upstream_model_not_found": CodeInfo(
         404, "not_found_error", False, "client", "the provider does not know the model"
     ),
+    "client_disconnected": CodeInfo(
+        499, _INVALID, False, "client", "the client went away before the answer ended"
+    ),
     # The gateway's configuration or its own limits.
     "provider_not_configured": CodeInfo(
         500, "api_error", False, "gateway", "the provider's API key is not set"
@@ -89,6 +92,9 @@ CODES: dict[str, CodeInfo] = {
         503, "api_error", True, "gateway", "every target is unavailable"
     ),
     "internal_error": CodeInfo(500, "api_error", False, "gateway", "a bug in the gateway"),
+    "gateway_shutting_down": CodeInfo(
+        503, "api_error", True, "gateway", "the gateway is shutting down; retry elsewhere"
+    ),
     # The upstream provider failed.
     "upstream_rate_limited": CodeInfo(
         429, "rate_limit_error", True, "upstream", "the provider is rate limiting"
@@ -140,6 +146,12 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.param = param
         self.upstream_status = upstream_status
+        # Filled in by the attempt loop when this error ends a request: how many attempts
+        # were made, the last target tried, and the seconds spent on them (waiting on
+        # upstreams and backing off), which are not the gateway's own time.
+        self.attempts = 0
+        self.target: str | None = None
+        self.upstream = 0.0
 
     def __repr__(self) -> str:
         where = f" provider={self.provider}" if self.provider else ""

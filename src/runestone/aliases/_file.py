@@ -29,11 +29,13 @@ from runestone.aliases._policy import (
     positive_number,
 )
 from runestone.aliases._schema import (
+    MODEL_PLACEHOLDER,
     Alias,
     AliasFileError,
     AliasTable,
     Problem,
     Target,
+    pattern_regex,
     table_version,
 )
 from runestone.aliases._sections import (
@@ -78,15 +80,29 @@ def parse_alias_file(
                             f"(known: {', '.join(sorted(known))})",
                         )
                     )
+    for alias in aliases.values():
+        if not alias.is_pattern and any(MODEL_PLACEHOLDER in t.model for t in alias.targets):
+            problems.append(
+                Problem(
+                    alias.line,
+                    f"alias {alias.name!r}: only a pattern alias (a name with *) can use "
+                    f"{MODEL_PLACEHOLDER} in a target",
+                )
+            )
     if problems:
         raise AliasFileError(source, sorted(problems, key=lambda p: p.line))
+    exact = {name: alias for name, alias in aliases.items() if not alias.is_pattern}
+    patterns = tuple(
+        (pattern_regex(alias.name), alias) for alias in aliases.values() if alias.is_pattern
+    )
     return AliasTable(
-        MappingProxyType(aliases),
+        MappingProxyType(exact),
         table_version(data),
         source,
         tuple(providers),
         defaults[0],
         MappingProxyType(prices),
+        patterns,
     )
 
 

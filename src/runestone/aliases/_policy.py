@@ -6,8 +6,10 @@ the file. Keys are part of the user contract::
     strategy: fallback          # or weighted, or least_busy
     retries: 2                  # per target, retryable errors only
     timeout: 30                 # seconds, whole request, all attempts together
-    first_token_timeout: 5      # seconds until the first byte/token
-    idle_timeout: 10            # seconds of silence allowed between stream chunks
+    attempt_timeout: 10         # seconds per attempt: a stream's first content, or a
+                                # non-stream's whole answer; then the next try
+    first_token_timeout: 5      # streams only: seconds until the first content
+    idle_timeout: 10            # streams only: seconds of silence between chunks
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from runestone.aliases._yaml_nodes import Located
 
 Strategy = Literal["fallback", "weighted", "least_busy"]
 STRATEGIES: tuple[Strategy, ...] = ("fallback", "weighted", "least_busy")
-POLICY_KEYS = frozenset({"strategy", "retries", "timeout", "first_token_timeout", "idle_timeout"})
+_SECONDS_KEYS = ("timeout", "attempt_timeout", "first_token_timeout", "idle_timeout")
+POLICY_KEYS = frozenset({"strategy", "retries", *_SECONDS_KEYS})
 MAX_RETRIES = 10
 
 
@@ -32,9 +35,17 @@ class Policy:
     timeout: float = 600.0
     first_token_timeout: float | None = None
     idle_timeout: float | None = None
+    attempt_timeout: float | None = None
+
+    def stream_attempt_timeout(self) -> float | None:
+        """What bounds a stream attempt until its first content: the tighter of the two."""
+        limits = [t for t in (self.attempt_timeout, self.first_token_timeout) if t is not None]
+        return min(limits) if limits else None
 
     def describe(self) -> str:
         parts = [self.strategy, f"retries={self.retries}", f"timeout={self.timeout:g}s"]
+        if self.attempt_timeout is not None:
+            parts.append(f"attempt_timeout={self.attempt_timeout:g}s")
         if self.first_token_timeout is not None:
             parts.append(f"first_token_timeout={self.first_token_timeout:g}s")
         if self.idle_timeout is not None:
@@ -74,7 +85,7 @@ def parse_policy(
             )
         else:
             changes["retries"] = retries.value
-    for key in ("timeout", "first_token_timeout", "idle_timeout"):
+    for key in _SECONDS_KEYS:
         entry = value.get(key)
         if entry is None:
             continue

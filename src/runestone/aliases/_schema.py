@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +33,27 @@ class Alias:
     targets: tuple[Target, ...]
     line: int = 0
     policy: Policy = DEFAULT_POLICY
+
+    @property
+    def is_pattern(self) -> bool:
+        """A name with ``*`` matches many requested names (``claude-*``)."""
+        return "*" in self.name
+
+    def for_model(self, requested: str) -> Alias:
+        """A pattern alias with ``{model}`` in its targets replaced by the requested name."""
+        targets = tuple(
+            Target(t.provider, t.model.replace(MODEL_PLACEHOLDER, requested), t.weight)
+            for t in self.targets
+        )
+        return Alias(self.name, targets, self.line, self.policy)
+
+
+MODEL_PLACEHOLDER = "{model}"
+
+
+def pattern_regex(name: str) -> re.Pattern[str]:
+    """``*`` matches any run of characters; everything else, brackets included, is literal."""
+    return re.compile(".*".join(re.escape(part) for part in name.split("*")), re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +85,26 @@ class AliasTable:
     defaults: Policy = DEFAULT_POLICY
     prices: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
 
+    #: Pattern aliases in file order, each with its compiled name.
+    patterns: tuple[tuple[re.Pattern[str], Alias], ...] = ()
+
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)
 
+    def match(self, name: str) -> Alias | None:
+        """The alias for a requested name: an exact name first, then the first pattern
+        that matches (with ``{model}`` filled in). ``provider:model`` names never match a
+        pattern: a colon means the client named its target itself."""
+        alias = self.aliases.get(name)
+        if alias is not None or not self.patterns or ":" in name:
+            return alias
+        for regex, pattern in self.patterns:
+            if regex.fullmatch(name):
+                return pattern.for_model(name)
+        return None
+
     def __len__(self) -> int:
-        return len(self.aliases)
+        return len(self.aliases) + len(self.patterns)
 
 
 class SpecError(ValueError):

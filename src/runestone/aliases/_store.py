@@ -79,8 +79,9 @@ class AliasStore:
         self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
         self._last_seen = ""
         self._lock = threading.Lock()
-        #: Called after every reload attempt with (ok, version in use): telemetry's hook.
-        self.on_reload: Callable[[bool, str], None] | None = None
+        #: Called after the first load and every reload attempt with (ok, version in use,
+        #: whether it was the first load): telemetry's hook.
+        self.on_reload: Callable[[bool, str, bool], None] | None = None
 
     @classmethod
     def from_env(
@@ -123,7 +124,7 @@ class AliasStore:
             )
         log.info("loaded %d aliases from %s (version %s)", len(table), self.path, table.version)
         if self.on_reload is not None:
-            self.on_reload(True, table.version)
+            self.on_reload(True, table.version, True)
 
     def reload(self) -> bool:
         """Re-read the file if its content changed; return whether a new table is in use.
@@ -167,7 +168,7 @@ class AliasStore:
             )
         log.info("reloaded %d aliases from %s (version %s)", len(table), self.path, version)
         if self.on_reload is not None:
-            self.on_reload(True, version)
+            self.on_reload(True, version, False)
         return True
 
     def _failed(self, error: str, *, key: str, now: float, already_seen: bool = False) -> bool:
@@ -184,7 +185,7 @@ class AliasStore:
         )
         log.error("alias reload failed: %s", error)
         if self.on_reload is not None:
-            self.on_reload(False, self._table.version)
+            self.on_reload(False, self._table.version, False)
         return False
 
     async def watch(

@@ -79,13 +79,27 @@ async def watch_file(
                 await safety
 
 
+def concerns(path: Path, changed: str) -> bool:
+    """Whether a change in the watched directory may change ``path``'s content.
+
+    The file itself (written, or renamed over), or a Kubernetes ConfigMap's ``..data``
+    link, which is swapped to update every file at once. Anything else in the directory
+    (a log file, an editor's swap file) is none of the watcher's business: reacting to
+    it turned a log written beside the alias file into a busy loop.
+    """
+    name = os.path.basename(changed)
+    return name == path.name or name == "..data"
+
+
 async def _watch_events(path: Path, on_change: Callable[[], object], debounce: float) -> None:
     from watchfiles import awatch  # its import starts nothing; kept local to this mode
 
+    # watchfiles logs every batch of changes at INFO: a line per alias edit is ours to say.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     step_ms = max(int(debounce * 1000), 1)
     async for _changes in awatch(
         path.parent,
-        watch_filter=None,
+        watch_filter=lambda _change, changed: concerns(path, changed),
         recursive=False,
         debounce=max(step_ms * 8, 400),
         step=step_ms,

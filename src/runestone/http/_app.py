@@ -19,6 +19,7 @@ from runestone._gateway import Gateway
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
+from runestone.http._signals import hook_exit_signals
 from runestone.http.endpoints import (
     MetricsEndpoint,
     ModelsEndpoint,
@@ -84,7 +85,10 @@ class RunestoneApp:
                 ("messages/count_tokens", COUNT_TOKENS),
                 ("embeddings", EMBEDDINGS),
             )
-        ] + [Route("/v1/models", ModelsEndpoint(gateway), scope=CLIENT)]
+        ] + [
+            Route("/v1/models", models := ModelsEndpoint(gateway), scope=CLIENT),
+            Route("/v1/models/{model_id}", models, scope=CLIENT),
+        ]
 
     def _operations(self) -> list[Route]:
         return [
@@ -142,6 +146,8 @@ class RunestoneApp:
                     log.error("start-up failed: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Served by uvicorn itself (not mounted): drain on its exit signals.
+                hook_exit_signals(self.gateway, self.settings.graceful_timeout)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

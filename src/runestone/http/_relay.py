@@ -57,7 +57,7 @@ async def relay_to_client(
         await events.aclose()
         on_end(state)
     if state.client_gone:
-        routed.close()
+        routed.cancel()
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     await routed.aclose()
@@ -79,5 +79,5 @@ async def _watch_client(
             continue
         if message["type"] == "http.disconnect":
             state.client_gone = True
-            routed.close()
+            routed.cancel()
             return

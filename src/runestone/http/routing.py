@@ -19,9 +19,14 @@ from runestone.protocols import ClientProtocol
 
 
 class Route:
-    """One exact path, one method, one endpoint."""
+    """One path, one method, one endpoint.
 
-    __slots__ = ("endpoint", "method", "path", "protocol", "scope")
+    A path may end in one parameter that takes the rest of the path, slashes included
+    (``/v1/models/{model_id}`` matches ``/v1/models/openrouter:meta/llama-3``); the
+    endpoint finds it in ``scope["path_params"]``.
+    """
+
+    __slots__ = ("endpoint", "method", "param", "path", "prefix", "protocol", "scope")
 
     def __init__(
         self,
@@ -33,6 +38,8 @@ class Route:
         scope: str | None = None,
     ) -> None:
         self.path = path
+        self.prefix, brace, rest = path.partition("{")
+        self.param = rest.rstrip("}") if brace else None
         self.endpoint = endpoint
         self.method = method
         #: Errors on this route take this protocol's shape (the gateway's own if None).
@@ -61,7 +68,8 @@ class Dispatcher:
     """Finds the route or mount for a request's path and hands the request to it."""
 
     def __init__(self, routes: Sequence[Route | Mount]) -> None:
-        self._routes = {r.path: r for r in routes if isinstance(r, Route)}
+        self._routes = {r.path: r for r in routes if isinstance(r, Route) and r.param is None}
+        self._with_params = [r for r in routes if isinstance(r, Route) and r.param is not None]
         self._mounts = [m for m in routes if isinstance(m, Mount)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +78,13 @@ class Dispatcher:
         if root and path.startswith(root):
             path = path[len(root) :]  # mounted under a prefix by a host application
         route = self._routes.get(path)
+        if route is None:
+            for candidate in self._with_params:
+                if path.startswith(candidate.prefix) and len(path) > len(candidate.prefix):
+                    assert candidate.param is not None
+                    scope["path_params"] = {candidate.param: path[len(candidate.prefix) :]}
+                    route = candidate
+                    break
         if route is None:
             for mount in self._mounts:
                 if path == mount.prefix or path.startswith(mount.prefix + "/"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 import aiohttp
@@ -28,3 +30,21 @@ def make_session(
         trust_env=trust_env,
         raise_for_status=False,
     )
+
+
+def close_now(session: aiohttp.ClientSession) -> None:
+    """Close the pool's connections without awaiting anything (a forced exit).
+
+    ``ClientSession.close`` is a coroutine; at a forced exit nothing will be awaited any
+    more, but the connector closes its transports synchronously.
+    """
+    connector = session.connector
+    if connector is None or connector.closed:
+        return
+    waiter = connector.close(abort_ssl=True)  # the transports are closed by now
+
+    async def settle() -> None:
+        await waiter
+
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing left to settle
+        asyncio.get_running_loop().create_task(settle())

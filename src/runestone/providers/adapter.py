@@ -18,6 +18,19 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What of the client's request, besides the body, a same-format upstream sees."""
+
+    #: Headers such as anthropic-version, anthropic-beta and the client's user-agent.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: The client's query string, as sent (``beta=true`` on the Messages API).
+    query: str = ""
+
+
+NOTHING_FORWARDED = Forwarded()
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One attempt at one target: the request as the client sent it, and where it goes."""
 
@@ -26,8 +39,8 @@ class Call:
     body: dict[str, object]
     request_id: str
     operation: Operation = "chat"
-    #: Client headers a same-format upstream should see (anthropic-version, anthropic-beta).
-    forward_headers: tuple[tuple[str, str], ...] = ()
+    #: What a same-format upstream should see of the client's request besides the body.
+    forward: Forwarded = NOTHING_FORWARDED
     #: Seconds of upstream silence allowed between reads (a stream's idle timeout).
     read_timeout: float | None = None
     #: Ask the upstream for a usage chunk the client did not ask for (it is hidden again).

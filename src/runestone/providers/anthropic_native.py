@@ -1,7 +1,8 @@
 """Anthropic-format requests to Anthropic: a byte pass-through of the Messages API.
 
 Only ``model`` is rewritten; the client's ``anthropic-version`` and ``anthropic-beta``
-headers are forwarded (the provider row supplies a default version).
+headers and its query string (``?beta=true``) are forwarded (the provider row supplies a
+default version).
 """
 
 from __future__ import annotations
@@ -18,7 +19,4 @@ _PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens
 
 class AnthropicMessagesAdapter(SessionAdapter):
     def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
-        headers: Any = call.endpoint.headers
-        if call.forward_headers:
-            headers = {**call.endpoint.headers, **dict(call.forward_headers)}
-        return _PATHS[call.operation], orjson.dumps(call.target_body()), headers
+        return _PATHS[call.operation], orjson.dumps(call.target_body()), call.endpoint.headers

@@ -25,6 +25,7 @@ from runestone.errors import GatewayError
 from runestone.providers._specs import Endpoint
 from runestone.providers.adapter import Call, Reply
 from runestone.providers.errors import map_anyllm_error
+from runestone.translate import messages_arguments
 
 
 class AnyLLMClients:
@@ -193,10 +194,15 @@ class _TranslatingAdapter:
     def __init__(self, clients: AnyLLMClients) -> None:
         self._clients = clients
 
+    def _arguments(self, call: Call) -> dict[str, object]:
+        """The method's keyword arguments: the client's body, model rewritten."""
+        return call.target_body()
+
     async def _call(self, call: Call, *, stream: bool) -> Any:
+        arguments = {**self._arguments(call), "stream": stream}
         method = getattr(self._clients.get(call.endpoint), self.METHOD)
         try:
-            return await method(**{**call.target_body(), "stream": stream})
+            return await method(**arguments)
         except Exception as exc:
             raise map_anyllm_error(call.provider, exc) from exc
 
@@ -227,6 +233,9 @@ class AnyLLMMessagesAdapter(_TranslatingAdapter):
     """Anthropic Messages requests to a provider of another wire format."""
 
     METHOD = "amessages"
+
+    def _arguments(self, call: Call) -> dict[str, object]:
+        return messages_arguments(call.target_body(), call.provider)
 
     def _stream(self, call: Call, events: Any) -> _SdkStream:
         return _SdkStream(call.provider, events, _anthropic_event, b"")

@@ -20,7 +20,8 @@ from runestone.providers.anyllm import (
     AnyLLMEmbeddingsAdapter,
     AnyLLMMessagesAdapter,
 )
-from runestone.providers.mock import MockAdapter
+from runestone.providers.mock import MockAdapter, MockEmbeddingsAdapter
+from runestone.providers.mock_messages import MockMessagesAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
 
 
@@ -144,3 +145,6 @@ register_adapter("messages", "anyllm", _translated_messages)
 register_adapter("count_tokens", "anthropic", _anthropic)
 register_adapter("embeddings", "openai", _passthrough)
 register_adapter("embeddings", "anyllm", _translated_embeddings)
+register_adapter("messages", "mock", lambda context: MockMessagesAdapter())
+register_adapter("count_tokens", "mock", lambda context: MockMessagesAdapter())
+register_adapter("embeddings", "mock", lambda context: MockEmbeddingsAdapter())

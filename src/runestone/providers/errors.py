@@ -12,6 +12,7 @@ aiohttp's exceptions become gateway errors (as httpx's ``map_httpcore_exceptions
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -327,13 +328,23 @@ def map_anyllm_error(provider: str, exc: BaseException, *, streaming: bool = Fal
         code = "provider_not_configured"  # the provider's SDK extra is not installed
     elif isinstance(exc, NotImplementedError):
         code = "provider_not_supported"
+    elif _is_translation_error(exc) and not streaming:
+        # Raised while building the provider's request from the client's (a pydantic
+        # error, an argument the SDK does not take): nothing reached the upstream, so it
+        # is the request's fault, never the upstream's, and no breaker hears of it.
+        code = "invalid_request"
     elif code is None and isinstance(status, int):
         code = _code_for_status(status)
     code = _refine_by_message(code or "upstream_server_error", str(exc))
     if streaming:
         code = _after_stream_start(code)
     message = getattr(exc, "message", None) or str(exc) or name
-    if code == "upstream_auth_failed":
+    if isinstance(exc, ImportError):
+        message = (
+            f"{provider}: its SDK is not installed in the gateway's environment; "
+            f"pip install 'any-llm-sdk[{provider}]' ({exc})"
+        )
+    elif code == "upstream_auth_failed":
         message = f"{provider} rejected the gateway's API key; check its API key variable"
     elif not message.startswith(provider):
         message = f"{provider}: {message}"
@@ -344,6 +355,17 @@ def map_anyllm_error(provider: str, exc: BaseException, *, streaming: bool = Fal
         retry_after=_anyllm_retry_after(exc, original),
         upstream_status=status if isinstance(status, int) else None,
     )
+
+
+def _is_translation_error(exc: BaseException) -> bool:
+    if isinstance(exc, UnicodeError | json.JSONDecodeError):
+        return False  # an unreadable upstream answer
+    return isinstance(exc, TypeError | ValueError) and _status_of(exc) is None
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _anyllm_retry_after(exc: BaseException, original: object) -> float | None:

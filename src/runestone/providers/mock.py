@@ -1,122 +1,87 @@
 """The ``mock`` provider: answers locally, for demos, tests and load tests.
 
-Chosen only by naming it (``mock:echo``), never as a fallback. Models:
-
-- ``mock:echo``  repeats the last user message;
-- ``mock:lorem`` answers ``max_tokens`` words of filler (default 20), one per chunk when
-  streamed, for load tests.
-
-Token counts are words, not a tokenizer's count: the mock has no real model.
+Chosen only by naming it (``mock:echo``), never as a fallback. It speaks every
+operation the gateway serves: chat completions (here), Anthropic Messages
+(``mock_messages``) and embeddings (here, deterministic vectors). What it says is in
+``_mock_answers``: ``mock:echo``, ``mock:lorem``, ``mock:tool``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import time
 from collections.abc import AsyncIterator
 
 import orjson
 
 from runestone.errors import error_for
+from runestone.providers._mock_answers import MODELS, MockAnswer, answer
 from runestone.providers.adapter import Call, Reply
 
-MODELS = ("echo", "lorem")
-_LOREM = [
-    "lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet",
-    "consectetur",
-    "adipiscing",
-    "elit",
-    "sed",
-    "do",
-    "eiusmod",
-]
+__all__ = ["MODELS", "MockAdapter", "MockEmbeddingsAdapter"]
 
 
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return " ".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
+def _usage(found: MockAnswer) -> dict[str, int]:
+    completion = found.completion_tokens
+    return {
+        "prompt_tokens": found.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": found.prompt_tokens + completion,
+    }
 
 
-def _answer(call: Call) -> list[str]:
-    if call.model == "echo":
-        messages = call.body.get("messages")
-        last = ""
-        if isinstance(messages, list):
-            for message in reversed(messages):
-                if isinstance(message, dict) and message.get("role") == "user":
-                    last = _text_of(message.get("content"))
-                    break
-        words = last.split(" ")
-        return [w if i == 0 else " " + w for i, w in enumerate(words)]
-    max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens") or 20
-    count = max(1, min(int(max_tokens), 4096)) if isinstance(max_tokens, int) else 20
-    return [(" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count)]
-
-
-def _prompt_tokens(call: Call) -> int:
-    messages = call.body.get("messages")
-    if not isinstance(messages, list):
-        return 0
-    return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
+def _tool_calls(found: MockAnswer) -> list[dict[str, object]]:
+    assert found.tool_call is not None
+    return [
+        {
+            "index": 0,
+            "id": f"call_mock_{os.urandom(6).hex()}",
+            "type": "function",
+            "function": {
+                "name": found.tool_call.name,
+                "arguments": orjson.dumps(found.tool_call.arguments).decode(),
+            },
+        }
+    ]
 
 
 class MockAdapter:
+    """Chat completions."""
+
     async def complete(self, call: Call) -> Reply:
-        pieces = self._pieces(call)
-        completion = len(pieces)
-        prompt = _prompt_tokens(call)
+        found = answer(call.model, call.body)
+        text = found.text if found.tool_call is None else found.text or None
+        message: dict[str, object] = {"role": "assistant", "content": text}
+        finish = "stop"
+        if found.tool_call is not None:
+            calls = _tool_calls(found)
+            for tool_call in calls:
+                tool_call.pop("index")
+            message["tool_calls"] = calls
+            finish = "tool_calls"
         body = {
             "id": f"chatcmpl-mock-{os.urandom(6).hex()}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": f"mock:{call.model}",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(pieces)},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _usage(found),
         }
         return Reply(orjson.dumps(body))
 
     async def open_stream(self, call: Call) -> MockStream:
-        return MockStream(call, self._pieces(call))
-
-    def _pieces(self, call: Call) -> list[str]:
-        if call.model not in MODELS:
-            raise error_for(
-                "model_not_found",
-                f"the mock provider has no model {call.model!r}; "
-                f"use one of {', '.join('mock:' + m for m in MODELS)}",
-                provider="mock",
-            )
-        return _answer(call)
+        return MockStream(call, answer(call.model, call.body))
 
 
 class MockStream:
-    def __init__(self, call: Call, pieces: list[str]) -> None:
+    def __init__(self, call: Call, found: MockAnswer) -> None:
         self._call = call
-        self._pieces = pieces
+        self._answer = found
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        call = self._call
+        call, found = self._call, self._answer
         head = (
             b'{"id":"chatcmpl-mock-' + os.urandom(6).hex().encode() + b'",'
             b'"object":"chat.completion.chunk","created":'
@@ -126,20 +91,18 @@ class MockStream:
             + b',"choices":'
         )
         yield b"data: " + head + b'[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
-        for piece in self._pieces:
+        for piece in found.pieces:
             delta = orjson.dumps([{"index": 0, "delta": {"content": piece}}])
             yield b"data: " + head + delta + b"}\n\n"
-        yield b"data: " + head + b'[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        finish = b'"stop"'
+        if found.tool_call is not None:
+            delta = orjson.dumps([{"index": 0, "delta": {"tool_calls": _tool_calls(found)}}])
+            yield b"data: " + head + delta + b"}\n\n"
+            finish = b'"tool_calls"'
+        yield b"data: " + head + b'[{"index":0,"delta":{},"finish_reason":' + finish + b"}]}\n\n"
         options = call.body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            prompt, completion = _prompt_tokens(call), len(self._pieces)
-            usage = orjson.dumps(
-                {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                }
-            )
+            usage = orjson.dumps(_usage(found))
             yield b"data: " + head + b'[],"usage":' + usage + b"}\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -148,3 +111,45 @@ class MockStream:
 
     async def finish(self) -> None:
         return None
+
+
+_DIMENSIONS = 16
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector that depends only on the text: equal texts, equal vectors."""
+    raw = b""
+    counter = 0
+    while len(raw) < dimensions * 4:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [v / 2**32 - 0.5 for v in struct.unpack(f"<{dimensions}I", raw[: dimensions * 4])]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+class MockEmbeddingsAdapter:
+    """Embeddings: deterministic vectors of ``dimensions`` (default 16) floats."""
+
+    async def complete(self, call: Call) -> Reply:
+        if call.model not in MODELS:
+            answer(call.model, {})  # raises the mock's model_not_found
+        raw = call.body.get("input")
+        inputs = raw if isinstance(raw, list) else [raw]
+        dimensions = call.body.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) and 0 < dimensions <= 4096 else None
+        vectors = [_vector(str(item), size or _DIMENSIONS) for item in inputs]
+        tokens = sum(len(str(item).split()) for item in inputs)
+        body = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(vectors)
+            ],
+            "model": f"mock:{call.model}",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Reply(orjson.dumps(body))
+
+    async def open_stream(self, call: Call) -> MockStream:
+        raise error_for("invalid_request", "embeddings do not stream", provider="mock")

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from runestone.errors import error_for
 from runestone.providers.adapter import Call, Reply
@@ -33,7 +34,13 @@ class SessionAdapter:
         raise NotImplementedError
 
     def _send(self, call: Call, path: str, data: bytes, headers: Any) -> Any:
-        url = call.endpoint.url(path)
+        forward = call.forward
+        if forward.query:  # never cached: the query string is the client's to choose
+            url = URL(call.endpoint.base_url + path + "?" + forward.query, encoded=True)
+        else:
+            url = call.endpoint.url(path)
+        if forward.headers:
+            headers = {**headers, **dict(forward.headers)}
         if call.read_timeout is None:  # the session's timeouts: no object per request
             return self._session.post(url, data=data, headers=headers)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)

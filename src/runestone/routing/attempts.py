@@ -109,7 +109,17 @@ async def run_attempts(
     """
     attempts = 0
     last: GatewayError | None = None
+    tried: Candidate | None = None
     refused: list[CircuitBreaker] = []
+    started = time.perf_counter()
+
+    def final(error: GatewayError) -> GatewayError:
+        """The error that ends the request, with what the attempts cost."""
+        error.attempts = attempts
+        error.target = str(tried.target) if tried is not None else None
+        error.upstream = time.perf_counter() - started
+        return error
+
     ordered = order(policy.strategy, candidates)
     for position, candidate in enumerate(ordered):
         breaker = candidate.breaker
@@ -119,9 +129,10 @@ async def run_attempts(
                 break
             remaining = deadline.remaining()
             if remaining <= 0:
-                raise _timed_out(deadline, last)
+                raise final(_timed_out(deadline, last))
             limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
             attempts += 1
+            tried = candidate
             breaker.in_flight += 1
             began = time.time_ns() if observe is not None else 0
             try:
@@ -151,12 +162,12 @@ async def run_attempts(
                 observe(candidate.call, began, error.code)
             if error.code == "gateway_timeout":
                 breaker.record_failure()
-                raise error
+                raise final(error)
             if counts_against(error):
                 breaker.record_failure()
             elif error.fault == "client":
                 breaker.record_success()  # the upstream answered; the request was wrong
-                raise error
+                raise final(error)
             last = error
             if not error.retryable or retry == policy.retries:
                 break  # this target is done: the next one may still answer
@@ -166,14 +177,16 @@ async def run_attempts(
             await asyncio.sleep(wait)
     if last is None and refused:
         retry_in = min(b.retry_in() for b in refused)
-        raise error_for(
-            "no_healthy_upstream",
-            "every target is failing and paused by its circuit breaker: "
-            + ", ".join(b.key for b in refused),
-            retry_after=max(retry_in, 1.0),
+        raise final(
+            error_for(
+                "no_healthy_upstream",
+                "every target is failing and paused by its circuit breaker: "
+                + ", ".join(b.key for b in refused),
+                retry_after=max(retry_in, 1.0),
+            )
         )
     assert last is not None
-    raise last
+    raise final(last)
 
 
 def _timed_out(deadline: Deadline, last: GatewayError | None) -> GatewayError:

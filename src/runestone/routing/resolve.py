@@ -8,9 +8,27 @@ from runestone.aliases import AliasTable, SpecError, Target, parse_spec
 from runestone.errors import GatewayError, error_for
 from runestone.providers import Endpoint, ProviderRegistry
 
+# A bare name that looks like one provider's model: the hint names that provider.
+_FAMILIES = (
+    ("gpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("chatgpt-", "openai"),
+    ("text-embedding-", "openai"),
+    ("claude-", "anthropic"),
+    ("gemini-", "gemini"),
+    ("mistral-", "mistral"),
+    ("codestral", "mistral"),
+    ("deepseek-", "deepseek"),
+    ("grok-", "xai"),
+    ("command-", "cohere"),
+)
+
 
 def resolve(model: str, table: AliasTable) -> tuple[Target, ...]:
-    alias = table.aliases.get(model)
+    """Targets for a requested name: an alias (exact, then pattern), else ``provider:model``."""
+    alias = table.match(model)
     if alias is not None:
         return alias.targets
     if ":" in model:
@@ -22,6 +40,9 @@ def resolve(model: str, table: AliasTable) -> tuple[Target, ...]:
     close = [a for a in table.aliases if a.lower() == model.lower()] or (
         difflib.get_close_matches(model, list(table.aliases), n=3)
     )
+    family = next((p for prefix, p in _FAMILIES if model.lower().startswith(prefix)), None)
+    if family is not None:
+        close = [f"{family}:{model}", *close]
     if close:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?"
     raise error_for(

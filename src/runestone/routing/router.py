@@ -23,6 +23,7 @@ from runestone.providers import (
     Adapter,
     AdapterContext,
     Call,
+    Forwarded,
     Operation,
     ProviderRegistry,
     Reply,
@@ -30,13 +31,12 @@ from runestone.providers import (
     default_registry,
     registered_adapters,
 )
+from runestone.providers.adapter import NOTHING_FORWARDED
 from runestone.routing.attempts import Candidate, Deadline, run_attempts
 from runestone.routing.breakers import Breakers
 from runestone.routing.resolve import resolve, unusable
 from runestone.routing.stream import RoutedStream
 from runestone.telemetry import Telemetry
-
-ForwardHeaders = tuple[tuple[str, str], ...]
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ class Router:
         protocol: ClientProtocol,
         body: dict[str, object],
         request_id: str,
-        forward_headers: ForwardHeaders,
+        forward: Forwarded,
         *,
         streaming: bool = False,
     ) -> tuple[list[Candidate], Policy]:
@@ -95,7 +95,7 @@ class Router:
         table = self.aliases.table  # read once: the whole request uses this snapshot
         registry = self.registry(table)
         model = str(body["model"])
-        alias = table.aliases.get(model)
+        alias = table.match(model)
         policy = alias.policy if alias is not None else table.defaults
         targets = alias.targets if alias is not None else resolve(model, table)
         read_timeout = policy.idle_timeout if streaming else None
@@ -115,7 +115,7 @@ class Router:
                 body,
                 request_id,
                 protocol.operation,
-                forward_headers,
+                forward,
                 read_timeout,
                 wants_usage and endpoint.spec.stream_usage,
             )
@@ -146,16 +146,17 @@ class Router:
         protocol: ClientProtocol,
         body: dict[str, object],
         request_id: str,
-        forward_headers: ForwardHeaders = (),
+        forward: Forwarded = NOTHING_FORWARDED,
     ) -> Routed:
         """Answer one non-streamed request; raise ``GatewayError`` on failure."""
-        candidates, policy = self._plan(protocol, body, request_id, forward_headers)
+        candidates, policy = self._plan(protocol, body, request_id, forward)
         started = time.perf_counter()
         done = await run_attempts(
             candidates,
             policy,
             Deadline(policy.timeout),
             self._complete_one,
+            attempt_timeout=policy.attempt_timeout,
             observe=self.telemetry.attempt_observer,
         )
         upstream = time.perf_counter() - started
@@ -172,10 +173,10 @@ class Router:
         body: dict[str, object],
         request_id: str,
         protocol: ClientProtocol = CHAT,
-        forward_headers: ForwardHeaders = (),
+        forward: Forwarded = NOTHING_FORWARDED,
     ) -> RoutedStream:
         """Open a streamed request; return once an upstream sent its first content."""
-        candidates, policy = self._plan(protocol, body, request_id, forward_headers, streaming=True)
+        candidates, policy = self._plan(protocol, body, request_id, forward, streaming=True)
         routed = RoutedStream(
             request_id=request_id,
             protocol=protocol,

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 from runestone.aliases import Policy, Target
-from runestone.errors import error_for
+from runestone.errors import GatewayError, error_for
 from runestone.protocols import ClientProtocol
 from runestone.providers import Call, UpstreamStream
 from runestone.providers.errors import map_transport_errors
@@ -186,7 +186,7 @@ class RoutedStream:
                 self.policy,
                 self.deadline,
                 self._open_leg,
-                attempt_timeout=self.policy.first_token_timeout,
+                attempt_timeout=self.policy.stream_attempt_timeout(),
                 hold=True,
                 observe=self._observe,
             )
@@ -211,16 +211,14 @@ class RoutedStream:
         return leg
 
     def _expire(self) -> None:
-        leg = self._leg
-        if leg is None or leg.scanner.summary.done or leg.scanner.summary.error is not None:
-            return
-        leg.scanner.summary.error = error_for(
-            "gateway_timeout",
-            f"the request's deadline of {self.deadline.seconds:g}s passed mid-stream; "
-            "the answer is incomplete",
-            provider=leg.candidate.target.provider,
+        self.end_now(
+            error_for(
+                "gateway_timeout",
+                f"the request's deadline of {self.deadline.seconds:g}s passed mid-stream; "
+                "the answer is incomplete",
+                provider=self.target.provider,
+            )
         )
-        leg.stream.close()
 
     def events(self) -> AsyncGenerator[bytes, None]:
         """The SSE bytes for the client, ending with the protocol's end or error event."""
@@ -229,6 +227,27 @@ class RoutedStream:
         leg = self._accepted()
         first, leg.primed = leg.primed, b""
         return relay_stream(leg.chunks, leg.scanner, self.request_id, first)
+
+    def cancel(self) -> None:
+        """The client went away: end the answer as its fault, not the upstream's."""
+        leg = self._leg
+        if leg is not None:
+            summary = leg.scanner.summary
+            if not summary.done and summary.error is None:
+                summary.error = error_for(
+                    "client_disconnected",
+                    "the client disconnected before the stream ended",
+                    provider=leg.candidate.target.provider,
+                )
+        self.close()
+
+    def end_now(self, error: GatewayError) -> None:
+        """Cut a stream from outside (a deadline, a shutdown): it ends with ``error`` in-band."""
+        leg = self._leg
+        if leg is None or leg.scanner.summary.done or leg.scanner.summary.error is not None:
+            return
+        leg.scanner.summary.error = error
+        leg.stream.close()
 
     def close(self) -> None:
         """Drop the upstream connection at once (the client went away, or it failed)."""

@@ -9,6 +9,7 @@ from runestone.streams.sse import (
     StreamSummary,
     event_data,
     loads_object,
+    one_event_each,
     split_events,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "StreamSummary",
     "event_data",
     "loads_object",
+    "one_event_each",
     "relay_stream",
     "split_events",
 ]

@@ -10,6 +10,7 @@ few substring searches and no JSON parsing.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -52,6 +53,26 @@ def split_events(data: bytes) -> list[bytes]:
         return [part + b"\n\n" for part in parts[:-1]]
     parts = _EVENT_END.split(data)
     return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+
+
+async def one_event_each(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-cut SSE bytes so that each item is exactly one event (with its blank line).
+
+    Network reads and relayed pieces bundle several events, or split one; a caller that
+    handles events one at a time (the library's ``route_stream``) gets them whole.
+    """
+    tail = b""
+    async for chunk in chunks:
+        data = tail + chunk if tail else chunk
+        end = _last_boundary(data)
+        if end == 0:
+            tail = data
+            continue
+        tail = data[end:]
+        for event in split_events(data[:end]):
+            yield event
+    if tail.strip():
+        yield tail  # an unterminated last event: never dropped
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -10,10 +10,9 @@ Outcome = Literal["complete", "error", "client_cancelled", "upstream_error", "tr
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InFlight:
-    """A request (or the relay of a stream) began (+1) or ended (-1)."""
+    """A request began, or the relay of its stream did; its ``RequestFinished`` ends it."""
 
     route: str
-    change: int
     stream: bool = False
 
 
@@ -29,6 +28,7 @@ class RequestFinished:
     status: int
     code: str = ""  # "" on success, else the error code
     stream: bool = False
+    relayed: bool = False  # the stream's 200 went out (it counted as an in-flight stream)
     attempts: int = 1
     duration: float  # seconds, request received to last byte sent
     upstream: float = 0.0  # seconds spent waiting on the upstream
@@ -60,8 +60,11 @@ class AttemptFinished:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AliasReload:
+    """The alias file was read: at start-up (``initial``), or reloaded after an edit."""
+
     ok: bool
     version: str
+    initial: bool = False
 
 
 Event = InFlight | RequestFinished | AttemptFinished | AliasReload

@@ -7,7 +7,13 @@ import time
 from collections.abc import Callable
 
 from runestone.providers import Call
-from runestone.telemetry.events import AttemptFinished, Event
+from runestone.telemetry.events import (
+    AliasReload,
+    AttemptFinished,
+    Event,
+    InFlight,
+    RequestFinished,
+)
 
 log = logging.getLogger("runestone.telemetry")
 
@@ -16,11 +22,19 @@ Subscriber = Callable[[Event], None]
 AttemptObserver = Callable[[Call, int, str], None]
 
 
+_EVENT_TYPES: tuple[type[Event], ...] = (InFlight, RequestFinished, AttemptFinished, AliasReload)
+
+
 class Telemetry:
-    """The hook. ``emit`` costs one loop over the subscribers."""
+    """The hook. ``emit`` costs one dict lookup and a loop over that event's subscribers.
+
+    A subscriber may say which event types it wants in an ``EVENTS`` tuple; without
+    one it hears every event.
+    """
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._by_type: dict[type, list[Subscriber]] = {kind: [] for kind in _EVENT_TYPES}
         self._failed: set[int] = set()
         #: Someone listens to attempts and traces: the request path then records them.
         self.tracing = False
@@ -28,6 +42,10 @@ class Telemetry:
     def subscribe(self, subscriber: Subscriber, *, traces: bool = False) -> None:
         """Add a subscriber; ``traces`` turns on the per-attempt events it needs."""
         self._subscribers.append(subscriber)
+        wanted = getattr(subscriber, "EVENTS", _EVENT_TYPES)
+        for kind in _EVENT_TYPES:
+            if kind in wanted:
+                self._by_type[kind].append(subscriber)
         self.tracing = self.tracing or traces
 
     @property
@@ -48,7 +66,7 @@ class Telemetry:
         )
 
     def emit(self, event: Event) -> None:
-        for subscriber in self._subscribers:
+        for subscriber in self._by_type[type(event)]:
             try:
                 subscriber(event)
             except Exception:

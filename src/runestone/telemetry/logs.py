@@ -15,6 +15,8 @@ log = logging.getLogger("runestone.requests")
 
 
 class RequestLog:
+    EVENTS = (RequestFinished,)
+
     def __init__(self, json_lines: bool) -> None:
         self.json_lines = json_lines
 

@@ -47,6 +47,8 @@ def from_environment() -> OTelTraces:
 
 
 class OTelTraces:
+    EVENTS = (AttemptFinished, RequestFinished)
+
     def __init__(self, tracer_provider: Any) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 

@@ -27,6 +27,8 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 
 class PrometheusMetrics:
+    EVENTS = (InFlight, RequestFinished, AliasReload)
+
     def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]] | None = None) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
@@ -111,24 +113,33 @@ class PrometheusMetrics:
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._gauges: dict[tuple[str, bool], Any] = {}
+        self._version: str | None = None
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, InFlight):
-            key = (event.route, event.stream)
-            gauge = self._gauges.get(key)
-            if gauge is None:
-                metric = self.in_flight_streams if event.stream else self.in_flight
-                gauge = self._gauges[key] = self.child(metric, event.route)
-            gauge.inc(event.change)
+            self._gauge(event.route, event.stream).inc()
         elif isinstance(event, RequestFinished):
             self._request(event)
         elif isinstance(event, AliasReload):
-            self.reloads.labels("ok" if event.ok else "failed").inc()
-            if event.ok:
-                self.table.clear()
+            if not event.initial:  # a start-up load is not a reload
+                self.reloads.labels("ok" if event.ok else "failed").inc()
+            if event.ok and event.version != self._version:
+                if self._version is not None:
+                    if self.multiprocess:  # its gauges cannot drop a label: 0 instead
+                        self.table.labels(self._version).set(0)
+                    else:
+                        self.table.remove(self._version)
+                self._version = event.version
                 self.table.labels(event.version).set(1)
+
+    def _gauge(self, route: str, stream: bool) -> Any:
+        gauge = self._gauges.get((route, stream))
+        if gauge is None:
+            metric = self.in_flight_streams if stream else self.in_flight
+            gauge = self._gauges[(route, stream)] = self.child(metric, route)
+        return gauge
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -146,6 +157,9 @@ class PrometheusMetrics:
         return "other"
 
     def _request(self, e: RequestFinished) -> None:
+        self._gauge(e.route, False).dec()
+        if e.relayed:
+            self._gauge(e.route, True).dec()
         child = self.child
         model = self._model(e.model)
         child(self.requests, e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
@@ -159,7 +173,7 @@ class PrometheusMetrics:
             child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
         if e.cost:
             child(self.cost, e.provider, model).inc(e.cost)
-        if e.stream and e.status == 200:
+        if e.stream and e.outcome != "error":  # a stream that started, however it ended
             child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:
                 child(self.ttft, e.route, e.alias, e.provider).observe(e.ttft)

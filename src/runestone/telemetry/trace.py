@@ -5,8 +5,9 @@ happened (answered, failed, streamed); the trace works out usage, cost, overhead
 the stream's outcome and emits the events, so no endpoint does accounting itself. Like
 httpcore's ``Trace``: the core reports, subscribers decide what becomes a signal.
 
-Every trace emits ``InFlight`` +1 when it opens and -1 when it closes, whatever path
-the request took, so the in-flight gauges always return to zero.
+Every trace emits ``InFlight`` when it opens (and when its stream starts) and exactly
+one ``RequestFinished`` when it closes, whatever path the request took, including a
+client that left early or a bug: the in-flight gauges always return to zero.
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ class Answer:
     cost: float | None
 
 
-_IN_FLIGHT: dict[tuple[str, int, bool], InFlight] = {}
+_STARTS: dict[tuple[str, bool], InFlight] = {}
 
 
-def _in_flight(route: str, change: int, stream: bool = False) -> InFlight:
+def _started(route: str, stream: bool) -> InFlight:
     # Events are immutable, and these few recur on every request: build each once.
-    key = (route, change, stream)
-    event = _IN_FLIGHT.get(key)
+    event = _STARTS.get((route, stream))
     if event is None:
-        event = _IN_FLIGHT[key] = InFlight(route=route, change=change, stream=stream)
+        event = _STARTS[(route, stream)] = InFlight(route=route, stream=stream)
     return event
 
 
@@ -49,7 +49,7 @@ class RequestTrace:
 
     __slots__ = (
         "_finished",
-        "_streaming",
+        "_relayed",
         "_table",
         "model",
         "request_id",
@@ -77,19 +77,36 @@ class RequestTrace:
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self._table = table
-        self._streaming = False
+        self._relayed = False
         self._finished = False  # one RequestFinished per request, whatever happens
-        telemetry.emit(_in_flight(route, 1))
+        telemetry.emit(_started(route, False))
 
-    def close(self) -> None:
-        if self._streaming:
-            self._streaming = False
-            self.telemetry.emit(_in_flight(self.route, -1, True))
-        self.telemetry.emit(_in_flight(self.route, -1))
+    def close(self, error: BaseException | None = None) -> None:
+        """The request is over; if nothing was reported, report how it ended.
+
+        ``error`` is what escaped the endpoint: a client that left before its body
+        arrived (``client_gone``), or a bug.
+        """
+        if self._finished:
+            return
+        client_gone = type(error).__name__ == "ClientGone"
+        self._finish(
+            provider="-",
+            model="-",
+            status=499 if client_gone else 500,
+            code="client_disconnected" if client_gone else "internal_error",
+            attempts=0,
+            duration=time.perf_counter() - self.started,
+            outcome="client_cancelled" if client_gone else "error",
+        )
 
     def _alias(self) -> str:
         # Only names from the alias file become labels: client strings stay out of metrics.
-        return self.model if self.model in self._table.aliases else "-"
+        # A name matched by a pattern is labelled with the pattern.
+        if self.model in self._table.aliases:
+            return self.model
+        alias = self._table.match(self.model) if self._table.patterns else None
+        return alias.name if alias is not None else "-"
 
     def _cost(self, target: Target, given: int | None, taken: int | None) -> float | None:
         if given is None and taken is None:
@@ -122,20 +139,23 @@ class RequestTrace:
         """The request ends in an error envelope (nothing was streamed)."""
         if self._finished:
             return
+        provider, _, model = (error.target or "").partition(":")
         self._finish(
-            provider=error.provider or "-",
-            model="-",
+            provider=provider or error.provider or "-",
+            model=model or "-",
             status=error.status,
             code=error.code,
             stream=stream,
+            attempts=error.attempts,
             duration=time.perf_counter() - self.started,
+            upstream=error.upstream,
             outcome="error",
         )
 
     def stream_started(self) -> float:
         """The 200 of a stream is going out; return the seconds it took to get here."""
-        self._streaming = True
-        self.telemetry.emit(_in_flight(self.route, 1, True))
+        self._relayed = True
+        self.telemetry.emit(_started(self.route, True))
         return time.perf_counter() - self.started
 
     def stream_ended(
@@ -155,9 +175,6 @@ class RequestTrace:
         ``connecting`` is the seconds spent on attempts before the first content;
         ``setup`` the seconds from the request's arrival to the 200.
         """
-        if self._streaming:
-            self._streaming = False
-            self.telemetry.emit(_in_flight(self.route, -1, True))
         outcome: Outcome
         if client_gone:
             outcome = "client_cancelled"
@@ -169,11 +186,12 @@ class RequestTrace:
             outcome = "upstream_error"
         given, taken = usage.tokens(summary_usage)
         duration = time.perf_counter() - self.started
+        code = "client_disconnected" if client_gone else error.code if error is not None else ""
         self._finish(
             provider=target.provider,
             model=target.model,
-            status=200,
-            code=error.code if error is not None else "",
+            status=499 if client_gone else 200,
+            code=code,
             stream=True,
             attempts=attempts,
             duration=duration,
@@ -193,6 +211,7 @@ class RequestTrace:
                 request_id=self.request_id,
                 route=self.route,
                 alias=self._alias(),
+                relayed=self._relayed,
                 started_ns=self.started_ns,
                 traceparent=self.traceparent,
                 **fields,

@@ -19,10 +19,11 @@ class ReadyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         aliases = self.gateway.aliases
         status = aliases.status
-        loaded = bool(status.version)
+        loaded = bool(status.version) and not self.gateway.draining
+        state = "draining" if self.gateway.draining else "ready" if loaded else "not_ready"
         body = orjson.dumps(
             {
-                "status": "ready" if loaded else "not_ready",
+                "status": state,
                 "aliases": {"count": len(aliases.table), **status.as_dict()},
                 "breakers": self.gateway.breaker_states(),
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from runestone._gateway import Gateway
+from runestone._version import __version__
 from runestone.errors import GatewayError
 from runestone.http._asgi import (
     Receive,
@@ -22,8 +23,11 @@ from runestone.http._asgi import (
 from runestone.http._relay import StreamState, relay_to_client
 from runestone.http.middleware.errors import REQUEST_ID
 from runestone.protocols import ClientProtocol
+from runestone.providers import Forwarded
 from runestone.routing import RoutedStream, Router
 from runestone.telemetry import RequestTrace
+
+_PRODUCT = f"runestone/{__version__}"
 
 
 class ProxyEndpoint:
@@ -52,16 +56,11 @@ class ProxyEndpoint:
             traceparent=traceparent,
         )
         stream = False
+        escaped: BaseException | None = None
         try:
             body = protocol.validate(await self._read_json(scope, receive))
             trace.model = str(body["model"])
-            forward: tuple[tuple[str, str], ...] = ()
-            if protocol.forward_headers:
-                forward = tuple(
-                    (name.decode(), value.decode("latin-1"))
-                    for name, value in scope["headers"]
-                    if name in protocol.forward_headers
-                )
+            forward = self._forwarded(scope)
             if protocol.scanner is not None and body.get("stream") is True:
                 stream = True
                 routed = await router.open_stream(body, request_id, protocol, forward)
@@ -71,8 +70,29 @@ class ProxyEndpoint:
         except GatewayError as exc:
             trace.failed(exc, stream=stream)
             raise
+        except BaseException as exc:
+            escaped = exc
+            raise
         finally:
-            trace.close()
+            trace.close(escaped)
+
+    def _forwarded(self, scope: Scope) -> Forwarded:
+        """The client's headers an upstream of its own format sees, and its query string.
+
+        The client's user-agent goes upstream with Runestone's product token appended,
+        so a provider's logs still say which application called.
+        """
+        wanted = self.protocol.forward_headers
+        headers = []
+        agent = _PRODUCT
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                agent = value.decode("latin-1") + " " + _PRODUCT
+            elif name in wanted:
+                headers.append((name.decode(), value.decode("latin-1")))
+        headers.append(("user-agent", agent))
+        query: bytes = scope.get("query_string", b"")
+        return Forwarded(tuple(headers), query.decode("latin-1"))
 
     async def _read_json(self, scope: Scope, receive: Receive) -> object:
         declared: int | None = None
@@ -88,7 +108,7 @@ class ProxyEndpoint:
         router: Router,
         body: dict[str, object],
         request_id: str,
-        forward: tuple[tuple[str, str], ...],
+        forward: Forwarded,
         trace: RequestTrace,
         send: Send,
     ) -> None:
@@ -133,7 +153,12 @@ class ProxyEndpoint:
                 client_gone=state.client_gone,
             )
 
-        await relay_to_client(routed, receive, send, self._heartbeat, finished)
+        streams = self.gateway.streams
+        streams.add(routed)
+        try:
+            await relay_to_client(routed, receive, send, self._heartbeat, finished)
+        finally:
+            streams.discard(routed)
 
 
 def _header(scope: Scope, wanted: bytes) -> str | None:

@@ -73,6 +73,7 @@ class Seen:
     raw: bytes
     body: dict[str, Any]
     peer: object = None  # the client's address: equal peers mean a reused connection
+    query: str = ""
 
 
 @dataclass
@@ -118,7 +119,8 @@ class FakeProvider:
         raw = await request.read()
         body = orjson.loads(raw) if raw else {}
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.seen.append(Seen(request.path, request.headers.copy(), raw, body, peer))
+        seen = Seen(request.path, request.headers.copy(), raw, body, peer, request.query_string)
+        self.seen.append(seen)
         behaviour = self.behaviours.get(body.get("model", ""))
         if behaviour is None:
             anthropic = request.path.startswith("/v1/messages")

@@ -12,6 +12,7 @@ outermost first::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -116,6 +117,8 @@ class RunestoneApp:
         state = "started" if self.gateway.router is not None else "not started"
         return f"<RunestoneApp {state} aliases={self.aliases.path}>"
 
+    # A coroutine function, so that servers detect an ASGI 3 application; the layers of
+    # the stack below it are plain callables returning their inner app's awaitable.
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -138,7 +141,13 @@ class RunestoneApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                # A forced exit (a second Ctrl-C): the server skips the shutdown event and
+                # cancels us. Close what closes without awaiting, and end quietly.
+                self.gateway.abort()
+                return
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()

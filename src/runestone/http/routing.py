@@ -9,7 +9,7 @@ the endpoint runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from runestone.errors import error_for
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
@@ -72,7 +72,9 @@ class Dispatcher:
         self._with_params = [r for r in routes if isinstance(r, Route) and r.param is not None]
         self._mounts = [m for m in routes if isinstance(m, Mount)]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it returns the endpoint's (errors raise here, synchronously),
+        # so that it adds no frame that every resumption of the request passes through.
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -91,13 +93,12 @@ class Dispatcher:
                     child = dict(scope)
                     child["root_path"] = root + mount.prefix
                     child["path"] = root + path  # sub-apps strip root_path themselves
-                    await mount.app(child, receive, send)
-                    return
+                    return mount.app(child, receive, send)
             raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
         if route.protocol is not None:
             scope[PROTOCOL] = route.protocol
         if scope["method"] != route.method:
             raise error_for("method_not_allowed", f"{path} accepts {route.method} only")
-        if route.scope is not None:
-            requires(scope, route.scope)
-        await route.endpoint(scope, receive, send)
+        if route.scope is not None and route.scope not in scope["auth"].scopes:
+            requires(scope, route.scope)  # raises, saying what the route needs
+        return route.endpoint(scope, receive, send)

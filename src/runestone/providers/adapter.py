@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -22,7 +22,7 @@ class Forwarded:
     """What of the client's request, besides the body, a same-format upstream sees."""
 
     #: Headers such as anthropic-version, anthropic-beta and the client's user-agent.
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
     #: The client's query string, as sent (``beta=true`` on the Messages API).
     query: str = ""
 

@@ -40,7 +40,7 @@ class SessionAdapter:
         else:
             url = call.endpoint.url(path)
         if forward.headers:
-            headers = {**headers, **dict(forward.headers)}
+            headers = {**headers, **forward.headers}
         if call.read_timeout is None:  # the session's timeouts: no object per request
             return self._session.post(url, data=data, headers=headers)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)

@@ -112,14 +112,6 @@ async def run_attempts(
     tried: Candidate | None = None
     refused: list[CircuitBreaker] = []
     started = time.perf_counter()
-
-    def final(error: GatewayError) -> GatewayError:
-        """The error that ends the request, with what the attempts cost."""
-        error.attempts = attempts
-        error.target = str(tried.target) if tried is not None else None
-        error.upstream = time.perf_counter() - started
-        return error
-
     ordered = order(policy.strategy, candidates)
     for position, candidate in enumerate(ordered):
         breaker = candidate.breaker
@@ -129,7 +121,7 @@ async def run_attempts(
                 break
             remaining = deadline.remaining()
             if remaining <= 0:
-                raise final(_timed_out(deadline, last))
+                raise _ending(_timed_out(deadline, last), attempts, tried, started)
             limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
             attempts += 1
             tried = candidate
@@ -156,18 +148,19 @@ async def run_attempts(
                     breaker.in_flight -= 1
                 if observe is not None:
                     observe(candidate.call, began, "")
-                return Attempted(result, candidate, attempts, tuple(ordered[position + 1 :]))
+                rest = tuple(ordered[position + 1 :]) if hold else ()  # streams keep them
+                return Attempted(result, candidate, attempts, rest)
             breaker.in_flight -= 1
             if observe is not None:
                 observe(candidate.call, began, error.code)
             if error.code == "gateway_timeout":
                 breaker.record_failure()
-                raise final(error)
+                raise _ending(error, attempts, tried, started)
             if counts_against(error):
                 breaker.record_failure()
             elif error.fault == "client":
                 breaker.record_success()  # the upstream answered; the request was wrong
-                raise final(error)
+                raise _ending(error, attempts, tried, started)
             last = error
             if not error.retryable or retry == policy.retries:
                 break  # this target is done: the next one may still answer
@@ -177,16 +170,25 @@ async def run_attempts(
             await asyncio.sleep(wait)
     if last is None and refused:
         retry_in = min(b.retry_in() for b in refused)
-        raise final(
-            error_for(
-                "no_healthy_upstream",
-                "every target is failing and paused by its circuit breaker: "
-                + ", ".join(b.key for b in refused),
-                retry_after=max(retry_in, 1.0),
-            )
+        paused = error_for(
+            "no_healthy_upstream",
+            "every target is failing and paused by its circuit breaker: "
+            + ", ".join(b.key for b in refused),
+            retry_after=max(retry_in, 1.0),
         )
+        raise _ending(paused, attempts, tried, started)
     assert last is not None
-    raise final(last)
+    raise _ending(last, attempts, tried, started)
+
+
+def _ending(
+    error: GatewayError, attempts: int, tried: Candidate | None, started: float
+) -> GatewayError:
+    """The error that ends the request, with what its attempts were and cost."""
+    error.attempts = attempts
+    error.target = str(tried.target) if tried is not None else None
+    error.upstream = time.perf_counter() - started
+    return error
 
 
 def _timed_out(deadline: Deadline, last: GatewayError | None) -> GatewayError:

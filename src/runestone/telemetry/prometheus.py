@@ -84,20 +84,7 @@ class PrometheusMetrics:
             ["route", "alias"],
             registry=r,
         )
-        self.in_flight = Gauge(
-            "runestone_in_flight_requests",
-            "Requests being answered now, streams included",
-            ["route"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.in_flight_streams = Gauge(
-            "runestone_in_flight_streams",
-            "Streams being relayed now",
-            ["route"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
+        self.in_flight = _InFlight(r, self.multiprocess)
         self.reloads = Counter(
             "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
         )
@@ -112,14 +99,13 @@ class PrometheusMetrics:
         # labels() costs microseconds (a lock, tuple checks); a child per label set is
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._gauges: dict[tuple[str, bool], Any] = {}
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, InFlight):
-            self._gauge(event.route, event.stream).inc()
+            self.in_flight.change(event.route, event.stream, 1)
         elif isinstance(event, RequestFinished):
             self._request(event)
         elif isinstance(event, AliasReload):
@@ -133,13 +119,6 @@ class PrometheusMetrics:
                         self.table.remove(self._version)
                 self._version = event.version
                 self.table.labels(event.version).set(1)
-
-    def _gauge(self, route: str, stream: bool) -> Any:
-        gauge = self._gauges.get((route, stream))
-        if gauge is None:
-            metric = self.in_flight_streams if stream else self.in_flight
-            gauge = self._gauges[(route, stream)] = self.child(metric, route)
-        return gauge
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -157,9 +136,9 @@ class PrometheusMetrics:
         return "other"
 
     def _request(self, e: RequestFinished) -> None:
-        self._gauge(e.route, False).dec()
+        self.in_flight.change(e.route, False, -1)
         if e.relayed:
-            self._gauge(e.route, True).dec()
+            self.in_flight.change(e.route, True, -1)
         child = self.child
         model = self._model(e.model)
         child(self.requests, e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
@@ -184,6 +163,51 @@ class PrometheusMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+
+_IN_FLIGHT = (
+    ("runestone_in_flight_requests", "Requests being answered now, streams included"),
+    ("runestone_in_flight_streams", "Streams being relayed now"),
+)
+
+
+class _InFlight(Collector):
+    """Requests and streams in flight, per route.
+
+    In one process these are plain counts, read at scrape time: a prometheus_client
+    gauge takes a lock on every change, twice per request. Under ``--workers N`` they
+    are real gauges in the shared directory, summed over the live processes.
+    """
+
+    def __init__(self, registry: CollectorRegistry, multiprocess: bool) -> None:
+        self._counts: dict[tuple[str, bool], int] = {}
+        self._gauges: dict[tuple[str, bool], Any] | None = None
+        if multiprocess:
+            self._gauges = {}
+            self._metrics = [
+                Gauge(name, text, ["route"], registry=registry, multiprocess_mode="livesum")
+                for name, text in _IN_FLIGHT
+            ]
+        else:
+            registry.register(self)
+
+    def change(self, route: str, stream: bool, by: int) -> None:
+        key = (route, stream)
+        if self._gauges is None:
+            self._counts[key] = self._counts.get(key, 0) + by
+            return
+        gauge = self._gauges.get(key)
+        if gauge is None:
+            gauge = self._gauges[key] = self._metrics[stream].labels(route)
+        gauge.inc(by)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for stream, (name, text) in enumerate(_IN_FLIGHT):
+            family = GaugeMetricFamily(name, text, labels=["route"])
+            for (route, of_stream), count in sorted(self._counts.items()):
+                if of_stream == bool(stream):
+                    family.add_metric([route], count)
+            yield family
 
 
 class _BreakerCollector(Collector):

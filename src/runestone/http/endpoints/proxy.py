@@ -24,10 +24,11 @@ from runestone.http._relay import StreamState, relay_to_client
 from runestone.http.middleware.errors import REQUEST_ID
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
-from runestone.routing import RoutedStream, Router
+from runestone.routing import Routed, RoutedStream
 from runestone.telemetry import RequestTrace
 
-_PRODUCT = f"runestone/{__version__}"
+_PRODUCT = f" runestone/{__version__}"
+_PRODUCT_AGENT = _PRODUCT[1:]
 
 
 class ProxyEndpoint:
@@ -46,10 +47,9 @@ class ProxyEndpoint:
         assert router is not None, "the gateway starts before its first request"
         protocol = self.protocol
         request_id: str = scope[REQUEST_ID]
-        telemetry = gateway.telemetry
-        traceparent = _header(scope, b"traceparent") if telemetry.tracing else None
+        declared, forward, traceparent = self._read_headers(scope)
         trace = RequestTrace(
-            telemetry,
+            gateway.telemetry,
             request_id=request_id,
             route=protocol.operation,
             table=gateway.aliases.table,
@@ -58,15 +58,18 @@ class ProxyEndpoint:
         stream = False
         escaped: BaseException | None = None
         try:
-            body = protocol.validate(await self._read_json(scope, receive))
+            raw = await read_body(receive, self._max_body, declared)
+            body = protocol.validate(parse_json(raw))
             trace.model = str(body["model"])
-            forward = self._forwarded(scope)
             if protocol.scanner is not None and body.get("stream") is True:
                 stream = True
                 routed = await router.open_stream(body, request_id, protocol, forward)
                 await self._relay(routed, trace, receive, send)
             else:
-                await self._answer(router, body, request_id, forward, trace, send)
+                # Awaited here, not in a helper: one frame fewer for every resumption.
+                answered = await router.complete(protocol, body, request_id, forward)
+                headers = self._answer_headers(answered, request_id, trace)
+                await send_json(send, 200, answered.reply.body, headers)
         except GatewayError as exc:
             trace.failed(exc, stream=stream)
             raise
@@ -76,43 +79,34 @@ class ProxyEndpoint:
         finally:
             trace.close(escaped)
 
-    def _forwarded(self, scope: Scope) -> Forwarded:
-        """The client's headers an upstream of its own format sees, and its query string.
+    def _read_headers(self, scope: Scope) -> tuple[int | None, Forwarded, str | None]:
+        """In one pass: the declared body length, what goes upstream, the trace context.
 
-        The client's user-agent goes upstream with Runestone's product token appended,
-        so a provider's logs still say which application called.
+        What goes upstream of the client's own format: the headers its protocol forwards,
+        its query string, and its user-agent with Runestone's product token appended, so
+        that a provider's logs still say which application called.
         """
         wanted = self.protocol.forward_headers
-        headers = []
-        agent = _PRODUCT
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                agent = value.decode("latin-1") + " " + _PRODUCT
-            elif name in wanted:
-                headers.append((name.decode(), value.decode("latin-1")))
-        headers.append(("user-agent", agent))
-        query: bytes = scope.get("query_string", b"")
-        return Forwarded(tuple(headers), query.decode("latin-1"))
-
-    async def _read_json(self, scope: Scope, receive: Receive) -> object:
-        declared: int | None = None
+        declared = traceparent = None
+        headers = {"user-agent": _PRODUCT_AGENT}
         for name, value in scope["headers"]:
             if name == b"content-length":
                 with contextlib.suppress(ValueError):
                     declared = int(value)
-                break
-        return parse_json(await read_body(receive, self._max_body, declared))
+            elif name == b"user-agent":
+                headers["user-agent"] = value.decode("latin-1") + _PRODUCT
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif name in wanted:
+                headers[name.decode()] = value.decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        return declared, Forwarded(headers, query.decode("latin-1")), traceparent
 
-    async def _answer(
-        self,
-        router: Router,
-        body: dict[str, object],
-        request_id: str,
-        forward: Forwarded,
-        trace: RequestTrace,
-        send: Send,
-    ) -> None:
-        routed = await router.complete(self.protocol, body, request_id, forward)
+    @staticmethod
+    def _answer_headers(
+        routed: Routed, request_id: str, trace: RequestTrace
+    ) -> list[tuple[bytes, bytes]]:
+        """The answer's accounting is done, and its headers say what it found."""
         reply = routed.reply
         answer = trace.answered(
             target=routed.target,
@@ -133,7 +127,7 @@ class ProxyEndpoint:
         ]
         if answer.cost is not None:
             headers.append((b"x-runestone-cost-usd", b"%.8f" % answer.cost))
-        await send_json(send, 200, reply.body, headers)
+        return headers
 
     async def _relay(
         self, routed: RoutedStream, trace: RequestTrace, receive: Receive, send: Send
@@ -159,10 +153,3 @@ class ProxyEndpoint:
             await relay_to_client(routed, receive, send, self._heartbeat, finished)
         finally:
             streams.discard(routed)
-
-
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return None

@@ -44,11 +44,15 @@ def test_keys_and_auth_headers() -> None:
     assert anthropic.headers["anthropic-version"] == "2023-06-01"
 
 
-def test_missing_key_means_not_configured_except_for_local_servers() -> None:
+def test_missing_key_means_not_configured_and_local_servers_need_their_url() -> None:
     assert not endpoint("groq").configured
     assert not endpoint("groq", GROQ_API_KEY="").configured
-    assert endpoint("ollama").configured
-    assert endpoint("vllm").configured
+    # A server of one's own is used only once its address is set (the robustness issue,
+    # item 12): never the default local address by surprise.
+    assert not endpoint("ollama").configured
+    assert not endpoint("vllm").configured
+    assert endpoint("ollama", OLLAMA_BASE_URL="http://gpu-box:11434").configured
+    assert endpoint("vllm", VLLM_BASE_URL="http://127.0.0.1:8000/v1").configured
     assert "authorization" not in endpoint("ollama").headers
 
 

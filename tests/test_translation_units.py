@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from runestone.protocols.anthropic_messages import AnthropicStreamScanner
-from runestone.providers.errors import map_anyllm_error, map_upstream_response
+from runestone.providers.anyllm_errors import map_anyllm_error
+from runestone.providers.errors import map_upstream_response
 from runestone.streams import relay_stream
 from tests.servers import anthropic_stream, sse_event
 

@@ -73,7 +73,9 @@ class Gateway:
             self._session = make_session(
                 connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
             )
-            self._context = AdapterContext(self._session)
+            self._context = AdapterContext(
+                self._session, max_upstream_body=settings.max_upstream_body_bytes
+            )
             self._watcher = asyncio.create_task(self.aliases.watch(settings.watch))
             self.router = Router(
                 self.aliases,
@@ -81,6 +83,7 @@ class Gateway:
                 environ=self.environ,
                 breakers=Breakers(settings.breaker_config()),
                 telemetry=self.telemetry,
+                max_event_bytes=settings.max_event_bytes,
             )
             return self.router
 

@@ -231,8 +231,12 @@ def _status(args: argparse.Namespace) -> int:
         or (f"http://127.0.0.1:{os.environ.get('RUNESTONE_PORT', '4001')}")
     )
     url = url.rstrip("/").removesuffix("/v1")
+    request = urllib.request.Request(f"{url}/health/ready")
+    token = os.environ.get("RUNESTONE_SERVICE_TOKEN") or os.environ.get("RUNESTONE_METRICS_TOKEN")
+    if token:  # the details (aliases, breakers) are for the operators' token
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             ready = json.load(response)
     except urllib.error.HTTPError as exc:
         ready = json.load(exc)
@@ -242,6 +246,13 @@ def _status(args: argparse.Namespace) -> int:
     aliases = ready.get("aliases", {})
     state = "ok" if aliases.get("ok") else f"LAST RELOAD FAILED: {aliases.get('error')}"
     print(f"gateway {url}: {ready.get('status')}")
+    if "count" not in aliases:
+        print(
+            f"aliases: version {aliases.get('version')}, last reload "
+            f"{'ok' if aliases.get('ok') else 'FAILED'} (set RUNESTONE_SERVICE_TOKEN to see "
+            "the details and the breakers)"
+        )
+        return 0 if ready.get("status") == "ready" else 1
     print(
         f"aliases: {aliases.get('count')} from {aliases.get('source')} "
         f"(version {aliases.get('version')}; {aliases.get('reloads_ok')} reloads, "

@@ -36,6 +36,8 @@ class Settings:
     breaker_cooldown: float = 30.0
     breaker_half_open_trials: int = 1
     graceful_timeout: float = 30.0
+    max_upstream_body_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 4 * 1024 * 1024
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -77,6 +79,10 @@ class Settings:
                 _number(env, "RUNESTONE_BREAKER_HALF_OPEN_TRIALS", cls.breaker_half_open_trials)
             ),
             graceful_timeout=_number(env, "RUNESTONE_GRACEFUL_TIMEOUT", cls.graceful_timeout),
+            max_upstream_body_bytes=int(
+                _number(env, "RUNESTONE_MAX_UPSTREAM_BODY_BYTES", cls.max_upstream_body_bytes)
+            ),
+            max_event_bytes=int(_number(env, "RUNESTONE_MAX_EVENT_BYTES", cls.max_event_bytes)),
         )
 
 

@@ -1,17 +1,23 @@
 """The SSE writer: a routed stream out to an ASGI client.
 
-Relays each piece as it comes, sends a comment heartbeat while the stream is silent, and
-cuts the upstream the moment the client disconnects.
+One ``ClientWatch`` per streamed request, started as soon as the body has been read:
+while the gateway is still connecting (attempts, retries, the wait for first content) a
+client that leaves cancels the connecting at once; once relaying, it cuts the upstream
+the moment the client disconnects, and sends a comment heartbeat while the stream is
+silent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from runestone.http._asgi import Receive, Send, header_value
+from runestone.http._asgi import ClientGone, Receive, Send, header_value
 from runestone.routing import RoutedStream
 from runestone.streams import HEARTBEAT, SSE_HEADERS
+
+T = TypeVar("T")
 
 
 class StreamState:
@@ -20,6 +26,10 @@ class StreamState:
     def __init__(self) -> None:
         self.sent = 0
         self.client_gone = False
+
+    def left(self) -> bool:
+        """Whether the client is gone (set by the watch, in another task)."""
+        return self.client_gone
 
 
 def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
@@ -31,21 +41,76 @@ def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
     ]
 
 
+class ClientWatch:
+    """Listens for the client's disconnect for the whole life of a streamed request."""
+
+    __slots__ = ("_connecting", "_receive", "_routed", "_send", "_task", "interval", "state")
+
+    def __init__(self, receive: Receive, send: Send, interval: float) -> None:
+        self._receive = receive
+        self._send = send
+        self.interval = interval
+        self.state = StreamState()
+        self._routed: RoutedStream | None = None
+        self._connecting: asyncio.Task[object] | None = None
+        self._task = asyncio.create_task(self._watch())
+
+    async def connecting(self, work: Awaitable[T]) -> T:
+        """Await ``work`` (opening the stream) unless the client leaves first: ClientGone."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connecting = task
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.state.client_gone and task.uncancel() == 0:
+                raise ClientGone from None  # our cancel, not the server's
+            raise
+        finally:
+            self._connecting = None
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _watch(self) -> None:
+        seen = -1
+        while True:
+            try:
+                async with asyncio.timeout(self.interval):
+                    message = await self._receive()
+            except TimeoutError:
+                if self._routed is not None and self.state.sent == seen:
+                    beat = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
+                    await self._send(beat)
+                seen = self.state.sent
+                continue
+            if message["type"] == "http.disconnect":
+                self.state.client_gone = True
+                if self._routed is not None:
+                    self._routed.cancel()
+                elif self._connecting is not None:
+                    self._connecting.cancel()
+                return
+
+
 async def relay_to_client(
     routed: RoutedStream,
-    receive: Receive,
+    watch: ClientWatch,
     send: Send,
-    heartbeat_seconds: float,
     on_end: Callable[[StreamState], None],
 ) -> None:
     """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens."""
-    state = StreamState()
+    state = watch.state
+    if state.left():  # between the first content and now
+        routed.cancel()
+        on_end(state)
+        return
+    watch._routed = routed
     await send({"type": "http.response.start", "status": 200, "headers": stream_headers(routed)})
-    watcher = asyncio.create_task(_watch_client(receive, send, state, routed, heartbeat_seconds))
     events = routed.events()
     try:
         async for piece in events:
-            if state.client_gone:
+            if state.left():
                 break
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             state.sent += 1
@@ -53,31 +118,11 @@ async def relay_to_client(
         routed.close()
         raise
     finally:
-        watcher.cancel()
+        watch.stop()
         await events.aclose()
         on_end(state)
-    if state.client_gone:
+    if state.left():
         routed.cancel()
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     await routed.aclose()
-
-
-async def _watch_client(
-    receive: Receive, send: Send, state: StreamState, routed: RoutedStream, interval: float
-) -> None:
-    """Cut the upstream the moment the client leaves; keep an idle client connection alive."""
-    seen = -1
-    while True:
-        try:
-            async with asyncio.timeout(interval):
-                message = await receive()
-        except TimeoutError:
-            if state.sent == seen:
-                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-            seen = state.sent
-            continue
-        if message["type"] == "http.disconnect":
-            state.client_gone = True
-            routed.cancel()
-            return

@@ -97,7 +97,8 @@ class Dispatcher:
             raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
         if route.protocol is not None:
             scope[PROTOCOL] = route.protocol
-        if scope["method"] != route.method:
+        method = scope["method"]
+        if method != route.method and not (method == "HEAD" and route.method == "GET"):
             raise error_for("method_not_allowed", f"{path} accepts {route.method} only")
         if route.scope is not None and route.scope not in scope["auth"].scopes:
             requires(scope, route.scope)  # raises, saying what the route needs

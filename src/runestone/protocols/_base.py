@@ -8,6 +8,7 @@ everything else is the provider's to judge, and unknown fields pass through unto
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -45,6 +46,12 @@ class ClientProtocol:
     add_stream_usage: Callable[[Mapping[str, object]], bool] = _never
 
 
+#: Longer model names are refused: no provider has one, and each distinct name costs
+#: state (a breaker, a metric label) and time (an error message quoting it).
+MAX_MODEL_BYTES = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def require_model(body: object) -> dict[str, object]:
     """A JSON object with a non-empty string ``model``: what every operation needs."""
     if not isinstance(body, dict):
@@ -56,6 +63,15 @@ def require_model(body: object) -> dict[str, object]:
             "'model' must be a non-empty string: an alias or provider:model",
             param="model",
         )
+    if len(model) > MAX_MODEL_BYTES or len(model.encode()) > MAX_MODEL_BYTES:
+        raise error_for(
+            "invalid_request",
+            f"'model' is longer than {MAX_MODEL_BYTES} bytes; no model has such a name",
+            param="model",
+        )
+    if _CONTROL.search(model):
+        # A name with CR/LF or NUL would reach upstream headers and logs: refuse it whole.
+        raise error_for("invalid_request", "'model' contains control characters", param="model")
     return body
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 from yarl import URL
 
+from runestone.providers.redact import remember_secret
+
 #: openai and anthropic are spoken over HTTP here; anyllm providers are reached only
 #: through any-llm (their own SDKs); mock answers in-process.
 WireFormat = Literal["openai", "anthropic", "anyllm", "mock"]
@@ -37,6 +39,9 @@ class ProviderSpec:
     #: Accepts stream_options.include_usage: the gateway asks for usage on every stream
     #: and hides the usage chunk from clients that did not ask for it.
     stream_usage: bool = False
+    #: A server of one's own (vLLM, Ollama): used only once its base URL variable is set
+    #: (or it is declared in the alias file), never at a default address by surprise.
+    needs_base_url: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,10 @@ class Endpoint:
     base_url: str
     api_key: str | None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The base URL without credentials, for anything a person or a log may see.
+    public_url: str = ""
+    #: Whether the base URL came from the environment rather than the row's default.
+    base_url_set: bool = False
     _urls: dict[str, URL] = field(default_factory=dict, repr=False, compare=False)
 
     def url(self, path: str) -> URL:
@@ -62,6 +71,8 @@ class Endpoint:
 
     @property
     def configured(self) -> bool:
+        if self.spec.needs_base_url and not self.base_url_set:
+            return False
         return self.api_key is not None or not self.spec.key_required
 
 
@@ -80,7 +91,19 @@ def resolve_endpoint(spec: ProviderSpec, environ: Mapping[str, str]) -> Endpoint
         elif spec.auth_style == "x-api-key":
             headers["x-api-key"] = key
     headers.update(spec.headers)
-    return Endpoint(spec, base.rstrip("/"), key, headers)
+    if key is not None:
+        remember_secret(key)
+    base = base.rstrip("/")
+    return Endpoint(spec, base, key, headers, without_userinfo(base), bool(override))
+
+
+def without_userinfo(url: str) -> str:
+    """``http://admin:hunter2@host/v1`` -> ``http://host/v1``: never show credentials."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 class ProviderRegistry:

@@ -103,6 +103,8 @@ class AdapterContext:
     """
 
     session: aiohttp.ClientSession
+    #: The most an upstream's non-streamed answer may be, decompressed.
+    max_upstream_body: int = 64 * 1024 * 1024
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def shared(self, key: str, factory: Callable[[], R]) -> R:

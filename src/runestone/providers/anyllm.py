@@ -24,7 +24,7 @@ import orjson
 from runestone.errors import GatewayError
 from runestone.providers._specs import Endpoint
 from runestone.providers.adapter import Call, Reply
-from runestone.providers.errors import map_anyllm_error
+from runestone.providers.anyllm_errors import map_anyllm_error
 from runestone.translate import messages_arguments
 
 

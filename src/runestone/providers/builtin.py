@@ -33,6 +33,7 @@ def _openai_compatible(
     key_required: bool = True,
     headers: tuple[tuple[str, str], ...] = (),
     stream_usage: bool = True,
+    needs_base_url: bool = False,
 ) -> ProviderSpec:
     env = name.upper()
     return ProviderSpec(
@@ -45,6 +46,7 @@ def _openai_compatible(
         origin_path=origin_path,
         headers=headers,
         stream_usage=stream_usage,
+        needs_base_url=needs_base_url,
     )
 
 
@@ -65,8 +67,9 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         origin_path="/v1",
         key_required=False,
         stream_usage=False,
+        needs_base_url=True,
     ),
-    _openai_compatible("vllm", "http://127.0.0.1:8000/v1", key_required=False),
+    _openai_compatible("vllm", "http://127.0.0.1:8000/v1", key_required=False, needs_base_url=True),
     ProviderSpec(
         name="anthropic",
         wire_format="anthropic",
@@ -114,12 +117,16 @@ for _spec in BUILTIN:
 # How each operation reaches each wire format. Same format: bytes pass through (one
 # adapter instance per gateway, shared by its operations); otherwise any-llm translates.
 def _passthrough(context: AdapterContext) -> Adapter:
-    return context.shared("openai-passthrough", lambda: OpenAICompatibleAdapter(context.session))
+    return context.shared(
+        "openai-passthrough",
+        lambda: OpenAICompatibleAdapter(context.session, max_body=context.max_upstream_body),
+    )
 
 
 def _anthropic(context: AdapterContext) -> Adapter:
     return context.shared(
-        "anthropic-passthrough", lambda: AnthropicMessagesAdapter(context.session)
+        "anthropic-passthrough",
+        lambda: AnthropicMessagesAdapter(context.session, max_body=context.max_upstream_body),
     )
 
 

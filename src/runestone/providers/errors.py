@@ -12,7 +12,7 @@ aiohttp's exceptions become gateway errors (as httpx's ``map_httpcore_exceptions
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 
 from runestone.errors import CODES, GatewayError, error_for
+from runestone.providers.redact import redact
 
 # error.code / error.type values that carry the meaning, as providers send them.
 _BY_MEANING: dict[str, str] = {
@@ -93,7 +94,7 @@ def map_upstream_response(
     message, meaning, has_error_body = _read_error_body(body)
     code = _BY_MEANING.get(meaning or "") if meaning else None
     if code is None:
-        code = _refine_by_message(_code_for_status(status), message)
+        code = refine_by_message(code_for_status(status), message)
         if status == 404 and not has_error_body:
             code = "upstream_endpoint_not_found"
     text = _message_for(code, provider, status, message)
@@ -101,14 +102,14 @@ def map_upstream_response(
     return error_for(code, text, provider=provider, retry_after=retry_after, upstream_status=status)
 
 
-def _code_for_status(status: int) -> str:
+def code_for_status(status: int) -> str:
     found = _BY_STATUS.get(status)
     if found is not None:
         return found
     return "upstream_server_error" if status >= 500 else "upstream_bad_request"
 
 
-def _refine_by_message(code: str, message: str | None) -> str:
+def refine_by_message(code: str, message: str | None) -> str:
     """A 400 or 403 says little by itself; its message may say context length or policy."""
     if message and code in ("upstream_bad_request", "upstream_permission_denied"):
         for pattern, by_message in _BY_MESSAGE:
@@ -117,7 +118,7 @@ def _refine_by_message(code: str, message: str | None) -> str:
     return code
 
 
-def _after_stream_start(code: str | None) -> str:
+def after_stream_start(code: str | None) -> str:
     """A failure after the stream began is the upstream's, whatever it calls itself."""
     if code is None or CODES[code].fault == "client":
         return "upstream_server_error"
@@ -125,6 +126,8 @@ def _after_stream_start(code: str | None) -> str:
 
 
 def _message_for(code: str, provider: str, status: int, upstream: str | None) -> str:
+    if upstream:
+        upstream = redact(upstream)
     if code == "upstream_auth_failed":
         return (
             f"{provider} rejected the gateway's API key (HTTP {status}); check {key_hint(provider)}"
@@ -172,26 +175,43 @@ def _read_error_body(body: bytes) -> tuple[str | None, str | None, bool]:
     return (message if isinstance(message, str) else None), meaning, True
 
 
+#: The longest wait an upstream can ask for; anything longer (or inf) is clamped to it.
+MAX_RETRY_AFTER = 3600.0
+
+
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A finite number of seconds in [0, MAX_RETRY_AFTER], or None if it is not one."""
+    try:
+        value = float(text) * scale
+    except (ValueError, OverflowError):
+        return None
+    if math.isnan(value):
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or a date)."""
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or a date).
+
+    An upstream's header is untrusted input: ``inf``, ``1e400``, ``nan``, garbage and
+    dates far off are clamped to ``[0, MAX_RETRY_AFTER]`` or ignored, never an error.
+    """
     millis = headers.get("retry-after-ms")
     if millis:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        found = _seconds(millis, 0.001)
+        if found is not None:
+            return found
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    found = _seconds(value)
+    if found is not None:
+        return found
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -> GatewayError:
@@ -228,7 +248,7 @@ def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact(str(exc).strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -281,101 +301,6 @@ def map_stream_error_event(provider: str, error: object) -> GatewayError:
                 break
     elif isinstance(error, str):
         message = error
-    code = _after_stream_start(code)
-    text = f"{provider} reported an error mid-stream: {message or 'no message'}"
+    code = after_stream_start(code)
+    text = f"{provider} reported an error mid-stream: {redact(message or 'no message')}"
     return error_for(code, text, provider=provider)
-
-
-# any-llm's unified exceptions, by class name so that mapping them needs no import of it.
-_ANYLLM_CODES: dict[str, str] = {
-    "RateLimitError": "upstream_rate_limited",
-    "AuthenticationError": "upstream_auth_failed",
-    "InvalidRequestError": "upstream_bad_request",
-    "ContentFilterError": "content_filtered",
-    "ContentFilterFinishReasonError": "content_filtered",
-    "ModelNotFoundError": "upstream_model_not_found",
-    "ContextLengthExceededError": "context_length_exceeded",
-    "MissingApiKeyError": "provider_not_configured",
-    "UnsupportedProviderError": "provider_not_supported",
-    "UnsupportedParameterError": "invalid_request",
-    "InsufficientFundsError": "upstream_quota_exceeded",
-    "GatewayTimeoutError": "upstream_timeout",
-}
-# Transport failures, as the provider SDKs under any-llm name them.
-_SDK_TRANSPORT_CODES: dict[str, str] = {
-    "APITimeoutError": "upstream_timeout",
-    "APIConnectionError": "upstream_connection_failed",
-    "ReadTimeout": "upstream_timeout",
-    "ConnectTimeout": "upstream_timeout",
-    "ConnectError": "upstream_connection_failed",
-    "RemoteProtocolError": "upstream_connection_failed",
-}
-
-
-def map_anyllm_error(provider: str, exc: BaseException, *, streaming: bool = False) -> GatewayError:
-    """Map an exception from any-llm (or the provider SDK under it) to a ``GatewayError``."""
-    if isinstance(exc, GatewayError):
-        return exc
-    name = type(exc).__name__
-    original = getattr(exc, "original_exception", None)
-    status = getattr(exc, "status_code", None)
-    code = _ANYLLM_CODES.get(name)
-    if code is None and original is not None:
-        code = _SDK_TRANSPORT_CODES.get(type(original).__name__)
-    if code is None:
-        code = _SDK_TRANSPORT_CODES.get(name)
-    if isinstance(exc, ImportError):
-        code = "provider_not_configured"  # the provider's SDK extra is not installed
-    elif isinstance(exc, NotImplementedError):
-        code = "provider_not_supported"
-    elif _is_translation_error(exc) and not streaming:
-        # Raised while building the provider's request from the client's (a pydantic
-        # error, an argument the SDK does not take): nothing reached the upstream, so it
-        # is the request's fault, never the upstream's, and no breaker hears of it.
-        code = "invalid_request"
-    elif code is None and isinstance(status, int):
-        code = _code_for_status(status)
-    code = _refine_by_message(code or "upstream_server_error", str(exc))
-    if streaming:
-        code = _after_stream_start(code)
-    message = getattr(exc, "message", None) or str(exc) or name
-    if isinstance(exc, ImportError):
-        message = (
-            f"{provider}: its SDK is not installed in the gateway's environment; "
-            f"pip install 'any-llm-sdk[{provider}]' ({exc})"
-        )
-    elif code == "upstream_auth_failed":
-        message = f"{provider} rejected the gateway's API key; check its API key variable"
-    elif not message.startswith(provider):
-        message = f"{provider}: {message}"
-    return error_for(
-        code,
-        message,
-        provider=provider,
-        retry_after=_anyllm_retry_after(exc, original),
-        upstream_status=status if isinstance(status, int) else None,
-    )
-
-
-def _is_translation_error(exc: BaseException) -> bool:
-    if isinstance(exc, UnicodeError | json.JSONDecodeError):
-        return False  # an unreadable upstream answer
-    return isinstance(exc, TypeError | ValueError) and _status_of(exc) is None
-
-
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _anyllm_retry_after(exc: BaseException, original: object) -> float | None:
-    value = getattr(exc, "retry_after", None)
-    if value is not None:
-        return parse_retry_after({"retry-after": str(value)})
-    response = getattr(original, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is not None:
-        return parse_retry_after(
-            {k: headers.get(k) for k in ("retry-after", "retry-after-ms") if headers.get(k)}
-        )
-    return None

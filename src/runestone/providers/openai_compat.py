@@ -22,12 +22,39 @@ from runestone.providers.errors import (
     map_upstream_response,
 )
 
+#: Enough of an error answer to classify it; the rest is never read.
+ERROR_BODY_LIMIT = 64 * 1024
+DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, decompressed, up to ``limit`` bytes; and whether there was more.
+
+    Counting decompressed bytes as they arrive bounds a decompression bomb (a 1 MB gzip
+    that inflates to 1 GB) as well as a plain huge answer.
+    """
+    declared = resp.content_length
+    if declared is not None and declared <= limit and not resp.headers.get("content-encoding"):
+        return await resp.read(), False  # the common case: small, plain, its size known
+    parts = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            parts.append(chunk[: len(chunk) - (size - limit)])
+            return b"".join(parts), True
+        parts.append(chunk)
+    return b"".join(parts), False
+
 
 class SessionAdapter:
     """Shared by the pass-through adapters: POST over the process's aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, max_body: int = DEFAULT_BODY_LIMIT
+    ) -> None:
         self._session = session
+        self._max_body = max_body
 
     def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
         """(path below the base URL, body, headers) for this call."""
@@ -41,19 +68,40 @@ class SessionAdapter:
             url = call.endpoint.url(path)
         if forward.headers:
             headers = {**headers, **forward.headers}
+        # Redirects are never followed: a provider that redirects is misconfigured, and a
+        # redirect could point the gateway at anything (itself included).
         if call.read_timeout is None:  # the session's timeouts: no object per request
-            return self._session.post(url, data=data, headers=headers)
+            return self._session.post(url, data=data, headers=headers, allow_redirects=False)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)
-        return self._session.post(url, data=data, headers=headers, timeout=timeout)
+        return self._session.post(
+            url, data=data, headers=headers, timeout=timeout, allow_redirects=False
+        )
 
     async def complete(self, call: Call) -> Reply:
         path, data, headers = self._prepare(call)
         with map_transport_errors(call.provider):
             async with self._send(call, path, data, headers) as resp:
-                body = await resp.read()
                 status, response_headers = resp.status, resp.headers
+                limit = self._max_body if status < 400 else ERROR_BODY_LIMIT
+                body, more = await read_capped(resp, limit)
         if status >= 400:
             raise map_upstream_response(call.provider, status, body, response_headers)
+        if 300 <= status < 400:
+            raise error_for(
+                "upstream_invalid_response",
+                f"{call.provider} answered with a redirect (HTTP {status}), which the gateway "
+                "does not follow: check the provider's base URL",
+                provider=call.provider,
+                upstream_status=status,
+            )
+        if more:
+            raise error_for(
+                "upstream_invalid_response",
+                f"{call.provider} answered with more than {self._max_body} bytes "
+                "(RUNESTONE_MAX_UPSTREAM_BODY_BYTES)",
+                provider=call.provider,
+                upstream_status=status,
+            )
         if not body.lstrip()[:1] == b"{":
             raise error_for(
                 "upstream_invalid_response",
@@ -67,11 +115,19 @@ class SessionAdapter:
         path, data, headers = self._prepare(call)
         with map_transport_errors(call.provider):
             resp = await self._send(call, path, data, headers)
-            if resp.status >= 400:
+            if resp.status >= 300:
                 try:
-                    body = await resp.read()
+                    body, _ = await read_capped(resp, ERROR_BODY_LIMIT)
                 finally:
-                    resp.release()
+                    resp.close()  # the rest of an error answer is never read
+                if resp.status < 400:
+                    raise error_for(
+                        "upstream_invalid_response",
+                        f"{call.provider} answered with a redirect (HTTP {resp.status}), which "
+                        "the gateway does not follow: check the provider's base URL",
+                        provider=call.provider,
+                        upstream_status=resp.status,
+                    )
                 raise map_upstream_response(call.provider, resp.status, body, resp.headers)
         return AiohttpStream(resp)
 

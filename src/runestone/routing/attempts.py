@@ -130,6 +130,9 @@ async def run_attempts(
             try:
                 async with asyncio.timeout(limit):
                     result = await attempt(candidate)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                breaker.in_flight -= 1  # the request was called off (the client left)
+                raise
             except TimeoutError:
                 error = (
                     _timed_out(deadline, last)

@@ -120,17 +120,38 @@ class CircuitBreaker:
 
 
 class Breakers:
-    """Every target's breaker in this process, created on first use."""
+    """Every target's breaker in this process, created on first use.
 
-    def __init__(self, config: BreakerConfig | None = None) -> None:
+    Client-chosen ``provider:model`` names make targets without end, so the table is
+    bounded: past ``limit`` breakers, the oldest idle closed ones (nothing to remember:
+    no failures, nothing in flight) are dropped.
+    """
+
+    def __init__(self, config: BreakerConfig | None = None, *, limit: int = 1000) -> None:
         self.config = config or BreakerConfig()
+        self.limit = limit
         self._by_key: dict[str, CircuitBreaker] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
 
     def get(self, key: str) -> CircuitBreaker:
         breaker = self._by_key.get(key)
         if breaker is None:
+            if len(self._by_key) >= self.limit:
+                self._evict()
             breaker = self._by_key[key] = CircuitBreaker(key, self.config)
         return breaker
+
+    def _evict(self) -> None:
+        keep = self.limit * 9 // 10  # make room for a while, not for one
+        idle = [
+            key
+            for key, b in self._by_key.items()
+            if b.state == "closed" and b.in_flight == 0 and b.consecutive == 0
+        ]
+        for key in idle[: max(len(self._by_key) - keep, 0)]:
+            del self._by_key[key]
 
     def snapshot(self) -> list[dict[str, object]]:
         return [breaker.snapshot() for breaker in self._by_key.values()]

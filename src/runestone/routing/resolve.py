@@ -64,6 +64,14 @@ def unusable(
             f"known providers: {', '.join(registry.names())}",
             param="model",
         )
+    if not endpoint.configured and endpoint.spec.needs_base_url and not endpoint.base_url_set:
+        return error_for(
+            "provider_not_configured",
+            f"provider {target.provider!r} is a server of your own and is not configured: "
+            f"set {endpoint.spec.base_url_env} (for example {endpoint.spec.base_url}) or "
+            "declare it under providers: in the alias file",
+            provider=target.provider,
+        )
     if not endpoint.configured:
         return error_for(
             "provider_not_configured",

@@ -36,6 +36,7 @@ from runestone.routing.attempts import Candidate, Deadline, run_attempts
 from runestone.routing.breakers import Breakers
 from runestone.routing.resolve import resolve, unusable
 from runestone.routing.stream import RoutedStream
+from runestone.streams.sse import MAX_EVENT_BYTES
 from runestone.telemetry import Telemetry
 
 
@@ -60,9 +61,11 @@ class Router:
         environ: Mapping[str, str] | None = None,
         breakers: Breakers | None = None,
         telemetry: Telemetry | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.aliases = aliases
-        self.breakers = breakers or Breakers()
+        self.max_event_bytes = max_event_bytes
+        self.breakers = breakers if breakers is not None else Breakers()
         self.telemetry = telemetry or Telemetry()
         self._environ = dict(os.environ if environ is None else environ)
         self._base_registry = default_registry(self._environ)
@@ -119,7 +122,7 @@ class Router:
                 read_timeout,
                 wants_usage and endpoint.spec.stream_usage,
             )
-            breaker = self.breakers.get(f"{target}@{endpoint.base_url}")
+            breaker = self.breakers.get(f"{target}@{endpoint.public_url}")
             candidates.append(Candidate(target, call, breaker))
         if not candidates:
             assert first_error is not None
@@ -185,6 +188,7 @@ class Router:
             policy=policy,
             open_upstream=self._open_upstream,
             observe=self.telemetry.attempt_observer,
+            max_event_bytes=self.max_event_bytes,
         )
         await routed.connect()
         return routed

@@ -25,6 +25,7 @@ from runestone.providers import Call, UpstreamStream
 from runestone.providers.errors import map_transport_errors
 from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
 from runestone.streams import StreamScanner, StreamSummary, relay_stream
+from runestone.streams.sse import MAX_EVENT_BYTES
 
 _PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
 
@@ -117,6 +118,7 @@ class RoutedStream:
         "attempts",
         "candidates",
         "deadline",
+        "max_event_bytes",
         "policy",
         "protocol",
         "remaining",
@@ -133,6 +135,7 @@ class RoutedStream:
         policy: Policy,
         open_upstream: OpenUpstream,
         observe: Observer | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.request_id = request_id
         self.protocol = protocol
@@ -141,6 +144,7 @@ class RoutedStream:
         self.deadline = Deadline(policy.timeout)
         self._open_upstream = open_upstream
         self._observe = observe
+        self.max_event_bytes = max_event_bytes
         self._state = StreamState.CONNECTING
         self._leg: _Leg | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -207,6 +211,7 @@ class RoutedStream:
         scanner = self.protocol.scanner
         assert scanner is not None, f"{self.protocol.operation} does not stream"
         leg = _Leg(candidate, stream, scanner(call.provider, call.add_stream_usage))
+        leg.scanner.limit = self.max_event_bytes
         await leg.prime()
         return leg
 

@@ -23,6 +23,7 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-accel-buffering", b"no"),
 )
 DONE_EVENT = b"data: [DONE]\n\n"
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 HEARTBEAT = b": keep-alive\n\n"
 
 
@@ -92,33 +93,70 @@ class StreamScanner:
     ``summary.error``; the caller must then end the stream with ``error_event``.
     """
 
-    __slots__ = ("_tail", "provider", "summary")
+    __slots__ = ("_pending", "_pending_size", "limit", "provider", "summary")
 
     #: How a clean end looks, for the message when a stream ends without it.
     END_MARKER = ""
     #: What counts as the first content: until it arrives, a stream may still fail over.
     FIRST_CONTENT: re.Pattern[bytes] = re.compile(rb"(?!)")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, *, limit: int = MAX_EVENT_BYTES) -> None:
         self.provider = provider
         self.summary = StreamSummary()
-        self._tail = b""
+        #: The most bytes one event may take: an upstream that never ends an event must
+        #: not grow the gateway's memory (or its time) without bound.
+        self.limit = limit
+        # The start of an event not yet complete, as the reads that brought it: joined
+        # once when its end arrives, so a long event costs linear time, not quadratic.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    @property
+    def _tail(self) -> bytes:
+        return b"".join(self._pending)
 
     def feed(self, data: bytes) -> bytes:
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        if data.endswith(b"\n\n"):  # the usual case: whole events per read
+        if self._pending:
+            # Only this read can hold the end: search it, and the few bytes before it in
+            # which a CRLF CRLF could have begun.
+            seam = self._pending[-1][-3:]
+            end = _last_boundary(seam + data)
+            if end == 0:
+                return self._hold(data)
+            end -= len(seam)
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            end += len(data) - len(self._pending[-1])
+            self._pending = []
+            self._pending_size = 0
+            complete = data[:end]
+            if end < len(data):
+                self._hold(data[end:])
+        elif data.endswith(b"\n\n"):  # the usual case: whole events per read
             complete = data
         else:
             end = _last_boundary(data)
             if end == 0:
-                self._tail = data
-                return b""
-            complete, self._tail = data[:end], data[end:]
-        if self.summary.done:
+                return self._hold(data)
+            complete = data[:end]
+            self._hold(data[end:])
+        if self.summary.done or self.summary.error is not None:
             return b""  # nothing after the end of the answer is part of it
         return self._scan(complete)
+
+    def _hold(self, data: bytes) -> bytes:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self.limit and self.summary.error is None:
+            self.summary.error = error_for(
+                "upstream_invalid_response",
+                f"{self.provider} sent an SSE event larger than {self.limit} bytes "
+                "(RUNESTONE_MAX_EVENT_BYTES)",
+                provider=self.provider,
+            )
+            self._pending = []
+            self._pending_size = 0
+        return b""
 
     def _scan(self, complete: bytes) -> bytes:
         raise NotImplementedError

@@ -6,6 +6,7 @@ import orjson
 
 from runestone._gateway import Gateway
 from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
+from runestone.http.middleware.auth import OPERATOR
 
 
 async def live(scope: Scope, receive: Receive, send: Send) -> None:
@@ -13,6 +14,9 @@ async def live(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class ReadyEndpoint:
+    """Ready or not, for anyone (load balancers, orchestrators); the alias table's status
+    and every breaker (targets, base URLs) only for the operators' token."""
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
@@ -21,11 +25,16 @@ class ReadyEndpoint:
         status = aliases.status
         loaded = bool(status.version) and not self.gateway.draining
         state = "draining" if self.gateway.draining else "ready" if loaded else "not_ready"
-        body = orjson.dumps(
-            {
-                "status": state,
-                "aliases": {"count": len(aliases.table), **status.as_dict()},
-                "breakers": self.gateway.breaker_states(),
-            }
-        )
+        principal = scope.get("auth")
+        if principal is not None and OPERATOR in principal.scopes:
+            body = orjson.dumps(
+                {
+                    "status": state,
+                    "aliases": {"count": len(aliases.table), **status.as_dict()},
+                    "breakers": self.gateway.breaker_states(),
+                }
+            )
+        else:
+            aliases_view = {"version": status.version, "ok": status.ok}
+            body = orjson.dumps({"status": state, "aliases": aliases_view})
         await send_json(send, 200 if loaded else 503, body, [(b"content-type", JSON)])

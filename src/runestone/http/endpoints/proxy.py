@@ -20,7 +20,7 @@ from runestone.http._asgi import (
     read_body,
     send_json,
 )
-from runestone.http._relay import StreamState, relay_to_client
+from runestone.http._relay import ClientWatch, StreamState, relay_to_client
 from runestone.http.middleware.errors import REQUEST_ID
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
@@ -63,8 +63,14 @@ class ProxyEndpoint:
             trace.model = str(body["model"])
             if protocol.scanner is not None and body.get("stream") is True:
                 stream = True
-                routed = await router.open_stream(body, request_id, protocol, forward)
-                await self._relay(routed, trace, receive, send)
+                watch = ClientWatch(receive, send, self._heartbeat)
+                try:
+                    opening = router.open_stream(body, request_id, protocol, forward)
+                    routed = await watch.connecting(opening)
+                except BaseException:
+                    watch.stop()
+                    raise
+                await self._relay(routed, trace, watch, send)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
                 answered = await router.complete(protocol, body, request_id, forward)
@@ -130,7 +136,7 @@ class ProxyEndpoint:
         return headers
 
     async def _relay(
-        self, routed: RoutedStream, trace: RequestTrace, receive: Receive, send: Send
+        self, routed: RoutedStream, trace: RequestTrace, watch: ClientWatch, send: Send
     ) -> None:
         setup = trace.stream_started()
 
@@ -150,6 +156,6 @@ class ProxyEndpoint:
         streams = self.gateway.streams
         streams.add(routed)
         try:
-            await relay_to_client(routed, receive, send, self._heartbeat, finished)
+            await relay_to_client(routed, watch, send, finished)
         finally:
             streams.discard(routed)

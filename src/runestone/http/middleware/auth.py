@@ -16,9 +16,11 @@ from typing import Protocol
 from runestone.errors import error_for
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 
-#: Scopes a principal can hold: ``client`` calls the model API, ``metrics`` scrapes.
+#: Scopes a principal can hold: ``client`` calls the model API, ``metrics`` scrapes,
+#: ``operator`` sees the gateway's configuration (targets, breakers, reload errors).
 CLIENT = "client"
 METRICS = "metrics"
+OPERATOR = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +42,10 @@ class TokenBackend:
     """The gateway's own tokens: ``RUNESTONE_SERVICE_TOKEN`` and ``RUNESTONE_METRICS_TOKEN``.
 
     The service token (Bearer, or ``x-api-key`` as Anthropic clients send it) may call
-    the API, and scrape metrics unless a metrics token is set. Without a service token
-    the API is open; without either token so are the metrics. Tokens are compared in
-    constant time.
+    the API, see the operators' details, and scrape metrics unless a metrics token is
+    set; the metrics token may scrape and see the details. Without a service token the
+    API is open; without either token so are the metrics and the details. Tokens are
+    compared in constant time; the ``Bearer`` scheme in any case.
     """
 
     def __init__(self, service_token: str | None, metrics_token: str | None) -> None:
@@ -55,11 +58,11 @@ class TokenBackend:
         if self._token is None:
             anonymous.add(CLIENT)
         if self._metrics_bearer is None:
-            anonymous.add(METRICS)
+            anonymous.update((METRICS, OPERATOR))
         self._anonymous = Principal("anonymous", frozenset(anonymous))
-        service = {CLIENT} if self._separate_metrics else {CLIENT, METRICS}
+        service = {CLIENT, OPERATOR} if self._separate_metrics else {CLIENT, METRICS, OPERATOR}
         self._service = Principal("service", frozenset(service))
-        self._metrics = Principal("metrics", frozenset({METRICS}))
+        self._metrics = Principal("metrics", frozenset({METRICS, OPERATOR}))
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         if self._token is None and self._metrics_bearer is None:
@@ -68,6 +71,8 @@ class TokenBackend:
         for name, value in headers:
             if name == b"authorization":
                 authorization = value
+                if value[:7].lower() == b"bearer " and value[:7] != b"Bearer ":
+                    authorization = b"Bearer " + value[7:].strip()  # the scheme has no case
             elif name == b"x-api-key":
                 api_key = value
         if self._bearer is not None:

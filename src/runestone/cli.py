@@ -184,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http="runestone.http._server:BoundedHttpToolsProtocol",
         lifespan="on",
         access_log=args.access_log,
         log_level=args.log_level,

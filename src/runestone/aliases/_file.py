@@ -50,7 +50,7 @@ from runestone.aliases._yaml_nodes import Located, YamlProblem, read_located
 from runestone.pricing import Price
 from runestone.providers import ProviderSpec
 
-TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults", "prices"})
+TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults", "prices", "allow_shrink"})
 ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"}) | POLICY_KEYS
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight"})
 
@@ -67,7 +67,8 @@ def parse_alias_file(
     providers: list[ProviderSpec] = []
     defaults: list[Policy] = [DEFAULT_POLICY]
     prices: dict[str, Price] = {}
-    aliases = _parse(data, problems, providers, defaults, prices)
+    flags: dict[str, bool] = {}
+    aliases = _parse(data, problems, providers, defaults, prices, flags)
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
@@ -103,6 +104,7 @@ def parse_alias_file(
         defaults[0],
         MappingProxyType(prices),
         patterns,
+        flags.get("allow_shrink", False),
     )
 
 
@@ -112,6 +114,7 @@ def _parse(
     providers: list[ProviderSpec],
     defaults: list[Policy],
     prices: dict[str, Price],
+    flags: dict[str, bool],
 ) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
@@ -146,6 +149,12 @@ def _parse(
         defaults[0] = _parse_defaults(root.value["defaults"], problems)
     if "prices" in root.value:
         prices.update(parse_prices(root.value["prices"], problems))
+    if "allow_shrink" in root.value:
+        entry = root.value["allow_shrink"]
+        if isinstance(entry.value, bool):
+            flags["allow_shrink"] = entry.value
+        else:
+            problems.append(Problem(entry.line, "'allow_shrink' must be true or false"))
     section = root.value.get("aliases")
     if section is None or section.value is None:
         return {}

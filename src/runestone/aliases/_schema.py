@@ -87,6 +87,8 @@ class AliasTable:
 
     #: Pattern aliases in file order, each with its compiled name.
     patterns: tuple[tuple[re.Pattern[str], Alias], ...] = ()
+    #: The file says a reload may drop most aliases (else such a reload is refused).
+    allow_shrink: bool = False
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)

@@ -72,9 +72,14 @@ class AliasStore:
         self,
         path: Path | str = DEFAULT_ALIASES_PATH,
         known_providers: Collection[str] | None = None,
+        *,
+        max_drop: float = 0.5,
     ) -> None:
         self.path = Path(path)
         self.known_providers = known_providers
+        #: The largest share of the aliases in use a reload may drop without the file
+        #: saying ``allow_shrink: true``.
+        self.max_drop = max_drop
         self._table = AliasTable({}, table_version(b""), str(self.path))
         self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
         self._last_seen = ""
@@ -91,7 +96,12 @@ class AliasStore:
     ) -> AliasStore:
         """The store for ``RUNESTONE_ALIASES_PATH``, else the packaged ``aliases.yaml``."""
         env = os.environ if environ is None else environ
-        return cls(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH, known_providers)
+        path = env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH
+        try:
+            max_drop = float(env.get("RUNESTONE_MAX_ALIAS_DROP") or 0.5)
+        except ValueError:
+            max_drop = 0.5
+        return cls(path, known_providers, max_drop=max_drop)
 
     def __repr__(self) -> str:
         return f"<AliasStore {self.path} version={self._table.version} aliases={len(self._table)}>"
@@ -146,6 +156,12 @@ class AliasStore:
             version = table_version(data)
             if version == self._last_seen:
                 return False
+            try:
+                again = self.path.read_bytes()
+            except OSError:
+                again = b""
+            if again != data:
+                return False  # still being written: the writer's next change brings us back
             self._last_seen = version
             try:
                 table = parse_alias_file(data, str(self.path), self.known_providers)
@@ -156,6 +172,9 @@ class AliasStore:
                     now=now,
                     already_seen=True,
                 )
+            refusal = self._shrinks_too_much(table)
+            if refusal is not None:
+                return self._failed(refusal, key=version, now=now, already_seen=True)
             self._table = table  # the one assignment lookups can observe
             self._status = replace(
                 self._status,
@@ -170,6 +189,24 @@ class AliasStore:
         if self.on_reload is not None:
             self.on_reload(True, version, False)
         return True
+
+    def _shrinks_too_much(self, table: AliasTable) -> str | None:
+        """Why a reload that would drop most aliases is refused, or None to accept it.
+
+        A truncated file is often valid YAML with a few aliases left: swapped in, it
+        turns most traffic into 404s. Dropping every alias, or more than ``max_drop`` of
+        them, needs ``allow_shrink: true`` in the file.
+        """
+        before, after = len(self._table), len(table)
+        if not before or table.allow_shrink or after >= before:
+            return None
+        if after and (before - after) / before <= self.max_drop:
+            return None
+        return (
+            f"{self.path}: reload refused: it has {after} aliases where {before} are in use "
+            f"(a half-written file looks like this); to shrink the table on purpose, add "
+            f"'allow_shrink: true' to the file (keeping version {self._table.version})"
+        )
 
     def _failed(self, error: str, *, key: str, now: float, already_seen: bool = False) -> bool:
         repeat = not already_seen and key == self._last_seen

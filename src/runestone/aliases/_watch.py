@@ -104,7 +104,26 @@ async def _watch_events(path: Path, on_change: Callable[[], object], debounce: f
         debounce=max(step_ms * 8, 400),
         step=step_ms,
     ):
+        await settled(path, debounce)
         on_change()
+
+
+async def settled(path: Path, step: float, *, longest: float = 5.0) -> Signature:
+    """Wait until the file's size and modification time hold still for ``step`` seconds.
+
+    A writer that is not atomic produces a half-written file for a while; reading it
+    then would load a truncated table. After ``longest`` seconds it is read anyway.
+    """
+    current = file_signature(path)
+    waited = 0.0
+    while waited < longest:
+        await asyncio.sleep(step)
+        waited += step
+        again = file_signature(path)
+        if again == current:
+            break
+        current = again
+    return current
 
 
 async def _poll(
@@ -117,11 +136,5 @@ async def _poll(
         if current == seen:
             continue
         # Wait for the writer to finish: a half-written file would fail validation.
-        while True:
-            await asyncio.sleep(debounce)
-            settled = file_signature(path)
-            if settled == current:
-                break
-            current = settled
-        seen = current
+        seen = await settled(path, debounce)
         on_change()

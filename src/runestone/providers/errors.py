@@ -218,6 +218,10 @@ def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -
     """Map an exception raised while talking to a provider."""
     if isinstance(exc, GatewayError):
         return exc
+    # aiohttp raises one module-level "Connection closed" instance again and again, and
+    # every raise prepends to its traceback: kept, it would hold every frame (scanners,
+    # buffers, errors) of every stream it ever ended. Ours is the error that matters now.
+    exc.__traceback__ = None
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return error_for(
             "upstream_timeout", f"{provider} did not answer in time", provider=provider

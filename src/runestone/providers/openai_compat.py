@@ -172,7 +172,8 @@ class AiohttpStream:
             async with asyncio.timeout(_DRAIN_SECONDS):
                 while await content.readany():
                     pass
-        except (*TRANSPORT_ERRORS, TimeoutError):
+        except (*TRANSPORT_ERRORS, TimeoutError) as exc:
+            exc.__traceback__ = None  # see relay_stream: aiohttp reuses the instance
             self._resp.close()
             return
         self._resp.release()

@@ -48,7 +48,10 @@ async def relay_stream(
         yield scanner.error_event(summary.error, request_id)
         return
     except Exception as exc:  # a broken upstream connection, mid-stream
-        # An error set already (the deadline passing) is why the connection was cut.
+        # An error set already (the deadline passing, the client leaving) is why the
+        # connection was cut. Either way the transport's exception is dropped whole: aiohttp
+        # reuses one instance, whose traceback would otherwise keep this frame forever.
+        exc.__traceback__ = None
         summary.error = summary.error or map_transport_error(scanner.provider, exc, streaming=True)
         yield scanner.error_event(summary.error, request_id)
         return

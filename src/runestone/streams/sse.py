@@ -116,6 +116,8 @@ class StreamScanner:
         return b"".join(self._pending)
 
     def feed(self, data: bytes) -> bytes:
+        if self.summary.error is not None:
+            return b""  # the stream is over: nothing more is held or scanned
         if self._pending:
             # Only this read can hold the end: search it, and the few bytes before it in
             # which a CRLF CRLF could have begun.

@@ -1,0 +1,121 @@
+"""uvicorn's HTTP protocol, bounded against unauthenticated clients.
+
+``runestone serve`` runs uvicorn with this protocol, which limits what a client can
+make the server hold before any application code (and so before authentication) runs:
+
+- request line and headers: at most ``RUNESTONE_MAX_HEADER_BYTES`` (64 KiB) and
+  ``RUNESTONE_MAX_HEADERS`` (100), else ``431`` and the connection closes;
+- time to send them: ``RUNESTONE_HEADER_TIMEOUT`` (10 s) from the first byte of a
+  request, else ``408`` and close (slowloris);
+- a body that stops arriving: ``RUNESTONE_BODY_TIMEOUT`` (30 s) without a byte, else the
+  connection closes.
+
+An idle keep-alive connection is uvicorn's own ``timeout_keep_alive`` (5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from functools import cache
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@cache
+def _limits() -> tuple[int, int, float, float]:
+    env = os.environ
+    return (
+        int(env.get("RUNESTONE_MAX_HEADER_BYTES") or 64 * 1024),
+        int(env.get("RUNESTONE_MAX_HEADERS") or 100),
+        float(env.get("RUNESTONE_HEADER_TIMEOUT") or 10.0),
+        float(env.get("RUNESTONE_BODY_TIMEOUT") or 30.0),
+    )
+
+
+def _reply(status: bytes, reason: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+        b"content-length: " + str(len(reason)).encode() + b"\r\n\r\n" + reason
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header limits and read timeouts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_bytes, self._max_headers, self._header_timeout, self._body_timeout = _limits()
+        self._phase = "idle"  # idle -> headers -> body -> idle
+        self._header_bytes = 0
+        self._header_count = 0
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, reply: bytes) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._too_slow, reply)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _too_slow(self, reply: bytes) -> None:
+        self._read_timer = None
+        if not self.transport.is_closing():
+            if reply:
+                self.transport.write(reply)
+            self.transport.close()
+
+    def _refuse(self, reason: bytes) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_reply(b"431 Request Header Fields Too Large", reason))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused already: nothing more is parsed or held
+        if self._phase == "idle":  # the first bytes of a request: headers must come in time
+            self._phase = "headers"
+            self._header_bytes = 0
+            self._arm(self._header_timeout, _reply(b"408 Request Timeout", b"headers too slow"))
+        if self._phase == "headers":
+            # Counted as they arrive: the parser holds an unfinished header itself, so
+            # waiting for its callbacks would let one huge header fill memory.
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._phase == "headers" and self._header_bytes > self._max_bytes:
+            self._refuse(b"request headers too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._max_headers:
+            self._refuse(b"too many request headers")
+            return
+        super().on_header(name, value)
+
+    def on_message_begin(self) -> None:
+        self._header_count = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return
+        self._phase = "body"
+        self._arm(self._body_timeout, b"")  # the body, if any, must keep coming
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._arm(self._body_timeout, b"")
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._phase = "idle"
+        self._disarm()
+        super().on_message_complete()

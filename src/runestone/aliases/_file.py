@@ -51,8 +51,8 @@ from runestone.pricing import Price
 from runestone.providers import ProviderSpec
 
 TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults", "prices", "allow_shrink"})
-ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets"}) | POLICY_KEYS
-TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight"})
+ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets", "context_fallback"}) | POLICY_KEYS
+TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight", "prefill"})
 
 
 def parse_alias_file(
@@ -72,7 +72,7 @@ def parse_alias_file(
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
-            for target in alias.targets:
+            for target in (*alias.targets, *alias.context_fallback):
                 if target.provider not in known:
                     problems.append(
                         Problem(
@@ -218,9 +218,14 @@ def _parse_alias(
         single = _map_target(value, entry.line, where, problems)
         targets = [single] if single else []
     policy = _policy(value, defaults, where, problems)
+    context_fallback: list[Target] = []
+    if "context_fallback" in value:
+        context_fallback = _parse_targets(
+            value["context_fallback"], f"{where} context_fallback", problems
+        )
     if len(problems) > before or not targets:
         return None
-    return Alias(name, tuple(targets), entry.line, policy)
+    return Alias(name, tuple(targets), entry.line, policy, tuple(context_fallback))
 
 
 def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[Target]:
@@ -245,6 +250,14 @@ def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[
                     )
                 else:
                     target = Target(target.provider, target.model, number)
+            prefill = item.value.get("prefill")
+            if target is not None and prefill is not None:
+                if not isinstance(prefill.value, bool):
+                    problems.append(
+                        Problem(prefill.line, f"{item_where}: prefill must be true or false")
+                    )
+                else:
+                    target = Target(target.provider, target.model, target.weight, prefill.value)
         else:
             problems.append(
                 Problem(

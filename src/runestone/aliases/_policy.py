@@ -10,6 +10,8 @@ the file. Keys are part of the user contract::
                                 # non-stream's whole answer; then the next try
     first_token_timeout: 5      # streams only: seconds until the first content
     idle_timeout: 10            # streams only: seconds of silence between chunks
+    on_stream_cut: continue     # or error (the default): a stream cut mid-answer is
+                                # completed from the next target where that is safe
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Literal
 from runestone.aliases._yaml_nodes import Located
 
 Strategy = Literal["fallback", "weighted", "least_busy"]
+OnStreamCut = Literal["error", "continue"]
+ON_STREAM_CUT: tuple[OnStreamCut, ...] = ("error", "continue")
 STRATEGIES: tuple[Strategy, ...] = ("fallback", "weighted", "least_busy")
 _SECONDS_KEYS = ("timeout", "attempt_timeout", "first_token_timeout", "idle_timeout")
-POLICY_KEYS = frozenset({"strategy", "retries", *_SECONDS_KEYS})
+POLICY_KEYS = frozenset({"strategy", "retries", "on_stream_cut", *_SECONDS_KEYS})
 MAX_RETRIES = 10
 
 
@@ -36,6 +40,7 @@ class Policy:
     first_token_timeout: float | None = None
     idle_timeout: float | None = None
     attempt_timeout: float | None = None
+    on_stream_cut: OnStreamCut = "error"
 
     def stream_attempt_timeout(self) -> float | None:
         """What bounds a stream attempt until its first content: the tighter of the two."""
@@ -46,6 +51,8 @@ class Policy:
         parts = [self.strategy, f"retries={self.retries}", f"timeout={self.timeout:g}s"]
         if self.attempt_timeout is not None:
             parts.append(f"attempt_timeout={self.attempt_timeout:g}s")
+        if self.on_stream_cut != "error":
+            parts.append(f"on_stream_cut={self.on_stream_cut}")
         if self.first_token_timeout is not None:
             parts.append(f"first_token_timeout={self.first_token_timeout:g}s")
         if self.idle_timeout is not None:
@@ -73,6 +80,14 @@ def parse_policy(
             )
         else:
             changes["strategy"] = strategy.value
+    cut = value.get("on_stream_cut")
+    if cut is not None:
+        if cut.value not in ON_STREAM_CUT:
+            problems.append(
+                (cut.line, f"{where}: on_stream_cut must be error or continue, not {cut.value!r}")
+            )
+        else:
+            changes["on_stream_cut"] = cut.value
     retries = value.get("retries")
     if retries is not None:
         if (

@@ -20,6 +20,9 @@ class Target:
     provider: str
     model: str
     weight: float = 1.0
+    #: Accepts a final assistant message as the start of its answer (None: as its
+    #: provider's row says).
+    prefill: bool | None = None
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.model}"
@@ -33,6 +36,8 @@ class Alias:
     targets: tuple[Target, ...]
     line: int = 0
     policy: Policy = DEFAULT_POLICY
+    #: Where a request goes when a target says its prompt is too long for it.
+    context_fallback: tuple[Target, ...] = ()
 
     @property
     def is_pattern(self) -> bool:
@@ -41,11 +46,19 @@ class Alias:
 
     def for_model(self, requested: str) -> Alias:
         """A pattern alias with ``{model}`` in its targets replaced by the requested name."""
-        targets = tuple(
-            Target(t.provider, t.model.replace(MODEL_PLACEHOLDER, requested), t.weight)
-            for t in self.targets
+
+        def filled(t: Target) -> Target:
+            return Target(
+                t.provider, t.model.replace(MODEL_PLACEHOLDER, requested), t.weight, t.prefill
+            )
+
+        return Alias(
+            self.name,
+            tuple(filled(t) for t in self.targets),
+            self.line,
+            self.policy,
+            tuple(filled(t) for t in self.context_fallback),
         )
-        return Alias(self.name, targets, self.line, self.policy)
 
 
 MODEL_PLACEHOLDER = "{model}"

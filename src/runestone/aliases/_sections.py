@@ -9,7 +9,7 @@ from runestone.aliases._yaml_nodes import Located
 from runestone.pricing import Price, price_from
 from runestone.providers import ProviderSpec
 
-PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers"})
+PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers", "prefill"})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -121,6 +121,15 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 problems.append(Problem(raw.line, f"{where}: headers must map names to strings"))
             else:
                 headers = [(k.lower(), str(v.value)) for k, v in raw.value.items()]
+        prefill = False
+        if "prefill" in entry.value:
+            raw_prefill = entry.value["prefill"]
+            if isinstance(raw_prefill.value, bool):
+                prefill = raw_prefill.value
+            else:
+                problems.append(
+                    Problem(raw_prefill.line, f"{where}: prefill must be true or false")
+                )
         if len(problems) > before or base_url is None:
             continue
         specs.append(
@@ -132,6 +141,7 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 key_required=key_env is not None,
                 headers=tuple(headers),
                 docs=f"declared in the alias file, line {entry.line}",
+                prefill=prefill,
             )
         )
     return specs

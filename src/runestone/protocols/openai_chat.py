@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from runestone.errors import GatewayError
 from runestone.protocols._base import ClientProtocol, require_messages, require_model
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import StreamScanner, event_data, loads_object, split_events
+from runestone.streams.sse import (
+    DONE_EVENT,
+    StreamScanner,
+    event_data,
+    loads_object,
+    split_events,
+)
 
 # Markers of events worth parsing. Only "error" and "[DONE]" are searched in every block;
 # usage and finish reason come in the last events, read once when [DONE] arrives.
@@ -88,6 +94,15 @@ class OpenAIStreamScanner(StreamScanner):
                 return complete[:end]
         self._earlier, self._previous = self._previous, complete
         return complete
+
+    def _completed_without_marker(self) -> bool:
+        # Some OpenAI-compatible servers omit data: [DONE]. A body that ended cleanly after
+        # a chunk with a finish reason holds the whole answer: end it as OpenAI would.
+        self._read_final_events((self._earlier[-_FINAL_BYTES:] + self._previous)[-_FINAL_BYTES:])
+        if self.summary.finish_reason is None:
+            return False
+        self.added_end = DONE_EVENT
+        return True
 
     def _take_usage(self, complete: bytes) -> bytes:
         kept = []

@@ -42,6 +42,9 @@ class ProviderSpec:
     #: A server of one's own (vLLM, Ollama): used only once its base URL variable is set
     #: (or it is declared in the alias file), never at a default address by surprise.
     needs_base_url: bool = False
+    #: Continues a final assistant message (prefill): a cut stream can be completed
+    #: there by sending what the client already has.
+    prefill: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         auth_style="x-api-key",
         base_url_env="ANTHROPIC_BASE_URL",
         headers=(("anthropic-version", "2023-06-01"),),
+        prefill=True,
     ),
     ProviderSpec(name="mock", wire_format="mock", base_url="", key_required=False),
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -99,6 +100,7 @@ async def run_attempts(
     attempt_timeout: float | None = None,
     hold: bool = False,
     observe: Observer | None = None,
+    context_fallback: Sequence[Candidate] = (),
 ) -> Attempted[T]:
     """Try targets until one answers; raise the ``GatewayError`` that ends the request.
 
@@ -106,14 +108,23 @@ async def run_attempts(
     timeout of a stream). With ``hold``, the winning target's in-flight count stays
     raised for the caller to lower when the answer has been relayed. ``observe`` hears
     of every attempt: (call, wall-clock start in ns, error code or "").
+
+    A target that times out (``attempt_timeout``: it accepted the request and stayed
+    silent) is not retried: a silent provider stays silent, so the next target is tried
+    at once. A ``context_length_exceeded`` moves the request, unchanged, to the
+    ``context_fallback`` targets (never back to one that refused it); without them it is
+    the client's error, as any other.
     """
     attempts = 0
     last: GatewayError | None = None
     tried: Candidate | None = None
     refused: list[CircuitBreaker] = []
     started = time.perf_counter()
-    ordered = order(policy.strategy, candidates)
-    for position, candidate in enumerate(ordered):
+    queue = deque(order(policy.strategy, candidates))
+    fallback = list(context_fallback)
+    too_long: set[Target] = set()
+    while queue:
+        candidate = queue.popleft()
         breaker = candidate.breaker
         for retry in range(policy.retries + 1):
             if not breaker.allow():
@@ -127,6 +138,7 @@ async def run_attempts(
             tried = candidate
             breaker.in_flight += 1
             began = time.time_ns() if observe is not None else 0
+            silent = False
             try:
                 async with asyncio.timeout(limit):
                     result = await attempt(candidate)
@@ -134,14 +146,15 @@ async def run_attempts(
                 breaker.in_flight -= 1  # the request was called off (the client left)
                 raise
             except TimeoutError:
+                silent = deadline.remaining() > 0
                 error = (
-                    _timed_out(deadline, last)
-                    if deadline.remaining() <= 0
-                    else error_for(
+                    error_for(
                         "upstream_timeout",
                         f"{candidate.call.provider} sent nothing within {limit:.3g}s",
                         provider=candidate.call.provider,
                     )
+                    if silent
+                    else _timed_out(deadline, last)
                 )
             except GatewayError as exc:
                 error = exc
@@ -151,7 +164,7 @@ async def run_attempts(
                     breaker.in_flight -= 1
                 if observe is not None:
                     observe(candidate.call, began, "")
-                rest = tuple(ordered[position + 1 :]) if hold else ()  # streams keep them
+                rest = tuple(queue) if hold else ()  # streams keep them
                 return Attempted(result, candidate, attempts, rest)
             breaker.in_flight -= 1
             if observe is not None:
@@ -161,10 +174,20 @@ async def run_attempts(
                 raise _ending(error, attempts, tried, started)
             if counts_against(error):
                 breaker.record_failure()
+            elif error.code == "context_length_exceeded" and (fallback or too_long):
+                breaker.record_success()  # it answered: the prompt is too long for it
+                too_long.add(candidate.target)
+                if fallback:  # from now on only the larger-context targets
+                    queue = deque(c for c in fallback if c.target not in too_long)
+                    fallback = []
+                last = error
+                break
             elif error.fault == "client":
                 breaker.record_success()  # the upstream answered; the request was wrong
                 raise _ending(error, attempts, tried, started)
             last = error
+            if silent:
+                break  # it accepted the request and said nothing: not worth a retry
             if not error.retryable or retry == policy.retries:
                 break  # this target is done: the next one may still answer
             wait = error.retry_after if error.retry_after is not None else backoff(retry)

@@ -93,8 +93,9 @@ class Router:
         forward: Forwarded,
         *,
         streaming: bool = False,
-    ) -> tuple[list[Candidate], Policy]:
-        """The usable targets for this request, each with its breaker, and the policy."""
+    ) -> tuple[list[Candidate], Policy, list[Candidate]]:
+        """The usable targets for this request, each with its breaker, the policy, and the
+        targets for a prompt too long for them (the alias's ``context_fallback``)."""
         table = self.aliases.table  # read once: the whole request uses this snapshot
         registry = self.registry(table)
         model = str(body["model"])
@@ -103,14 +104,14 @@ class Router:
         targets = alias.targets if alias is not None else resolve(model, table)
         read_timeout = policy.idle_timeout if streaming else None
         wants_usage = streaming and protocol.add_stream_usage(body)
-        candidates: list[Candidate] = []
-        first_error: GatewayError | None = None
-        for target in targets:
+        first_error: list[GatewayError] = []
+
+        def candidate(target: Target) -> Candidate | None:
             endpoint = registry.endpoint(target.provider)
             error = unusable(target, endpoint, registry)
             if error is not None:
-                first_error = first_error or error
-                continue
+                first_error.append(error)
+                return None
             assert endpoint is not None
             call = Call(
                 endpoint,
@@ -123,11 +124,14 @@ class Router:
                 wants_usage and endpoint.spec.stream_usage,
             )
             breaker = self.breakers.get(f"{target}@{endpoint.public_url}")
-            candidates.append(Candidate(target, call, breaker))
+            return Candidate(target, call, breaker)
+
+        candidates = [c for t in targets if (c := candidate(t)) is not None]
         if not candidates:
-            assert first_error is not None
-            raise first_error
-        return candidates, policy
+            raise first_error[0]
+        extra = alias.context_fallback if alias is not None else ()
+        fallback = [c for t in extra if (c := candidate(t)) is not None]
+        return candidates, policy, fallback
 
     def _adapter(self, call: Call) -> Adapter:
         adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))
@@ -152,7 +156,7 @@ class Router:
         forward: Forwarded = NOTHING_FORWARDED,
     ) -> Routed:
         """Answer one non-streamed request; raise ``GatewayError`` on failure."""
-        candidates, policy = self._plan(protocol, body, request_id, forward)
+        candidates, policy, fallback = self._plan(protocol, body, request_id, forward)
         started = time.perf_counter()
         done = await run_attempts(
             candidates,
@@ -161,6 +165,7 @@ class Router:
             self._complete_one,
             attempt_timeout=policy.attempt_timeout,
             observe=self.telemetry.attempt_observer,
+            context_fallback=fallback,
         )
         upstream = time.perf_counter() - started
         return Routed(done.result, done.candidate.target, done.attempts, upstream)
@@ -180,11 +185,14 @@ class Router:
         forward: Forwarded = NOTHING_FORWARDED,
     ) -> RoutedStream:
         """Open a streamed request; return once an upstream sent its first content."""
-        candidates, policy = self._plan(protocol, body, request_id, forward, streaming=True)
+        candidates, policy, fallback = self._plan(
+            protocol, body, request_id, forward, streaming=True
+        )
         routed = RoutedStream(
             request_id=request_id,
             protocol=protocol,
             candidates=candidates,
+            context_fallback=fallback,
             policy=policy,
             open_upstream=self._open_upstream,
             observe=self.telemetry.attempt_observer,

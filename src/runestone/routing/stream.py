@@ -17,6 +17,7 @@ import asyncio
 import enum
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from runestone.aliases import Policy, Target
 from runestone.errors import GatewayError, error_for
@@ -24,10 +25,13 @@ from runestone.protocols import ClientProtocol
 from runestone.providers import Call, UpstreamStream
 from runestone.providers.errors import map_transport_errors
 from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
+from runestone.routing.continuation import Continuation, Diverged, continuation_for
 from runestone.streams import StreamScanner, StreamSummary, relay_stream
 from runestone.streams.sse import MAX_EVENT_BYTES
 
 _PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
+# Not rescued: the client left, the deadline passed, the gateway is shutting down.
+_NOT_RESCUED = frozenset({"client_disconnected", "gateway_timeout", "gateway_shutting_down"})
 
 OpenUpstream = Callable[[Call], Awaitable[UpstreamStream]]
 
@@ -91,8 +95,10 @@ class _Leg:
             self.stream.close()
             raise
         self.stream.close()
+        if not scanner.summary.done:
+            scanner.finish()  # complete after all, without its end marker?
         if scanner.summary.done and held:
-            self.primed = b"".join(held)
+            self.primed = b"".join(held) + scanner.added_end
             return
         raise error_for(
             "upstream_invalid_response",
@@ -117,12 +123,14 @@ class RoutedStream:
         "_state",
         "attempts",
         "candidates",
+        "context_fallback",
         "deadline",
         "max_event_bytes",
         "policy",
         "protocol",
         "remaining",
         "request_id",
+        "rescued_from",
         "upstream",
     )
 
@@ -133,6 +141,7 @@ class RoutedStream:
         protocol: ClientProtocol,
         candidates: Sequence[Candidate],
         policy: Policy,
+        context_fallback: Sequence[Candidate] = (),
         open_upstream: OpenUpstream,
         observe: Observer | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
@@ -140,6 +149,7 @@ class RoutedStream:
         self.request_id = request_id
         self.protocol = protocol
         self.candidates = tuple(candidates)
+        self.context_fallback = tuple(context_fallback)
         self.policy = policy
         self.deadline = Deadline(policy.timeout)
         self._open_upstream = open_upstream
@@ -152,6 +162,8 @@ class RoutedStream:
         self.upstream = 0.0  # seconds spent connecting (attempts, backoff, first content)
         #: Candidates not tried yet, in the order they would have been tried.
         self.remaining: tuple[Candidate, ...] = ()
+        #: The target whose stream broke and was completed from another (on_stream_cut).
+        self.rescued_from: Target | None = None
 
     def __repr__(self) -> str:
         target = f" {self.target}" if self._leg is not None else ""
@@ -193,6 +205,7 @@ class RoutedStream:
                 attempt_timeout=self.policy.stream_attempt_timeout(),
                 hold=True,
                 observe=self._observe,
+                context_fallback=self.context_fallback,
             )
         except BaseException:
             self._move(StreamState.FAILED)
@@ -205,8 +218,8 @@ class RoutedStream:
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_at(self.deadline.at, self._expire)
 
-    async def _open_leg(self, candidate: Candidate) -> _Leg:
-        call = candidate.call
+    async def _open_leg(self, candidate: Candidate, call: Call | None = None) -> _Leg:
+        call = candidate.call if call is None else call
         stream = await self._open_upstream(call)
         scanner = self.protocol.scanner
         assert scanner is not None, f"{self.protocol.operation} does not stream"
@@ -231,7 +244,97 @@ class RoutedStream:
             raise IllegalTransition(f"{self!r} cannot relay")
         leg = self._accepted()
         first, leg.primed = leg.primed, b""
+        if self.policy.on_stream_cut == "continue" and self.remaining:
+            return self._relay_with_rescue(leg, first)
         return relay_stream(leg.chunks, leg.scanner, self.request_id, first)
+
+    async def _relay_with_rescue(self, leg: _Leg, first: bytes) -> AsyncGenerator[bytes, None]:
+        """Relay; if the stream breaks mid-answer, complete it from another target."""
+        sent: list[bytes] = []
+        async for piece in relay_stream(
+            leg.chunks, leg.scanner, self.request_id, first, end_with_error=False
+        ):
+            sent.append(piece)
+            yield piece
+        error = leg.scanner.summary.error
+        if error is None:
+            return
+        if error.code not in _NOT_RESCUED and self.deadline.remaining() > 0:
+            transcript = continuation_for(self.protocol.operation, b"".join(sent))
+            if transcript is not None and transcript.possible:
+                async for piece in self._continue(leg, transcript):
+                    yield piece
+                if self.rescued_from is not None:
+                    return
+        yield leg.scanner.error_event(error, self.request_id)
+
+    async def _continue(
+        self, broken: _Leg, transcript: Continuation
+    ) -> AsyncGenerator[bytes, None]:
+        """Try the remaining targets, in order, to write the rest of the answer."""
+        limit = self.policy.stream_attempt_timeout()
+        while self.remaining and self.deadline.remaining() > 0:
+            candidate, self.remaining = self.remaining[0], self.remaining[1:]
+            if not candidate.breaker.allow():
+                continue
+            prefill = candidate.target.prefill
+            if prefill is None:
+                prefill = candidate.call.endpoint.spec.prefill
+            call = replace(candidate.call, body=transcript.body_for(candidate.call.body, prefill))
+            left = self.deadline.remaining()
+            try:
+                async with asyncio.timeout(left if limit is None else min(left, limit)):
+                    leg = await self._open_leg(candidate, call)
+            except (GatewayError, TimeoutError) as exc:
+                if not isinstance(exc, GatewayError) or counts_against(exc):
+                    candidate.breaker.record_failure()
+                continue
+            transcript.note = (
+                f": runestone continued this answer on {candidate.target} after "
+                f"{broken.candidate.target} broke off\n\n"
+            ).encode()
+            relay = relay_stream(leg.chunks, leg.scanner, self.request_id, end_with_error=False)
+            held: list[bytes] = []
+            try:
+                held.append(transcript.rewrite(leg.primed))
+                while not transcript.committed:  # a spliced answer must match first
+                    piece = await anext(relay, None)
+                    if piece is None:
+                        break
+                    held.append(transcript.rewrite(piece))
+            except Diverged:
+                await relay.aclose()
+                leg.stream.close()
+                candidate.breaker.record_success()  # it answered, just differently
+                return
+            if not transcript.committed:  # it broke too, before matching
+                await relay.aclose()
+                leg.stream.close()
+                continue
+            candidate.breaker.record_success()
+            candidate.breaker.in_flight += 1  # settled with the stream, as the first one
+            self._switch(broken, leg)
+            for piece in held:
+                if piece:
+                    yield piece
+            async for piece in relay:
+                rewritten = transcript.rewrite(piece)
+                if rewritten:
+                    yield rewritten
+            if leg.scanner.summary.error is not None:
+                yield leg.scanner.error_event(leg.scanner.summary.error, self.request_id)
+            return
+
+    def _switch(self, broken: _Leg, leg: _Leg) -> None:
+        """The rescue is committed: the broken leg is settled, the new one relayed."""
+        broken.stream.close()
+        breaker = broken.candidate.breaker
+        breaker.in_flight -= 1
+        error = broken.scanner.summary.error
+        if error is not None and counts_against(error):
+            breaker.record_failure()
+        self.rescued_from = broken.candidate.target
+        self._leg = leg
 
     def cancel(self) -> None:
         """The client went away: end the answer as its fault, not the upstream's."""

@@ -23,10 +23,14 @@ async def relay_stream(
     scanner: StreamScanner,
     request_id: str | None,
     first: bytes = b"",
+    *,
+    end_with_error: bool = True,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the SSE bytes a client should receive, ending honestly on any failure.
 
-    ``first`` is output the scanner already produced (read while connecting).
+    ``first`` is output the scanner already produced (read while connecting). Without
+    ``end_with_error`` a failure ends the relay silently, with ``scanner.summary.error``
+    set: the caller decides how the stream ends (it may continue it elsewhere).
     """
     summary = scanner.summary
     if first:
@@ -39,13 +43,15 @@ async def relay_stream(
             if out:
                 yield out
             if summary.error is not None:
-                yield scanner.error_event(summary.error, request_id)
+                if end_with_error:
+                    yield scanner.error_event(summary.error, request_id)
                 return
             if summary.done:
                 return
     except GatewayError as exc:
         summary.error = summary.error or exc
-        yield scanner.error_event(summary.error, request_id)
+        if end_with_error:
+            yield scanner.error_event(summary.error, request_id)
         return
     except Exception as exc:  # a broken upstream connection, mid-stream
         # An error set already (the deadline passing, the client leaving) is why the
@@ -53,8 +59,12 @@ async def relay_stream(
         # reuses one instance, whose traceback would otherwise keep this frame forever.
         exc.__traceback__ = None
         summary.error = summary.error or map_transport_error(scanner.provider, exc, streaming=True)
-        yield scanner.error_event(summary.error, request_id)
+        if end_with_error:
+            yield scanner.error_event(summary.error, request_id)
         return
     ending = scanner.finish()
     if ending is not None:
-        yield scanner.error_event(ending, request_id)
+        if end_with_error:
+            yield scanner.error_event(ending, request_id)
+    elif scanner.added_end:
+        yield scanner.added_end

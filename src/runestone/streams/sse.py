@@ -93,7 +93,7 @@ class StreamScanner:
     ``summary.error``; the caller must then end the stream with ``error_event``.
     """
 
-    __slots__ = ("_pending", "_pending_size", "limit", "provider", "summary")
+    __slots__ = ("_pending", "_pending_size", "added_end", "limit", "provider", "summary")
 
     #: How a clean end looks, for the message when a stream ends without it.
     END_MARKER = ""
@@ -110,6 +110,8 @@ class StreamScanner:
         # once when its end arrives, so a long event costs linear time, not quadratic.
         self._pending: list[bytes] = []
         self._pending_size = 0
+        #: The end marker the gateway adds to a stream that completed without its own.
+        self.added_end = b""
 
     @property
     def _tail(self) -> bytes:
@@ -163,6 +165,11 @@ class StreamScanner:
     def _scan(self, complete: bytes) -> bytes:
         raise NotImplementedError
 
+    def _completed_without_marker(self) -> bool:
+        """Whether a stream that ended without its end marker is complete all the same
+        (and ``added_end`` says how to end it); by default it is not."""
+        return False
+
     def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
         """The in-band event that ends a stream which already started, in this protocol."""
         raise NotImplementedError
@@ -171,6 +178,9 @@ class StreamScanner:
         """At upstream end of stream: the error to end with, or None if it completed."""
         if self.summary.error is not None or self.summary.done:
             return self.summary.error
+        if not self._pending and self._completed_without_marker():
+            self.summary.done = True
+            return None
         detail = "in the middle of an event" if self._tail.strip() else f"without {self.END_MARKER}"
         self.summary.error = error_for(
             "upstream_stream_interrupted",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Outcome = Literal["complete", "error", "client_cancelled", "upstream_error", "truncated"]
+Outcome = Literal[
+    "complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +41,7 @@ class RequestFinished:
     cost: float | None = None  # USD, when the target has a price
     started_ns: int = 0  # wall clock, for traces
     traceparent: str | None = None  # the client's W3C trace context, if it sent one
+    rescued_from: str | None = None  # a stream completed after this target broke off
 
     @property
     def overhead(self) -> float:

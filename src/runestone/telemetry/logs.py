@@ -42,6 +42,7 @@ class RequestLog:
                         "input_tokens": event.input_tokens,
                         "output_tokens": event.output_tokens,
                         "cost_usd": event.cost,
+                        "rescued_from": event.rescued_from,
                     }
                 ).decode()
             )

@@ -169,6 +169,7 @@ class RequestTrace:
         done: bool,
         error: GatewayError | None,
         client_gone: bool,
+        rescued_from: Target | None = None,
     ) -> None:
         """A relayed stream ended: complete, cut by the client, or failed in-band.
 
@@ -179,7 +180,7 @@ class RequestTrace:
         if client_gone:
             outcome = "client_cancelled"
         elif done:
-            outcome = "complete"
+            outcome = "rescued" if rescued_from is not None else "complete"
         elif error is not None and error.code == "upstream_stream_interrupted":
             outcome = "truncated"
         else:
@@ -202,6 +203,7 @@ class RequestTrace:
             output_tokens=taken,
             outcome=outcome,
             cost=self._cost(target, given, taken),
+            rescued_from=str(rescued_from) if rescued_from is not None else None,
         )
 
     def _finish(self, **fields: Any) -> None:

@@ -151,6 +151,7 @@ class ProxyEndpoint:
                 done=summary.done,
                 error=summary.error,
                 client_gone=state.client_gone,
+                rescued_from=routed.rescued_from,
             )
 
         streams = self.gateway.streams

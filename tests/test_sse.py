@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from runestone.protocols.openai_chat import OpenAIStreamScanner
-from runestone.streams import relay_stream
+from runestone.streams.relay import relay_stream
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, Gateway, StreamLog, chunk, send_stream, stream_events
 

@@ -11,7 +11,7 @@ import pytest
 from runestone.protocols.anthropic_messages import AnthropicStreamScanner
 from runestone.providers.anyllm_errors import map_anyllm_error
 from runestone.providers.errors import map_upstream_response
-from runestone.streams import relay_stream
+from runestone.streams.relay import relay_stream
 from tests.servers import anthropic_stream, sse_event
 
 EVENTS = anthropic_stream("claude-3-5-sonnet-20241022", ["Hello", " there"])

@@ -45,6 +45,9 @@ CODES: dict[str, CodeInfo] = {
     # The client's request is wrong.
     "invalid_request": CodeInfo(400, _INVALID, False, "client", "the request is malformed"),
     "invalid_json": CodeInfo(400, _INVALID, False, "client", "the body is not valid JSON"),
+    "unsupported_parameter": CodeInfo(
+        400, _INVALID, False, "client", "the target cannot honour a parameter of the request"
+    ),
     "request_too_large": CodeInfo(413, _INVALID, False, "client", "the body is over the limit"),
     "unauthorized": CodeInfo(
         401, "authentication_error", False, "client", "missing or wrong gateway token"

@@ -31,7 +31,7 @@ from runestone.http.endpoints import (
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
 from runestone.http.middleware.auth import CLIENT, METRICS
 from runestone.http.routing import Dispatcher, Mount, Route
-from runestone.protocols import CHAT, COUNT_TOKENS, EMBEDDINGS, MESSAGES
+from runestone.protocols import CHAT, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from runestone.routing import Router
 from runestone.telemetry import Subscriber, Telemetry, otel
 from runestone.telemetry.logs import RequestLog
@@ -85,6 +85,7 @@ class RunestoneApp:
                 ("messages", MESSAGES),
                 ("messages/count_tokens", COUNT_TOKENS),
                 ("embeddings", EMBEDDINGS),
+                ("responses", RESPONSES),
             )
         ] + [
             Route("/v1/models", models := ModelsEndpoint(gateway), scope=CLIENT),

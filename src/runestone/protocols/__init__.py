@@ -14,6 +14,7 @@ from runestone.protocols._base import ClientProtocol, ScannerFactory
 from runestone.protocols.anthropic_messages import COUNT_TOKENS, MESSAGES
 from runestone.protocols.embeddings import EMBEDDINGS
 from runestone.protocols.openai_chat import CHAT, validate_chat
+from runestone.protocols.responses import RESPONSES
 from runestone.providers.adapter import Operation
 
 _PROTOCOLS: dict[Operation, ClientProtocol] = {}
@@ -27,7 +28,7 @@ def protocol_for(operation: Operation) -> ClientProtocol:
     return _PROTOCOLS[operation]
 
 
-for _protocol in (CHAT, MESSAGES, COUNT_TOKENS, EMBEDDINGS):
+for _protocol in (CHAT, MESSAGES, COUNT_TOKENS, EMBEDDINGS, RESPONSES):
     register_protocol(_protocol)
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "COUNT_TOKENS",
     "EMBEDDINGS",
     "MESSAGES",
+    "RESPONSES",
     "ClientProtocol",
     "ScannerFactory",
     "protocol_for",

@@ -45,6 +45,8 @@ class ProviderSpec:
     #: Continues a final assistant message (prefill): a cut stream can be completed
     #: there by sending what the client already has.
     prefill: bool = False
+    #: Serves the Responses API itself: Responses requests pass through unchanged.
+    responses: bool = False
 
 
 @dataclass(frozen=True, slots=True)

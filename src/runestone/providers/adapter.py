@@ -12,7 +12,7 @@ from runestone.providers._specs import Endpoint
 
 #: What a client asked for, as an adapter sees it. Each client wire format (see
 #: ``runestone.protocols``) serves one or more of these.
-Operation = Literal["chat", "messages", "count_tokens", "embeddings"]
+Operation = Literal["chat", "messages", "count_tokens", "embeddings", "responses"]
 
 R = TypeVar("R")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runestone.providers._registry import register, register_adapter
+from runestone.providers._registry import register, register_adapter, registered_adapters
 from runestone.providers._specs import ProviderSpec
-from runestone.providers.adapter import Adapter, AdapterContext
+from runestone.providers.adapter import Adapter, AdapterContext, AdapterFactory
 from runestone.providers.anthropic_native import AnthropicMessagesAdapter
 from runestone.providers.anyllm import (
     AnyLLMChatAdapter,
@@ -23,6 +23,7 @@ from runestone.providers.anyllm import (
 from runestone.providers.mock import MockAdapter, MockEmbeddingsAdapter
 from runestone.providers.mock_messages import MockMessagesAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
+from runestone.providers.responses import ResponsesAdapter
 
 
 def _openai_compatible(
@@ -34,6 +35,7 @@ def _openai_compatible(
     headers: tuple[tuple[str, str], ...] = (),
     stream_usage: bool = True,
     needs_base_url: bool = False,
+    responses: bool = False,
 ) -> ProviderSpec:
     env = name.upper()
     return ProviderSpec(
@@ -47,20 +49,23 @@ def _openai_compatible(
         headers=headers,
         stream_usage=stream_usage,
         needs_base_url=needs_base_url,
+        responses=responses,
     )
 
 
 BUILTIN: tuple[ProviderSpec, ...] = (
-    _openai_compatible("openai", "https://api.openai.com/v1"),
-    _openai_compatible("groq", "https://api.groq.com/openai/v1", origin_path="/openai/v1"),
-    _openai_compatible("openrouter", "https://openrouter.ai/api/v1"),
+    _openai_compatible("openai", "https://api.openai.com/v1", responses=True),
+    _openai_compatible(
+        "groq", "https://api.groq.com/openai/v1", origin_path="/openai/v1", responses=True
+    ),
+    _openai_compatible("openrouter", "https://openrouter.ai/api/v1", responses=True),
     _openai_compatible("together", "https://api.together.xyz/v1"),
     _openai_compatible(
         "mistral", "https://api.mistral.ai/v1", origin_path="/v1", stream_usage=False
     ),
     _openai_compatible("deepseek", "https://api.deepseek.com/v1"),
     _openai_compatible("fireworks", "https://api.fireworks.ai/inference/v1"),
-    _openai_compatible("xai", "https://api.x.ai/v1"),
+    _openai_compatible("xai", "https://api.x.ai/v1", responses=True),
     _openai_compatible(
         "ollama",
         "http://127.0.0.1:11434/v1",
@@ -154,5 +159,20 @@ register_adapter("count_tokens", "anthropic", _anthropic)
 register_adapter("embeddings", "openai", _passthrough)
 register_adapter("embeddings", "anyllm", _translated_embeddings)
 register_adapter("messages", "mock", lambda context: MockMessagesAdapter())
+
+
+def _responses(wire_format: str) -> AdapterFactory:
+    """Responses requests to ``wire_format``: through its chat adapter, or passed through."""
+
+    def factory(context: AdapterContext) -> Adapter:
+        chat = registered_adapters()[("chat", wire_format)](context)
+        native = _passthrough(context) if wire_format == "openai" else None
+        return ResponsesAdapter(chat, native)
+
+    return factory
+
+
+for _wire_format in ("openai", "anthropic", "anyllm", "mock"):
+    register_adapter("responses", _wire_format, _responses(_wire_format))
 register_adapter("count_tokens", "mock", lambda context: MockMessagesAdapter())
 register_adapter("embeddings", "mock", lambda context: MockEmbeddingsAdapter())

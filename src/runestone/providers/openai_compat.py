@@ -132,7 +132,11 @@ class SessionAdapter:
         return AiohttpStream(resp)
 
 
-_OPENAI_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+_OPENAI_PATHS = {
+    "chat": "/chat/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+}
 
 
 class OpenAICompatibleAdapter(SessionAdapter):

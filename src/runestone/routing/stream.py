@@ -26,7 +26,8 @@ from runestone.providers import Call, UpstreamStream
 from runestone.providers.errors import map_transport_errors
 from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
 from runestone.routing.continuation import Continuation, Diverged, continuation_for
-from runestone.streams import StreamScanner, StreamSummary, relay_stream
+from runestone.streams import StreamScanner, StreamSummary
+from runestone.streams.relay import relay_stream
 from runestone.streams.sse import MAX_EVENT_BYTES
 
 _PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble

@@ -1,6 +1,9 @@
-"""Streams: SSE framing (``sse``) and the relay with honest endings (``relay``)."""
+"""Streams: SSE framing (``sse``) and the relay with honest endings (``relay``).
 
-from runestone.streams.relay import relay_stream
+Only the framing is re-exported here: it depends on nothing but the error type, so
+adapters can use it; the relay (which maps transport errors) is imported from its module.
+"""
+
 from runestone.streams.sse import (
     DONE_EVENT,
     HEARTBEAT,
@@ -22,6 +25,5 @@ __all__ = [
     "event_data",
     "loads_object",
     "one_event_each",
-    "relay_stream",
     "split_events",
 ]

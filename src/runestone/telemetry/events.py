@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Outcome = Literal[
-    "complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated"
-]
+Outcome = Literal["complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

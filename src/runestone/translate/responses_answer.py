@@ -1,0 +1,289 @@
+"""A chat-completions answer as an OpenAI Responses answer (the bridge's way back).
+
+``response_object`` turns a whole chat completion into a ``response`` object;
+``ResponsesEvents`` is the state machine that turns chat-completion chunks into the
+Responses event sequence clients consume, a ``sequence_number`` on every event:
+``response.created``, ``response.in_progress``, then per output item
+``response.output_item.added``, for text ``response.content_part.added``,
+``response.output_text.delta`` ... ``.done``, ``response.content_part.done``, for a
+function call ``response.function_call_arguments.delta`` ... ``.done``, then
+``response.output_item.done``; and at the end ``response.completed`` (or
+``response.incomplete`` when the answer was cut by ``max_output_tokens``) with usage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+import orjson
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(12).hex()}"
+
+
+def _usage(usage: object) -> dict[str, object] | None:
+    if not isinstance(usage, dict):
+        return None
+    given = usage.get("prompt_tokens", 0) or 0
+    taken = usage.get("completion_tokens", 0) or 0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    reasoning_details = usage.get("completion_tokens_details")
+    reasoning = (
+        reasoning_details.get("reasoning_tokens", 0) if isinstance(reasoning_details, dict) else 0
+    )
+    return {
+        "input_tokens": given,
+        "input_tokens_details": {"cached_tokens": cached or 0},
+        "output_tokens": taken,
+        "output_tokens_details": {"reasoning_tokens": reasoning or 0},
+        "total_tokens": given + taken,
+    }
+
+
+def shell(request: Mapping[str, object], response_id: str, created: int) -> dict[str, object]:
+    """The fields of a response object that echo the request."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": "in_progress",
+        "model": request.get("model"),
+        "output": [],
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "temperature": request.get("temperature"),
+        "top_p": request.get("top_p"),
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools", []),
+        "text": request.get("text", {"format": {"type": "text"}}),
+        "reasoning": request.get("reasoning"),
+        "store": False,
+        "metadata": request.get("metadata") or {},
+        "usage": None,
+        "error": None,
+        "incomplete_details": None,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, object]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def _call_item(item_id: str, call: Mapping[str, object], status: str = "completed") -> dict:  # type: ignore[type-arg]
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.get("call_id"),
+        "name": call.get("name"),
+        "arguments": call.get("arguments", ""),
+        "status": status,
+    }
+
+
+def _finish(response: dict[str, object], finish_reason: object) -> None:
+    if finish_reason == "length":
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": "max_output_tokens"}
+    elif finish_reason == "content_filter":
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": "content_filter"}
+    else:
+        response["status"] = "completed"
+
+
+def response_object(request: Mapping[str, object], completion: Mapping[str, object]) -> dict:  # type: ignore[type-arg]
+    """A whole chat completion as a Responses ``response`` object."""
+    created = completion.get("created")
+    response = shell(
+        request, _id("resp"), created if isinstance(created, int) else int(time.time())
+    )
+    output: list[dict[str, object]] = []
+    finish: object = None
+    for choice in completion.get("choices") or []:  # type: ignore[attr-defined]
+        message = choice.get("message") or {}
+        finish = choice.get("finish_reason")
+        text = message.get("content")
+        if isinstance(text, str) and text:
+            output.append(_message_item(_id("msg"), text))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            output.append(
+                _call_item(
+                    _id("fc"),
+                    {
+                        "call_id": call.get("id"),
+                        "name": function.get("name"),
+                        "arguments": function.get("arguments", ""),
+                    },
+                )
+            )
+        break  # one choice: the Responses API has no n
+    response["output"] = output
+    response["usage"] = _usage(completion.get("usage"))
+    _finish(response, finish)
+    return response
+
+
+class ResponsesEvents:
+    """Chat-completion chunks in, Responses events out (bytes of SSE)."""
+
+    def __init__(self, request: Mapping[str, object]) -> None:
+        self.request = request
+        self.response = shell(request, _id("resp"), int(time.time()))
+        self.sequence = 0
+        self.started = False
+        self.finished = False
+        self._text: dict[str, object] | None = None  # the open message item
+        self._calls: dict[int, dict[str, object]] = {}  # open function calls by chat index
+        self._output: list[dict[str, object]] = []
+        self._finish_reason: object = None
+        self._usage: object = None
+
+    @property
+    def saw_finish(self) -> bool:
+        return self._finish_reason is not None
+
+    def _event(self, kind: str, **fields: object) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def _start(self) -> list[bytes]:
+        self.started = True
+        return [
+            self._event("response.created", response=self.response),
+            self._event("response.in_progress", response=self.response),
+        ]
+
+    def chunk(self, payload: Mapping[str, object]) -> bytes:
+        """One chat-completion chunk's worth of Responses events."""
+        out = [] if self.started else self._start()
+        if isinstance(payload.get("usage"), dict):
+            self._usage = payload["usage"]
+        for choice in payload.get("choices") or []:  # type: ignore[attr-defined]
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out.extend(self._text_delta(text))
+            for call in delta.get("tool_calls") or []:
+                out.extend(self._call_delta(call))
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+        return b"".join(out)
+
+    def _text_delta(self, text: str) -> list[bytes]:
+        out = []
+        if self._text is None:
+            self._text = _message_item(_id("msg"), "", "in_progress")
+            self._text["content"] = []
+            index = len(self._output)
+            self._output.append(self._text)
+            out.append(
+                self._event("response.output_item.added", output_index=index, item=self._text)
+            )
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=self._text["id"],
+                    output_index=index,
+                    content_index=0,
+                    part={"type": "output_text", "text": "", "annotations": []},
+                )
+            )
+            self._text["_index"] = index
+            self._text["_text"] = ""
+        self._text["_text"] = str(self._text["_text"]) + text
+        out.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=self._text["id"],
+                output_index=self._text["_index"],
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
+        return out
+
+    def _close_text(self) -> list[bytes]:
+        item, self._text = self._text, None
+        if item is None:
+            return []
+        index, text = item.pop("_index"), str(item.pop("_text"))
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item.update(status="completed", content=[part])
+        common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [
+            self._event("response.output_text.done", **common, text=text, logprobs=[]),
+            self._event("response.content_part.done", **common, part=part),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _call_delta(self, call: Mapping[str, object]) -> list[bytes]:
+        raw_index = call.get("index", 0)
+        index = raw_index if isinstance(raw_index, int) else 0
+        function = call.get("function") or {}
+        assert isinstance(function, dict)
+        out = []
+        found = self._calls.get(index)
+        if found is None:
+            out.extend(self._close_text())
+            found = _call_item(
+                _id("fc"), {"call_id": call.get("id"), "name": function.get("name")}, "in_progress"
+            )
+            found["_index"] = len(self._output)
+            self._output.append(found)
+            self._calls[index] = found
+            out.append(
+                self._event("response.output_item.added", output_index=found["_index"], item=found)
+            )
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            found["arguments"] = str(found["arguments"]) + arguments
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=found["id"],
+                    output_index=found["_index"],
+                    delta=arguments,
+                )
+            )
+        return out
+
+    def end(self) -> bytes:
+        """The chat stream completed: close every item and complete the response."""
+        out = [] if self.started else self._start()
+        out.extend(self._close_text())
+        for found in self._calls.values():
+            index = found.pop("_index")
+            found["status"] = "completed"
+            common = {"item_id": found["id"], "output_index": index}
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done", **common, arguments=found["arguments"]
+                )
+            )
+            out.append(self._event("response.output_item.done", output_index=index, item=found))
+        self._calls = {}
+        self.response["output"] = self._output
+        self.response["usage"] = _usage(self._usage)
+        _finish(self.response, self._finish_reason)
+        kind = (
+            "response.completed"
+            if self.response["status"] == "completed"
+            else ("response.incomplete")
+        )
+        self.finished = True
+        out.append(self._event(kind, response=self.response))
+        return b"".join(out)

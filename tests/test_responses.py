@@ -114,9 +114,11 @@ async def chat_cut(request: web.Request, body: dict[str, Any]) -> web.StreamResp
 ALIASES = """
 defaults: {retries: 0}
 providers:
-  chatonly: {base_url: "BASE/v1"}
+  chatonly: {base_url: "BASE/v1", responses: bridge}
+  ownnative: {base_url: "BASE/v1", responses: native}
 aliases:
   native: openai:gpt-4.1
+  own: ownnative:gpt-4.1
   native-cut: openai:cut
   chat: chatonly:llama
   chat-cut: chatonly:cut
@@ -153,6 +155,11 @@ def test_pass_through_keeps_the_bytes(gateway: Gateway, fake: FakeProvider) -> N
     with client(gateway).responses.stream(model="native", input="Hi") as stream:
         final = stream.get_final_response()
     assert final.output_text == "Native hello."
+    # A provider of one's own marked 'responses: native' in the alias file, likewise.
+    assert client(gateway).responses.create(model="own", input="Hi").output_text == (
+        "Native hello."
+    )
+    assert fake.seen[-1].path == "/v1/responses"
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'route="responses"' in metrics
 

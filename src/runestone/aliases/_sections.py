@@ -9,7 +9,7 @@ from runestone.aliases._yaml_nodes import Located
 from runestone.pricing import Price, price_from
 from runestone.providers import ProviderSpec
 
-PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers", "prefill"})
+PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers", "prefill", "responses"})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -130,6 +130,15 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 problems.append(
                     Problem(raw_prefill.line, f"{where}: prefill must be true or false")
                 )
+        responses = False
+        if "responses" in entry.value:
+            raw_responses = entry.value["responses"]
+            if raw_responses.value in ("native", "bridge"):
+                responses = raw_responses.value == "native"
+            else:
+                problems.append(
+                    Problem(raw_responses.line, f"{where}: responses must be native or bridge")
+                )
         if len(problems) > before or base_url is None:
             continue
         specs.append(
@@ -142,6 +151,7 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 headers=tuple(headers),
                 docs=f"declared in the alias file, line {entry.line}",
                 prefill=prefill,
+                responses=responses,
             )
         )
     return specs

@@ -46,6 +46,21 @@ MESSAGE_RESPONSE = (
 )
 
 
+RESPONSES_BODY = (
+    b'{"id":"resp_bench","object":"response","created_at":1700000000,"status":"completed",'
+    b'"model":"bench-model","output":[{"type":"message","id":"msg_bench","status":"completed",'
+    b'"role":"assistant","content":[{"type":"output_text","text":"Hello! How can I help you '
+    b'today?","annotations":[]}]}],"parallel_tool_calls":true,"tool_choice":"auto","tools":[],'
+    b'"usage":{"input_tokens":9,"output_tokens":9,"total_tokens":18}}'
+)
+RESPONSES_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(RESPONSES_BODY)).encode()
+    + b"\r\n\r\n"
+    + RESPONSES_BODY
+)
+
+
 def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -90,6 +105,36 @@ def anthropic_chunks(count: int) -> list[bytes]:
     return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
 
 
+def responses_chunks(count: int) -> list[bytes]:
+    """The Responses API's event sequence, with CHUNKS text deltas."""
+    shell = (
+        b'{"id":"resp_bench","object":"response","created_at":1700000000,"status":"%s",'
+        b'"model":"bench-model","output":[],"parallel_tool_calls":true,"tool_choice":"auto",'
+        b'"tools":[],"usage":%s}'
+    )
+    pending = shell % (b"in_progress", b"null")
+    item = b'"item_id":"msg_bench","output_index":0,"content_index":0'
+    kinds = [
+        (b"response.created", b'"response":' + pending),
+        (b"response.in_progress", b'"response":' + pending),
+        (
+            b"response.output_item.added",
+            b'"output_index":0,"item":{"type":"message","id":"msg_bench",'
+            b'"status":"in_progress","role":"assistant","content":[]}',
+        ),
+    ]
+    kinds += [
+        (b"response.output_text.delta", item + b',"delta":"tok%d "' % i) for i in range(count)
+    ]
+    usage = b'{"input_tokens":9,"output_tokens":%d,"total_tokens":%d}' % (count, count + 9)
+    kinds.append((b"response.completed", b'"response":' + shell % (b"completed", usage)))
+    events = [
+        _event(kind, b'{"type":"%s","sequence_number":%d,%s}' % (kind, n, rest))
+        for n, (kind, rest) in enumerate(kinds)
+    ]
+    return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
+
+
 def stream_chunks(count: int) -> list[bytes]:
     head = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
     head += b'"model":"bench-model","choices":[{"index":0,"delta":'
@@ -101,10 +146,11 @@ def stream_chunks(count: int) -> list[bytes]:
 
 
 class MockProtocol(asyncio.Protocol):
-    def __init__(self, chunks: list[bytes], anthropic: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], anthropic: list[bytes], responses: list[bytes]):
         self.buffer = b""
         self.openai_chunks = chunks
         self.anthropic_chunks = anthropic
+        self.responses_chunks = responses
         self.chunks = chunks
         self.transport: asyncio.Transport | None = None
 
@@ -127,10 +173,19 @@ class MockProtocol(asyncio.Protocol):
             self.buffer = self.buffer[total:]
             assert self.transport is not None
             anthropic = head.startswith(b"POST /v1/messages")
+            responses = head.startswith(b"POST /v1/responses")
             if b'"stream":true' in body or b'"stream": true' in body:
-                self.chunks = self.anthropic_chunks if anthropic else self.openai_chunks
+                self.chunks = (
+                    self.anthropic_chunks
+                    if anthropic
+                    else self.responses_chunks
+                    if responses
+                    else self.openai_chunks
+                )
                 self.transport.write(STREAM_HEAD)
                 self._send_from(0)
+            elif responses:
+                self.transport.write(RESPONSES_RESPONSE)
             else:
                 self.transport.write(MESSAGE_RESPONSE if anthropic else RESPONSE)
 
@@ -148,8 +203,9 @@ class MockProtocol(asyncio.Protocol):
 async def serve(port: int, chunks: int) -> None:
     loop = asyncio.get_running_loop()
     pieces, anthropic = stream_chunks(chunks), anthropic_chunks(chunks)
+    responses = responses_chunks(chunks)
     server = await loop.create_server(
-        lambda: MockProtocol(pieces, anthropic), "127.0.0.1", port, backlog=4096
+        lambda: MockProtocol(pieces, anthropic, responses), "127.0.0.1", port, backlog=4096
     )
     async with server:
         await server.serve_forever()

@@ -38,7 +38,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CHUNKS = 50  # content chunks per streamed answer (the mock's default)
 TOKEN = "bench-token"
-ALIASES = "aliases:\n  bench: openai:bench-model\n  bench-claude: anthropic:bench-model\n"
+ALIASES = (
+    "providers:\n  chatonly: {base_url: 'http://127.0.0.1:MOCK_PORT/v1', responses: bridge}\n"
+    "aliases:\n  bench: openai:bench-model\n  bench-claude: anthropic:bench-model\n"
+    "  bench-bridged: chatonly:bench-model\n"
+)
+
+
+def _responses_body(model: str, stream: bool) -> str:
+    body = {"model": model, "input": "Hello, how are you?"}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+RESPONSES_NATIVE_BODY = _responses_body("bench", False)
+RESPONSES_NATIVE_STREAM_BODY = _responses_body("bench", True)
+RESPONSES_BRIDGED_BODY = _responses_body("bench-bridged", False)
+RESPONSES_BRIDGED_STREAM_BODY = _responses_body("bench-bridged", True)
 BODY = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "Hello, how are you?"}]}
 )
@@ -199,7 +216,7 @@ def main() -> int:
             raise SystemExit(f"port {port} is already in use: stop what listens there first")
     workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-"))
     aliases = workdir / "aliases.yaml"
-    aliases.write_text(ALIASES)
+    aliases.write_text(ALIASES.replace("MOCK_PORT", str(args.mock_port)))
     env = {
         **os.environ,
         "RUNESTONE_ALIASES_PATH": str(aliases),
@@ -296,6 +313,21 @@ def main() -> int:
             for _ in range(args.rounds)
         ]
         rss_translated = peak_rss_mb(gateway.pid)
+        # The Responses API: passed through to a provider that serves it, and bridged to
+        # a chat-only one; next to the chat pass-through measured above.
+        responses_url = f"http://127.0.0.1:{args.gateway_port}/v1/responses"
+        responses = [
+            tuple(
+                wrk(responses_url, body, connections=32, seconds=s, cpu=cpu)
+                for body in (
+                    RESPONSES_NATIVE_BODY,
+                    RESPONSES_NATIVE_STREAM_BODY,
+                    RESPONSES_BRIDGED_BODY,
+                    RESPONSES_BRIDGED_STREAM_BODY,
+                )
+            )
+            for _ in range(args.rounds)
+        ]
     finally:
         for process in processes:
             process.send_signal(signal.SIGINT)
@@ -346,6 +378,23 @@ def main() -> int:
         "peak_rss_mb": round(rss_translated, 1),
         "errors": t_many.errors + t_streams.errors,
     }
+    chat_request_us = 1e6 / many.requests_per_second
+    chat_stream_us = 1e6 / streams.requests_per_second
+    responses_results: dict[str, object] = {}
+    for index, name in enumerate(("native", "native_stream", "bridged", "bridged_stream")):
+        found = median_result([r[index] for r in responses])
+        cpu_us = 1e6 / found.requests_per_second
+        versus = chat_stream_us if name.endswith("stream") else chat_request_us
+        entry: dict[str, object] = {
+            "per_second_c32": round(found.requests_per_second),
+            "cpu_us": round(cpu_us, 1),
+            "cpu_us_over_chat_pass_through": round(cpu_us - versus, 1),
+            "errors": found.errors,
+        }
+        if name.endswith("stream"):
+            entry["cpu_us_per_chunk_over_chat"] = round((cpu_us - versus) / CHUNKS, 2)
+        responses_results[name] = entry
+    results["responses"] = responses_results
     if bare_numbers is not None:
         results["bare_forwarder"] = {
             "added_p50_ms": round(bare_numbers["c1"].p50_ms - base.p50_ms, 3),
@@ -391,7 +440,17 @@ def main() -> int:
     print(f"  50-chunk streams/s at c=32      {tr['streams_per_second_c32']}")  # type: ignore[index]
     print(f"  CPU per streamed chunk, over the pass-through: {tr['added_cpu_per_chunk_us']} us")  # type: ignore[index]
     print(f"  peak RSS with any-llm loaded    {tr['peak_rss_mb']} MB")  # type: ignore[index]
+    print()
+    print("Responses API (c=32; gateway CPU per request or 50-chunk stream, and over chat):")
+    for name, entry in responses_results.items():
+        extra = entry.get("cpu_us_per_chunk_over_chat")  # type: ignore[attr-defined]
+        per_chunk = f", {extra} us per chunk" if extra is not None else ""
+        print(
+            f"  {name:<15} {entry['per_second_c32']:>6}/s  {entry['cpu_us']:>8} us  "  # type: ignore[index]
+            f"(+{entry['cpu_us_over_chat_pass_through']} us over chat{per_chunk})"  # type: ignore[index]
+        )
     errors = sum(results["errors"].values()) + results["translated"]["errors"]  # type: ignore[attr-defined,index]
+    errors += sum(e["errors"] for e in responses_results.values())  # type: ignore[index]
     if errors:
         print(f"\nWARNING: {errors} failed requests during the run: {results['errors']}")
     if args.json:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from functools import cache
 from typing import Any
 
@@ -41,6 +42,40 @@ def _reply(status: bytes, reason: bytes) -> bytes:
     )
 
 
+_SWEEP_SECONDS = 0.25
+
+
+class _Sweeper:
+    """One timer for every connection of a loop: a request only writes its deadline.
+
+    A timer per request phase (three per request) cost more than the rest of the
+    protocol's work; a sweep four times a second costs nothing per request.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watched: weakref.WeakSet[BoundedHttpToolsProtocol] = weakref.WeakSet()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self.watched.add(protocol)
+        if self._handle is None:
+            self._handle = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for protocol in list(self.watched):
+            deadline = protocol.deadline
+            if deadline is not None and now > deadline:
+                protocol.too_slow()
+        self._handle = self.loop.call_later(_SWEEP_SECONDS, self._sweep) if self.watched else None
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header limits and read timeouts."""
 
@@ -50,32 +85,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = "idle"  # idle -> headers -> body -> idle
         self._header_bytes = 0
         self._header_count = 0
-        self._read_timer: asyncio.TimerHandle | None = None
+        #: When the request in progress must have made progress by (loop time), or None.
+        self.deadline: float | None = None
+        sweeper = _SWEEPERS.get(self.loop)
+        if sweeper is None:
+            sweeper = _SWEEPERS[self.loop] = _Sweeper(self.loop)
+        sweeper.add(self)
 
-    def _arm(self, seconds: float, reply: bytes) -> None:
-        self._disarm()
-        self._read_timer = self.loop.call_later(seconds, self._too_slow, reply)
-
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _too_slow(self, reply: bytes) -> None:
-        self._read_timer = None
+    def too_slow(self) -> None:
+        self.deadline = None
         if not self.transport.is_closing():
-            if reply:
-                self.transport.write(reply)
+            if self._phase == "headers":
+                self.transport.write(_reply(b"408 Request Timeout", b"headers too slow"))
             self.transport.close()
 
     def _refuse(self, reason: bytes) -> None:
-        self._disarm()
+        self.deadline = None
         if not self.transport.is_closing():
             self.transport.write(_reply(b"431 Request Header Fields Too Large", reason))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.deadline = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -84,7 +115,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase == "idle":  # the first bytes of a request: headers must come in time
             self._phase = "headers"
             self._header_bytes = 0
-            self._arm(self._header_timeout, _reply(b"408 Request Timeout", b"headers too slow"))
+            self.deadline = self.loop.time() + self._header_timeout
         if self._phase == "headers":
             # Counted as they arrive: the parser holds an unfinished header itself, so
             # waiting for its callbacks would let one huge header fill memory.
@@ -108,14 +139,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._phase = "body"
-        self._arm(self._body_timeout, b"")  # the body, if any, must keep coming
+        self.deadline = self.loop.time() + self._body_timeout  # the body must keep coming
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self._arm(self._body_timeout, b"")
+        self.deadline = self.loop.time() + self._body_timeout
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._phase = "idle"
-        self._disarm()
+        self.deadline = None
         super().on_message_complete()

@@ -63,13 +63,13 @@ def require_model(body: object) -> dict[str, object]:
             "'model' must be a non-empty string: an alias or provider:model",
             param="model",
         )
-    if len(model) > MAX_MODEL_BYTES or len(model.encode()) > MAX_MODEL_BYTES:
+    if len(model) > MAX_MODEL_BYTES // 4 and len(model.encode()) > MAX_MODEL_BYTES:
         raise error_for(
             "invalid_request",
             f"'model' is longer than {MAX_MODEL_BYTES} bytes; no model has such a name",
             param="model",
         )
-    if _CONTROL.search(model):
+    if not model.isprintable() and _CONTROL.search(model):
         # A name with CR/LF or NUL would reach upstream headers and logs: refuse it whole.
         raise error_for("invalid_request", "'model' contains control characters", param="model")
     return body

@@ -121,8 +121,8 @@ async def run_attempts(
     refused: list[CircuitBreaker] = []
     started = time.perf_counter()
     queue = deque(order(policy.strategy, candidates))
-    fallback = list(context_fallback)
-    too_long: set[Target] = set()
+    fallback = context_fallback
+    too_long: list[Target] = []
     while queue:
         candidate = queue.popleft()
         breaker = candidate.breaker
@@ -176,10 +176,10 @@ async def run_attempts(
                 breaker.record_failure()
             elif error.code == "context_length_exceeded" and (fallback or too_long):
                 breaker.record_success()  # it answered: the prompt is too long for it
-                too_long.add(candidate.target)
+                too_long.append(candidate.target)
                 if fallback:  # from now on only the larger-context targets
                     queue = deque(c for c in fallback if c.target not in too_long)
-                    fallback = []
+                    fallback = ()
                 last = error
                 break
             elif error.fault == "client":

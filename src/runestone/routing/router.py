@@ -104,34 +104,73 @@ class Router:
         targets = alias.targets if alias is not None else resolve(model, table)
         read_timeout = policy.idle_timeout if streaming else None
         wants_usage = streaming and protocol.add_stream_usage(body)
-        first_error: list[GatewayError] = []
-
-        def candidate(target: Target) -> Candidate | None:
-            endpoint = registry.endpoint(target.provider)
-            error = unusable(target, endpoint, registry)
-            if error is not None:
-                first_error.append(error)
-                return None
-            assert endpoint is not None
-            call = Call(
-                endpoint,
-                target.model,
+        make = self._candidate
+        errors: list[GatewayError] = []
+        candidates = []
+        for target in targets:  # a plain loop: this runs for every request
+            found = make(
+                target,
+                registry,
                 body,
                 request_id,
-                protocol.operation,
+                protocol,
                 forward,
                 read_timeout,
-                wants_usage and endpoint.spec.stream_usage,
+                wants_usage,
+                errors,
             )
-            breaker = self.breakers.get(f"{target}@{endpoint.public_url}")
-            return Candidate(target, call, breaker)
-
-        candidates = [c for t in targets if (c := candidate(t)) is not None]
+            if found is not None:
+                candidates.append(found)
         if not candidates:
-            raise first_error[0]
-        extra = alias.context_fallback if alias is not None else ()
-        fallback = [c for t in extra if (c := candidate(t)) is not None]
+            raise errors[0]
+        fallback: list[Candidate] = []
+        if alias is not None and alias.context_fallback:
+            for target in alias.context_fallback:
+                found = make(
+                    target,
+                    registry,
+                    body,
+                    request_id,
+                    protocol,
+                    forward,
+                    read_timeout,
+                    wants_usage,
+                    errors,
+                )
+                if found is not None:
+                    fallback.append(found)
         return candidates, policy, fallback
+
+    def _candidate(
+        self,
+        target: Target,
+        registry: ProviderRegistry,
+        body: dict[str, object],
+        request_id: str,
+        protocol: ClientProtocol,
+        forward: Forwarded,
+        read_timeout: float | None,
+        wants_usage: bool,
+        errors: list[GatewayError],
+    ) -> Candidate | None:
+        """One target ready to try, or None (its reason appended to ``errors``)."""
+        endpoint = registry.endpoint(target.provider)
+        error = unusable(target, endpoint, registry)
+        if error is not None:
+            errors.append(error)
+            return None
+        assert endpoint is not None
+        call = Call(
+            endpoint,
+            target.model,
+            body,
+            request_id,
+            protocol.operation,
+            forward,
+            read_timeout,
+            wants_usage and endpoint.spec.stream_usage,
+        )
+        return Candidate(target, call, self.breakers.get(f"{target}@{endpoint.public_url}"))
 
     def _adapter(self, call: Call) -> Adapter:
         adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))

@@ -13,6 +13,7 @@ import pytest
 
 from runestone.http import Mount
 from runestone.http.middleware import ErrorMiddleware
+from runestone.http.routing import Dispatcher
 from runestone.protocols import CHAT
 from runestone.providers import AdapterContext, Call, Reply, register_adapter
 from runestone.providers import _registry as provider_registry
@@ -70,14 +71,18 @@ async def _run(app: Any, raises: BaseException) -> list[dict[str, Any]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    scope = {"type": "http", "method": "GET", "path": "/sub/x", "headers": []}
     await app(broken)(scope, receive, send)
     return sent
 
 
 @pytest.mark.parametrize("raises", [RuntimeError("boom"), ValueError("late")])
 def test_no_second_response_after_the_first_started(raises: BaseException) -> None:
-    sent = asyncio.run(_run(ErrorMiddleware, raises))
+    # A mounted (foreign) app is guarded: its start is noted, and nothing renders after.
+    def stack(inner: Any) -> Any:
+        return ErrorMiddleware(Dispatcher([Mount("/sub", inner)]))
+
+    sent = asyncio.run(_run(stack, raises))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
 
 

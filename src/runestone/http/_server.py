@@ -84,7 +84,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._max_bytes, self._max_headers, self._header_timeout, self._body_timeout = _limits()
         self._phase = "idle"  # idle -> headers -> body -> idle
         self._header_bytes = 0
-        self._header_count = 0
+        self._clock = self.loop.time
         #: When the request in progress must have made progress by (loop time), or None.
         self.deadline: float | None = None
         sweeper = _SWEEPERS.get(self.loop)
@@ -114,9 +114,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return  # refused already: nothing more is parsed or held
         if self._phase == "idle":  # the first bytes of a request: headers must come in time
             self._phase = "headers"
-            self._header_bytes = 0
-            self.deadline = self.loop.time() + self._header_timeout
-        if self._phase == "headers":
+            self._header_bytes = len(data)
+            self.deadline = self._clock() + self._header_timeout
+        elif self._phase == "headers":
             # Counted as they arrive: the parser holds an unfinished header itself, so
             # waiting for its callbacks would let one huge header fill memory.
             self._header_bytes += len(data)
@@ -124,26 +124,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase == "headers" and self._header_bytes > self._max_bytes:
             self._refuse(b"request headers too large")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._max_headers:
-            self._refuse(b"too many request headers")
-            return
-        super().on_header(name, value)
-
-    def on_message_begin(self) -> None:
-        self._header_count = 0
-        super().on_message_begin()
-
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():
             return
+        if len(self.headers) > self._max_headers:  # their bytes were bounded already
+            self._refuse(b"too many request headers")
+            return
         self._phase = "body"
-        self.deadline = self.loop.time() + self._body_timeout  # the body must keep coming
+        self.deadline = self._clock() + self._body_timeout  # the body must keep coming
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self.deadline = self.loop.time() + self._body_timeout
+        self.deadline = self._clock() + self._body_timeout
         super().on_body(body)
 
     def on_message_complete(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Sequence
 from runestone.errors import error_for
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 from runestone.http.middleware.auth import requires
-from runestone.http.middleware.errors import PROTOCOL
+from runestone.http.middleware.errors import PROTOCOL, guard_start
 from runestone.protocols import ClientProtocol
 
 
@@ -93,7 +93,7 @@ class Dispatcher:
                     child = dict(scope)
                     child["root_path"] = root + mount.prefix
                     child["path"] = root + path  # sub-apps strip root_path themselves
-                    return mount.app(child, receive, send)
+                    return mount.app(child, receive, guard_start(scope, send))
             raise error_for("not_found", f"no endpoint {path}; see README.md for the API")
         if route.protocol is not None:
             scope[PROTOCOL] = route.protocol

@@ -21,7 +21,7 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.http._relay import ClientWatch, StreamState, relay_to_client
-from runestone.http.middleware.errors import REQUEST_ID
+from runestone.http.middleware.errors import REQUEST_ID, STARTED
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
 from runestone.routing import Routed, RoutedStream
@@ -70,6 +70,7 @@ class ProxyEndpoint:
                 except BaseException:
                     watch.stop()
                     raise
+                scope[STARTED] = True  # from here on, errors end the stream in-band
                 await self._relay(routed, trace, watch, send)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.

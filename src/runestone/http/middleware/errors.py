@@ -5,6 +5,11 @@ the protocol the route declared (``scope["runestone.protocol"]``); any other exc
 is logged and becomes ``internal_error``. As in starlette's ``ServerErrorMiddleware``,
 once the response has started nothing can be rendered any more: the error is logged
 and the connection left to close, since a second response would corrupt the first.
+
+Whether it started is ``scope["runestone.started"]``: set by the gateway's own streamed
+responses (the only ones of its own that can fail after starting), and by a guard on
+``send`` that the dispatcher puts in front of mounted applications. Not a wrapper on
+every ``send``: that would cost a call on every streamed chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +24,18 @@ log = logging.getLogger("runestone.http")
 
 REQUEST_ID = "runestone.request_id"
 PROTOCOL = "runestone.protocol"
+STARTED = "runestone.started"
+
+
+def guard_start(scope: Scope, send: Send) -> Send:
+    """``send``, noting in the scope when the response starts (for foreign apps)."""
+
+    async def guarded(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            scope[STARTED] = True
+        await send(message)
+
+    return guarded
 
 
 class ErrorMiddleware:
@@ -35,27 +52,19 @@ class ErrorMiddleware:
                 client_id = value.decode("latin-1")
                 break
         request_id = scope[REQUEST_ID] = new_request_id(client_id)
-        started = False
-
-        async def guarded(message: Message) -> None:
-            nonlocal started
-            if not started and message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, receive, guarded)
+            await self.app(scope, receive, send)
         except ClientGone:
             return
         except GatewayError as exc:
-            if started:
+            if scope.get(STARTED):
                 log.warning("request %s failed after its response started: %r", request_id, exc)
                 return
             protocol = scope.get(PROTOCOL)
             await send_error(send, exc, request_id, protocol.error_body if protocol else None)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
-            if started:
+            if scope.get(STARTED):
                 return
             protocol = scope.get(PROTOCOL)
             await send_error(

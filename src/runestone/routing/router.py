@@ -104,73 +104,53 @@ class Router:
         targets = alias.targets if alias is not None else resolve(model, table)
         read_timeout = policy.idle_timeout if streaming else None
         wants_usage = streaming and protocol.add_stream_usage(body)
-        make = self._candidate
         errors: list[GatewayError] = []
-        candidates = []
-        for target in targets:  # a plain loop: this runs for every request
-            found = make(
-                target,
-                registry,
-                body,
-                request_id,
-                protocol,
-                forward,
-                read_timeout,
-                wants_usage,
-                errors,
-            )
-            if found is not None:
-                candidates.append(found)
+        context = (registry, body, request_id, protocol, forward, read_timeout, wants_usage)
+        candidates = self._candidates(targets, context, errors)
         if not candidates:
             raise errors[0]
         fallback: list[Candidate] = []
         if alias is not None and alias.context_fallback:
-            for target in alias.context_fallback:
-                found = make(
-                    target,
-                    registry,
-                    body,
-                    request_id,
-                    protocol,
-                    forward,
-                    read_timeout,
-                    wants_usage,
-                    errors,
-                )
-                if found is not None:
-                    fallback.append(found)
+            fallback = self._candidates(alias.context_fallback, context, errors)
         return candidates, policy, fallback
 
-    def _candidate(
+    def _candidates(
         self,
-        target: Target,
-        registry: ProviderRegistry,
-        body: dict[str, object],
-        request_id: str,
-        protocol: ClientProtocol,
-        forward: Forwarded,
-        read_timeout: float | None,
-        wants_usage: bool,
+        targets: tuple[Target, ...],
+        context: tuple[
+            ProviderRegistry,
+            dict[str, object],
+            str,
+            ClientProtocol,
+            Forwarded,
+            float | None,
+            bool,
+        ],
         errors: list[GatewayError],
-    ) -> Candidate | None:
-        """One target ready to try, or None (its reason appended to ``errors``)."""
-        endpoint = registry.endpoint(target.provider)
-        error = unusable(target, endpoint, registry)
-        if error is not None:
-            errors.append(error)
-            return None
-        assert endpoint is not None
-        call = Call(
-            endpoint,
-            target.model,
-            body,
-            request_id,
-            protocol.operation,
-            forward,
-            read_timeout,
-            wants_usage and endpoint.spec.stream_usage,
-        )
-        return Candidate(target, call, self.breakers.get(f"{target}@{endpoint.public_url}"))
+    ) -> list[Candidate]:
+        """The targets ready to try; why the others cannot be, appended to ``errors``."""
+        registry, body, request_id, protocol, forward, read_timeout, wants_usage = context
+        found = []
+        for target in targets:  # a plain loop: this runs for every request
+            endpoint = registry.endpoint(target.provider)
+            error = unusable(target, endpoint, registry)
+            if error is not None:
+                errors.append(error)
+                continue
+            assert endpoint is not None
+            call = Call(
+                endpoint,
+                target.model,
+                body,
+                request_id,
+                protocol.operation,
+                forward,
+                read_timeout,
+                wants_usage and endpoint.spec.stream_usage,
+            )
+            breaker = self.breakers.get(f"{target}@{endpoint.public_url}")
+            found.append(Candidate(target, call, breaker))
+        return found
 
     def _adapter(self, call: Call) -> Adapter:
         adapter = self._adapters.get((call.operation, call.endpoint.spec.wire_format))

@@ -281,3 +281,28 @@ def test_in_flight_gauges_return_to_zero(gateway: Gateway) -> None:
     m = scrape(gateway.url)
     assert value(m, "runestone_in_flight_streams") == 0
     assert value(m, "runestone_in_flight_requests") == 0
+
+
+def test_local_metrics_expose_what_prometheus_client_would() -> None:
+    """One process keeps plain numbers; the exposition must match prometheus_client's."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.1, 0.5, 1.0)
+    local_h = LocalHistogram("h_seconds", "h", ["route"], ours, buckets)
+    local_c = LocalCounter("c", "c", ["route"], ours)
+    real_h = Histogram("h_seconds", "h", ["route"], buckets=buckets, registry=theirs)
+    real_c = Counter("c", "c", ["route"], registry=theirs)
+    for value in (0.05, 0.1, 0.3, 0.5, 0.9, 1.0, 7.0):  # bounds included: "le" is <=
+        local_h.labels("chat").observe(value)
+        real_h.labels("chat").observe(value)
+        local_c.labels("chat").inc(value)
+        real_c.labels("chat").inc(value)
+
+    def samples(registry: CollectorRegistry) -> set[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return {line for line in lines if not line.startswith("#") and "_created" not in line}
+
+    assert samples(ours) == samples(theirs)

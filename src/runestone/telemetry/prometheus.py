@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
 from runestone.telemetry.events import AliasReload, Event, InFlight, RequestFinished
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,52 +34,53 @@ class PrometheusMetrics:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        counter, histogram = self._kinds()
+        self.requests = counter(
             "runestone_requests",
             "Requests by route, alias, target, status and error code",
             ["route", "alias", "provider", "model", "status", "code"],
             registry=r,
         )
-        self.duration = Histogram(
+        self.duration = histogram(
             "runestone_request_duration_seconds",
             "Whole request, received to last byte",
             ["route", "alias", "provider"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.overhead = Histogram(
+        self.overhead = histogram(
             "runestone_gateway_overhead_seconds",
             "Time not spent waiting on the upstream",
             ["route"],
             buckets=_OVERHEAD,
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = histogram(
             "runestone_time_to_first_token_seconds",
             "Streams: request to first content",
             ["route", "alias", "provider"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             "runestone_tokens",
             "Tokens as the provider reported them",
             ["provider", "model", "direction"],
             registry=r,
         )
-        self.cost = Counter(
+        self.cost = counter(
             "runestone_cost_usd",
             "Spend in USD, from reported tokens and the price table",
             ["provider", "model"],
             registry=r,
         )
-        self.streams = Counter(
+        self.streams = counter(
             "runestone_stream_outcomes",
             "How streams ended",
             ["route", "outcome"],
             registry=r,
         )
-        self.extra_attempts = Counter(
+        self.extra_attempts = counter(
             "runestone_extra_attempts",
             "Attempts beyond the first (retries and fallbacks)",
             ["route", "alias"],
@@ -119,6 +121,12 @@ class PrometheusMetrics:
                         self.table.remove(self._version)
                 self._version = event.version
                 self.table.labels(event.version).set(1)
+
+    def _kinds(self) -> tuple[Any, Any]:
+        """Counter and histogram classes: plain numbers in one process, files in several."""
+        if self.multiprocess:
+            return Counter, Histogram
+        return LocalCounter, _local_histogram
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -163,6 +171,17 @@ class PrometheusMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+
+def _local_histogram(
+    name: str,
+    documentation: str,
+    labelnames: list[str],
+    *,
+    buckets: tuple[float, ...],
+    registry: CollectorRegistry,
+) -> LocalHistogram:
+    return LocalHistogram(name, documentation, labelnames, registry, buckets)
 
 
 _IN_FLIGHT = (

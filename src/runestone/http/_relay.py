@@ -69,6 +69,10 @@ class ClientWatch:
         finally:
             self._connecting = None
 
+    def relaying(self, routed: RoutedStream) -> None:
+        """The stream is accepted: a disconnect now cuts it, and silence gets heartbeats."""
+        self._routed = routed
+
     def stop(self) -> None:
         self._task.cancel()
 
@@ -105,7 +109,7 @@ async def relay_to_client(
         routed.cancel()
         on_end(state)
         return
-    watch._routed = routed
+    watch.relaying(routed)
     await send({"type": "http.response.start", "status": 200, "headers": stream_headers(routed)})
     events = routed.events()
     try:

@@ -15,7 +15,7 @@ import orjson
 from runestone.errors import GatewayError, error_for
 from runestone.protocols._base import ClientProtocol, require_messages, require_model
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import StreamScanner, event_data, loads_object, split_events
+from runestone.streams.sse import StreamScanner
 
 _MARKERS = (b"message_start", b"message_delta", b"message_stop", b"error")
 
@@ -37,13 +37,7 @@ class AnthropicStreamScanner(StreamScanner):
         return complete
 
     def _inspect(self, complete: bytes) -> bytes:
-        end = 0
-        for event in split_events(complete):
-            start, end = end, end + len(event)
-            data = event_data(event)
-            payload = loads_object(data) if data else None
-            if payload is None:
-                continue
+        for start, end, payload in self._payloads(complete):
             kind = payload.get("type")
             if kind == "error":
                 self.summary.error = map_stream_error_event(self.provider, payload.get("error"))

@@ -17,7 +17,7 @@ from runestone.errors import GatewayError, error_for
 from runestone.protocols._base import ClientProtocol, require_model
 from runestone.protocols.openai_chat import error_json
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import StreamScanner, event_data, loads_object, split_events
+from runestone.streams.sse import StreamScanner
 
 _MARKERS = (b"response.completed", b"response.incomplete", b"response.failed", b'"error"')
 
@@ -60,12 +60,7 @@ class ResponsesStreamScanner(StreamScanner):
         return complete
 
     def _inspect(self, complete: bytes) -> bytes:
-        end = 0
-        for event in split_events(complete):
-            start, end = end, end + len(event)
-            payload = loads_object(event_data(event) or b"")
-            if payload is None:
-                continue
+        for start, end, payload in self._payloads(complete):
             kind = payload.get("type")
             if kind in ("response.completed", "response.incomplete"):
                 response = payload.get("response")

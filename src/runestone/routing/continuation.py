@@ -65,7 +65,7 @@ class Continuation:
         assert isinstance(messages, list)
         # Anthropic refuses a prefill that ends in white space; the rest comes back.
         partial = self.text.rstrip()
-        self._matched = len(self.text) - (len(self.text) - len(partial))
+        self._matched = len(partial)
         return {**body, "messages": [*messages, {"role": "assistant", "content": partial}]}
 
     def _new_text(self, piece: str) -> str:

@@ -10,7 +10,7 @@ few substring searches and no JSON parsing.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -164,6 +164,16 @@ class StreamScanner:
 
     def _scan(self, complete: bytes) -> bytes:
         raise NotImplementedError
+
+    @staticmethod
+    def _payloads(complete: bytes) -> Iterator[tuple[int, int, dict[str, object]]]:
+        """(start, end, decoded data) of each complete event whose data is a JSON object."""
+        end = 0
+        for event in split_events(complete):
+            start, end = end, end + len(event)
+            payload = loads_object(event_data(event) or b"")
+            if payload is not None:
+                yield start, end, payload
 
     def _completed_without_marker(self) -> bool:
         """Whether a stream that ended without its end marker is complete all the same

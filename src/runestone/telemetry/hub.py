@@ -33,7 +33,6 @@ class Telemetry:
     """
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
         self._by_type: dict[type, list[Subscriber]] = {kind: [] for kind in _EVENT_TYPES}
         self._failed: set[int] = set()
         #: Someone listens to attempts and traces: the request path then records them.
@@ -41,7 +40,6 @@ class Telemetry:
 
     def subscribe(self, subscriber: Subscriber, *, traces: bool = False) -> None:
         """Add a subscriber; ``traces`` turns on the per-attempt events it needs."""
-        self._subscribers.append(subscriber)
         wanted = getattr(subscriber, "EVENTS", _EVENT_TYPES)
         for kind in _EVENT_TYPES:
             if kind in wanted:

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from runestone.access import Access, open_store
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.errors import error_for
 from runestone.providers import AdapterContext
 from runestone.providers._session import close_now, make_session
 from runestone.routing import Breakers, RoutedStream, Router
-from runestone.telemetry import AliasReload, Telemetry
+from runestone.telemetry import AliasReload, StoreFailed, Telemetry
 
 log = logging.getLogger("runestone.gateway")
 
@@ -51,6 +52,11 @@ class Gateway:
         #: Shutting down: not ready for new traffic; streams end at the graceful timeout.
         self.draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
+        #: Client keys' limits and budgets; its store opens when a key first needs it.
+        self.access = Access(
+            lambda: open_store(environ),
+            lambda store: self.telemetry.emit(StoreFailed(store=store)),
+        )
         aliases.on_reload = self._reloaded
 
     def __repr__(self) -> str:
@@ -133,6 +139,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await self.access.aclose()
         if self._context is not None:
             await self._context.aclose()
             self._context = None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runestone._cli_keys import add_key_commands
 from runestone._version import __version__
 from runestone.aliases import (
     DEFAULT_ALIASES_PATH,
@@ -132,6 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="file to check (default: RUNESTONE_ALIASES_PATH, else the packaged file)",
     )
     check.set_defaults(handler=_aliases_check)
+    add_key_commands(commands, _add_file_option, _alias_path)
     return parser
 
 

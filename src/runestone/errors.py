@@ -55,6 +55,22 @@ CODES: dict[str, CodeInfo] = {
     "model_not_found": CodeInfo(
         404, "not_found_error", False, "client", "no such alias or provider"
     ),
+    "key_expired": CodeInfo(
+        401, "authentication_error", False, "client", "the client's key is past its expiry"
+    ),
+    "model_not_allowed": CodeInfo(
+        403, "permission_error", False, "client", "the client's key may not use this model"
+    ),
+    "rate_limited": CodeInfo(
+        429, "rate_limit_error", True, "client", "the key's or team's rate limit is reached"
+    ),
+    "budget_exceeded": CodeInfo(
+        429,
+        "insufficient_quota",
+        False,
+        "client",
+        "the key's or team's budget is spent until its window resets",
+    ),
     "not_found": CodeInfo(404, "not_found_error", False, "client", "no such endpoint"),
     "method_not_allowed": CodeInfo(405, _INVALID, False, "client", "wrong HTTP method"),
     "context_length_exceeded": CodeInfo(
@@ -95,6 +111,9 @@ CODES: dict[str, CodeInfo] = {
         503, "api_error", True, "gateway", "every target is unavailable"
     ),
     "internal_error": CodeInfo(500, "api_error", False, "gateway", "a bug in the gateway"),
+    "state_unavailable": CodeInfo(
+        503, "api_error", True, "gateway", "the limits' store cannot be reached"
+    ),
     "gateway_shutting_down": CodeInfo(
         503, "api_error", True, "gateway", "the gateway is shutting down; retry elsewhere"
     ),
@@ -155,6 +174,8 @@ class GatewayError(Exception):
         self.attempts = 0
         self.target: str | None = None
         self.upstream = 0.0
+        #: Headers the answer carries besides the envelope (rate-limit figures).
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def __repr__(self) -> str:
         where = f" provider={self.provider}" if self.provider else ""

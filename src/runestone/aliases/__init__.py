@@ -18,6 +18,15 @@ Modules: ``_schema`` (the table's types), ``_file`` and ``_sections`` (text to t
 """
 
 from runestone.aliases._file import parse_alias_file
+from runestone.aliases._keys import (
+    PERIODS,
+    AccessSettings,
+    AccessTable,
+    Budget,
+    KeySpec,
+    Limits,
+    TeamSpec,
+)
 from runestone.aliases._policy import DEFAULT_POLICY, Policy, Strategy
 from runestone.aliases._schema import (
     Alias,
@@ -39,17 +48,24 @@ from runestone.aliases._watch import WATCH_MODES, WatchMode
 __all__ = [
     "DEFAULT_ALIASES_PATH",
     "DEFAULT_POLICY",
+    "PERIODS",
     "WATCH_MODES",
+    "AccessSettings",
+    "AccessTable",
     "Alias",
     "AliasFileError",
     "AliasStore",
     "AliasTable",
+    "Budget",
+    "KeySpec",
+    "Limits",
     "Policy",
     "Problem",
     "ReloadStatus",
     "SpecError",
     "Strategy",
     "Target",
+    "TeamSpec",
     "WatchMode",
     "load_alias_file",
     "parse_alias_file",

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from types import MappingProxyType
 
+from runestone.aliases._access_section import parse_access
+from runestone.aliases._keys import NO_ACCESS, AccessTable
 from runestone.aliases._policy import (
     DEFAULT_POLICY,
     POLICY_KEYS,
@@ -50,7 +52,9 @@ from runestone.aliases._yaml_nodes import Located, YamlProblem, read_located
 from runestone.pricing import Price
 from runestone.providers import ProviderSpec
 
-TOP_LEVEL_KEYS = frozenset({"aliases", "providers", "defaults", "prices", "allow_shrink"})
+TOP_LEVEL_KEYS = frozenset(
+    {"aliases", "providers", "defaults", "prices", "allow_shrink", "keys", "teams", "access"}
+)
 ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets", "context_fallback"}) | POLICY_KEYS
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight", "prefill"})
 
@@ -68,7 +72,8 @@ def parse_alias_file(
     defaults: list[Policy] = [DEFAULT_POLICY]
     prices: dict[str, Price] = {}
     flags: dict[str, bool] = {}
-    aliases = _parse(data, problems, providers, defaults, prices, flags)
+    access: list[AccessTable] = [NO_ACCESS]
+    aliases = _parse(data, problems, providers, defaults, prices, flags, access)
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
@@ -105,6 +110,7 @@ def parse_alias_file(
         MappingProxyType(prices),
         patterns,
         flags.get("allow_shrink", False),
+        access[0],
     )
 
 
@@ -115,6 +121,7 @@ def _parse(
     defaults: list[Policy],
     prices: dict[str, Price],
     flags: dict[str, bool],
+    access: list[AccessTable],
 ) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
@@ -149,6 +156,7 @@ def _parse(
         defaults[0] = _parse_defaults(root.value["defaults"], problems)
     if "prices" in root.value:
         prices.update(parse_prices(root.value["prices"], problems))
+    access[0] = parse_access(root.value, problems)
     if "allow_shrink" in root.value:
         entry = root.value["allow_shrink"]
         if isinstance(entry.value, bool):

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from runestone.aliases._keys import NO_ACCESS, AccessTable
 from runestone.aliases._policy import DEFAULT_POLICY, Policy
 from runestone.pricing import Price
 from runestone.providers import ProviderSpec
@@ -102,6 +103,8 @@ class AliasTable:
     patterns: tuple[tuple[re.Pattern[str], Alias], ...] = ()
     #: The file says a reload may drop most aliases (else such a reload is refused).
     allow_shrink: bool = False
+    #: Client keys, teams and their limits (``keys:``, ``teams:``, ``access:``).
+    access: AccessTable = NO_ACCESS
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)

@@ -26,10 +26,11 @@ from runestone.http.endpoints import (
     ModelsEndpoint,
     ProxyEndpoint,
     ReadyEndpoint,
+    UsageEndpoint,
     live,
 )
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
-from runestone.http.middleware.auth import CLIENT, METRICS
+from runestone.http.middleware.auth import CLIENT, METRICS, OPERATOR
 from runestone.http.routing import Dispatcher, Mount, Route
 from runestone.protocols import CHAT, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from runestone.routing import Router
@@ -97,10 +98,16 @@ class RunestoneApp:
             Route("/metrics", MetricsEndpoint(self.metrics), scope=METRICS),
             Route("/health/live", live),
             Route("/health/ready", ReadyEndpoint(self.gateway)),
+            Route("/admin/usage", UsageEndpoint(self.gateway), scope=OPERATOR),
         ]
 
     def _build_stack(self) -> ASGIApp:
-        backend = TokenBackend(self.settings.service_token, self.settings.metrics_token)
+        aliases = self.aliases
+        backend = TokenBackend(
+            self.settings.service_token,
+            self.settings.metrics_token,
+            keys=lambda: aliases.table.access.keys,
+        )
         return ErrorMiddleware(AuthenticationMiddleware(Dispatcher(self.routes), backend))
 
     def add_tracing(self, traces: Subscriber) -> None:

@@ -99,6 +99,7 @@ def error_headers(exc: GatewayError, request_id: bytes) -> list[tuple[bytes, byt
         headers.append((b"x-runestone-attempts", str(exc.attempts).encode()))
     if exc.target is not None:
         headers.append((b"x-runestone-target", header_value(exc.target)))
+    headers += exc.headers
     return headers
 
 

@@ -102,6 +102,7 @@ async def relay_to_client(
     watch: ClientWatch,
     send: Send,
     on_end: Callable[[StreamState], None],
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens."""
     state = watch.state
@@ -110,7 +111,10 @@ async def relay_to_client(
         on_end(state)
         return
     watch.relaying(routed)
-    await send({"type": "http.response.start", "status": 200, "headers": stream_headers(routed)})
+    start = stream_headers(routed)
+    if headers:
+        start += headers
+    await send({"type": "http.response.start", "status": 200, "headers": start})
     events = routed.events()
     try:
         async for piece in events:

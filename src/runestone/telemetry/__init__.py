@@ -17,6 +17,7 @@ from runestone.telemetry.events import (
     InFlight,
     Outcome,
     RequestFinished,
+    StoreFailed,
 )
 from runestone.telemetry.hub import AttemptObserver, Subscriber, Telemetry
 from runestone.telemetry.trace import Answer, RequestTrace
@@ -31,6 +32,7 @@ __all__ = [
     "Outcome",
     "RequestFinished",
     "RequestTrace",
+    "StoreFailed",
     "Subscriber",
     "Telemetry",
 ]

@@ -40,6 +40,7 @@ class RequestFinished:
     started_ns: int = 0  # wall clock, for traces
     traceparent: str | None = None  # the client's W3C trace context, if it sent one
     rescued_from: str | None = None  # a stream completed after this target broke off
+    key: str = "-"  # the client key's id (ids come from the alias file: bounded)
 
     @property
     def overhead(self) -> float:
@@ -68,4 +69,11 @@ class AliasReload:
     initial: bool = False
 
 
-Event = InFlight | RequestFinished | AttemptFinished | AliasReload
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreFailed:
+    """The store of limits and budgets could not be reached (a request or a write)."""
+
+    store: str
+
+
+Event = InFlight | RequestFinished | AttemptFinished | AliasReload | StoreFailed

@@ -13,6 +13,7 @@ from runestone.telemetry.events import (
     Event,
     InFlight,
     RequestFinished,
+    StoreFailed,
 )
 
 log = logging.getLogger("runestone.telemetry")
@@ -22,7 +23,13 @@ Subscriber = Callable[[Event], None]
 AttemptObserver = Callable[[Call, int, str], None]
 
 
-_EVENT_TYPES: tuple[type[Event], ...] = (InFlight, RequestFinished, AttemptFinished, AliasReload)
+_EVENT_TYPES: tuple[type[Event], ...] = (
+    InFlight,
+    RequestFinished,
+    AttemptFinished,
+    AliasReload,
+    StoreFailed,
+)
 
 
 class Telemetry:

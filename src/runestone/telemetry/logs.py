@@ -43,6 +43,7 @@ class RequestLog:
                         "output_tokens": event.output_tokens,
                         "cost_usd": event.cost,
                         "rescued_from": event.rescued_from,
+                        "key": None if event.key == "-" else event.key,
                     }
                 ).decode()
             )

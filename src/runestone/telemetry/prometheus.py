@@ -19,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
-from runestone.telemetry.events import AliasReload, Event, InFlight, RequestFinished
+from runestone.telemetry.events import AliasReload, Event, InFlight, RequestFinished, StoreFailed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_MODELS = 200
@@ -28,7 +28,7 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 
 class PrometheusMetrics:
-    EVENTS = (InFlight, RequestFinished, AliasReload)
+    EVENTS = (InFlight, RequestFinished, AliasReload, StoreFailed)
 
     def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]] | None = None) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -86,6 +86,25 @@ class PrometheusMetrics:
             ["route", "alias"],
             registry=r,
         )
+        # Per client key: ids come from the alias file, so the label is bounded.
+        self.key_requests = counter(
+            "runestone_key_requests",
+            "Requests per client key, by status and error code",
+            ["key", "status", "code"],
+            registry=r,
+        )
+        self.key_cost = counter(
+            "runestone_key_cost_usd", "Spend in USD per client key", ["key"], registry=r
+        )
+        self.key_tokens = counter(
+            "runestone_key_tokens", "Tokens per client key", ["key", "direction"], registry=r
+        )
+        self.store_errors = counter(
+            "runestone_limits_store_errors",
+            "Calls to the store of limits and budgets that failed",
+            ["store"],
+            registry=r,
+        )
         self.in_flight = _InFlight(r, self.multiprocess)
         self.reloads = Counter(
             "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
@@ -110,6 +129,8 @@ class PrometheusMetrics:
             self.in_flight.change(event.route, event.stream, 1)
         elif isinstance(event, RequestFinished):
             self._request(event)
+        elif isinstance(event, StoreFailed):
+            self.child(self.store_errors, event.store).inc()
         elif isinstance(event, AliasReload):
             if not event.initial:  # a start-up load is not a reload
                 self.reloads.labels("ok" if event.ok else "failed").inc()
@@ -160,6 +181,14 @@ class PrometheusMetrics:
             child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
         if e.cost:
             child(self.cost, e.provider, model).inc(e.cost)
+        if e.key != "-":
+            child(self.key_requests, e.key, str(e.status), e.code).inc()
+            if e.cost:
+                child(self.key_cost, e.key).inc(e.cost)
+            if e.input_tokens:
+                child(self.key_tokens, e.key, "input").inc(e.input_tokens)
+            if e.output_tokens:
+                child(self.key_tokens, e.key, "output").inc(e.output_tokens)
         if e.stream and e.outcome != "error":  # a stream that started, however it ended
             child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:

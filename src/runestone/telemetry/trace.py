@@ -51,9 +51,11 @@ class RequestTrace:
         "_finished",
         "_relayed",
         "_table",
+        "key",
         "model",
         "request_id",
         "route",
+        "spent",
         "started",
         "started_ns",
         "telemetry",
@@ -73,6 +75,9 @@ class RequestTrace:
         self.request_id = request_id
         self.route = route
         self.model = ""  # the requested name, once the body has been read
+        self.key = "-"  # the client key's id, once authenticated by one
+        #: (target, cost, input tokens, output tokens), once finished: what limits book.
+        self.spent: tuple[str, float | None, int | None, int | None] | None = None
         self.traceparent = traceparent
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
@@ -208,14 +213,17 @@ class RequestTrace:
 
     def _finish(self, **fields: Any) -> None:
         self._finished = True
-        self.telemetry.emit(
-            RequestFinished(
-                request_id=self.request_id,
-                route=self.route,
-                alias=self._alias(),
-                relayed=self._relayed,
-                started_ns=self.started_ns,
-                traceparent=self.traceparent,
-                **fields,
-            )
+        event = RequestFinished(
+            request_id=self.request_id,
+            route=self.route,
+            alias=self._alias(),
+            relayed=self._relayed,
+            started_ns=self.started_ns,
+            traceparent=self.traceparent,
+            key=self.key,
+            **fields,
         )
+        if self.key != "-":
+            target = f"{event.provider}:{event.model}" if event.provider != "-" else self.model
+            self.spent = (target, event.cost, event.input_tokens, event.output_tokens)
+        self.telemetry.emit(event)

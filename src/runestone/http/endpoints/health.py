@@ -26,15 +26,29 @@ class ReadyEndpoint:
         loaded = bool(status.version) and not self.gateway.draining
         state = "draining" if self.gateway.draining else "ready" if loaded else "not_ready"
         principal = scope.get("auth")
+        # The limits' store: its outage refuses budgeted keys (or not, as configured),
+        # but taking this replica out of rotation would not help: all share the store.
+        access = self.gateway.access
+        store: dict[str, object] | None = None
+        store_error: str | None = None
+        if access.in_use:
+            store_error = await access.check_store()
+            store = {"name": access.store.name, "ok": store_error is None}
         if principal is not None and OPERATOR in principal.scopes:
-            body = orjson.dumps(
-                {
-                    "status": state,
-                    "aliases": {"count": len(aliases.table), **status.as_dict()},
-                    "breakers": self.gateway.breaker_states(),
-                }
-            )
+            details: dict[str, object] = {
+                "status": state,
+                "aliases": {"count": len(aliases.table), **status.as_dict()},
+                "breakers": self.gateway.breaker_states(),
+            }
+            if store is not None:
+                details["limits_store"] = {**store, "error": store_error}
+            body = orjson.dumps(details)
         else:
-            aliases_view = {"version": status.version, "ok": status.ok}
-            body = orjson.dumps({"status": state, "aliases": aliases_view})
+            public: dict[str, object] = {
+                "status": state,
+                "aliases": {"version": status.version, "ok": status.ok},
+            }
+            if store is not None:
+                public["limits_store"] = store
+            body = orjson.dumps(public)
         await send_json(send, 200 if loaded else 503, body, [(b"content-type", JSON)])

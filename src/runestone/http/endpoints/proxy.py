@@ -10,6 +10,7 @@ import contextlib
 
 from runestone._gateway import Gateway
 from runestone._version import __version__
+from runestone.access import Admission, rate_headers
 from runestone.errors import GatewayError
 from runestone.http._asgi import (
     Receive,
@@ -57,10 +58,17 @@ class ProxyEndpoint:
         )
         stream = False
         escaped: BaseException | None = None
+        admission: Admission | None = None
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
             trace.model = str(body["model"])
+            key = scope["auth"].key
+            if key is not None:
+                trace.key = key.id
+                admission = await gateway.access.admit(
+                    key, gateway.aliases.table, trace.model, body, len(raw), request_id
+                )
             if protocol.scanner is not None and body.get("stream") is True:
                 stream = True
                 watch = ClientWatch(receive, send, self._heartbeat)
@@ -71,11 +79,14 @@ class ProxyEndpoint:
                     watch.stop()
                     raise
                 scope[STARTED] = True  # from here on, errors end the stream in-band
-                await self._relay(routed, trace, watch, send)
+                limits = _limit_headers(admission, gateway.access.clock())
+                await self._relay(routed, trace, watch, send, limits)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
                 answered = await router.complete(protocol, body, request_id, forward)
                 headers = self._answer_headers(answered, request_id, trace)
+                if admission is not None:
+                    headers += _limit_headers(admission, gateway.access.clock())
                 await send_json(send, 200, answered.reply.body, headers)
         except GatewayError as exc:
             trace.failed(exc, stream=stream)
@@ -85,6 +96,9 @@ class ProxyEndpoint:
             raise
         finally:
             trace.close(escaped)
+            if admission is not None:
+                target, cost, given, taken = trace.spent or (trace.model, None, None, None)
+                gateway.access.settle(admission, target, cost, given, taken)
 
     def _read_headers(self, scope: Scope) -> tuple[int | None, Forwarded, str | None]:
         """In one pass: the declared body length, what goes upstream, the trace context.
@@ -137,7 +151,12 @@ class ProxyEndpoint:
         return headers
 
     async def _relay(
-        self, routed: RoutedStream, trace: RequestTrace, watch: ClientWatch, send: Send
+        self,
+        routed: RoutedStream,
+        trace: RequestTrace,
+        watch: ClientWatch,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
     ) -> None:
         setup = trace.stream_started()
 
@@ -158,6 +177,12 @@ class ProxyEndpoint:
         streams = self.gateway.streams
         streams.add(routed)
         try:
-            await relay_to_client(routed, watch, send, finished)
+            await relay_to_client(routed, watch, send, finished, headers)
         finally:
             streams.discard(routed)
+
+
+def _limit_headers(admission: Admission | None, now: float) -> list[tuple[bytes, bytes]]:
+    if admission is None or not admission.checks:
+        return []
+    return rate_headers(admission.used, admission.checks, now)

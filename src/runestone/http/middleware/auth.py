@@ -1,18 +1,21 @@
 """Authentication: who is calling, put in ``scope["auth"]`` for everything after it.
 
 Like starlette's ``AuthenticationMiddleware`` with a backend: the backend turns request
-headers into a ``Principal`` (today the gateway's tokens; per-team keys later), and a
-route says which scope it needs (``requires``). Endpoints, limits and metrics read the
-principal from the scope; nothing else looks at credentials.
+headers into a ``Principal`` (the gateway's own tokens, or a client key from the alias
+file's ``keys:``), and a route says which scope it needs (``requires``). Endpoints,
+limits and metrics read the principal from the scope; nothing else looks at credentials.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import hmac
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from runestone.aliases import KeySpec
 from runestone.errors import error_for
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +32,8 @@ class Principal:
 
     name: str
     scopes: frozenset[str]
+    #: The client key it presented (its limits apply), or None for the gateway's tokens.
+    key: KeySpec | None = None
 
     def __repr__(self) -> str:
         return f"<Principal {self.name} {'+'.join(sorted(self.scopes)) or 'no scopes'}>"
@@ -38,17 +43,32 @@ class AuthBackend(Protocol):
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal: ...
 
 
+def _no_keys() -> Mapping[str, KeySpec]:
+    return {}
+
+
 class TokenBackend:
-    """The gateway's own tokens: ``RUNESTONE_SERVICE_TOKEN`` and ``RUNESTONE_METRICS_TOKEN``.
+    """The gateway's own tokens: ``RUNESTONE_SERVICE_TOKEN`` and ``RUNESTONE_METRICS_TOKEN``,
+    and the client keys of the alias file (``keys``: read per request, so a reload applies
+    at once).
 
     The service token (Bearer, or ``x-api-key`` as Anthropic clients send it) may call
     the API, see the operators' details, and scrape metrics unless a metrics token is
     set; the metrics token may scrape and see the details. Without a service token the
     API is open; without either token so are the metrics and the details. Tokens are
-    compared in constant time; the ``Bearer`` scheme in any case.
+    compared in constant time; the ``Bearer`` scheme in any case. With client keys
+    configured the API is never open: a request needs a key or the service token. A key
+    is looked up by its SHA-256 digest, which is then compared in constant time; an
+    expired key is a principal without scopes (``requires`` says ``key_expired``).
     """
 
-    def __init__(self, service_token: str | None, metrics_token: str | None) -> None:
+    def __init__(
+        self,
+        service_token: str | None,
+        metrics_token: str | None,
+        keys: Callable[[], Mapping[str, KeySpec]] = _no_keys,
+    ) -> None:
+        self._keys = keys
         self._token = service_token.encode() if service_token else None
         self._bearer = b"Bearer " + self._token if self._token else None
         metrics = metrics_token or service_token
@@ -63,9 +83,11 @@ class TokenBackend:
         service = {CLIENT, OPERATOR} if self._separate_metrics else {CLIENT, METRICS, OPERATOR}
         self._service = Principal("service", frozenset(service))
         self._metrics = Principal("metrics", frozenset({METRICS, OPERATOR}))
+        self._keyless = Principal("anonymous", self._anonymous.scopes - {CLIENT})
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
-        if self._token is None and self._metrics_bearer is None:
+        keys = self._keys()
+        if not keys and self._token is None and self._metrics_bearer is None:
             return self._anonymous
         authorization = api_key = None
         for name, value in headers:
@@ -87,12 +109,32 @@ class TokenBackend:
             and hmac.compare_digest(authorization, self._metrics_bearer)
         ):
             return self._metrics
+        if keys:
+            return self._client_key(keys, authorization, api_key)
         return self._anonymous
+
+    def _client_key(
+        self, keys: Mapping[str, KeySpec], authorization: bytes | None, api_key: bytes | None
+    ) -> Principal:
+        presented = api_key
+        if presented is None and authorization is not None and authorization[:7] == b"Bearer ":
+            presented = authorization[7:].strip()
+        if not presented:
+            return self._keyless
+        digest = hashlib.sha256(presented).hexdigest()
+        key = keys.get(digest)
+        if key is None or not hmac.compare_digest(key.digest, digest):
+            return self._keyless
+        if key.expires is not None and key.expired(dt.datetime.now(dt.UTC).date()):
+            return Principal(key.id, frozenset(), key)
+        return Principal(key.id, frozenset({CLIENT}), key)
 
 
 _REFUSALS = {
     CLIENT: "missing or wrong gateway token: send 'Authorization: Bearer <token>' (or "
-    "'x-api-key: <token>') with the gateway's RUNESTONE_SERVICE_TOKEN",
+    "'x-api-key: <token>') with your Runestone key or the gateway's RUNESTONE_SERVICE_TOKEN",
+    OPERATOR: "this needs the operators' token: the gateway's RUNESTONE_SERVICE_TOKEN (or "
+    "RUNESTONE_METRICS_TOKEN)",
     METRICS: "/metrics needs 'Authorization: Bearer <token>' with RUNESTONE_METRICS_TOKEN "
     "(or the service token when no metrics token is set)",
 }
@@ -102,6 +144,12 @@ def requires(scope: Scope, needed: str) -> None:
     """Raise ``unauthorized`` unless the request's principal holds ``needed``."""
     principal: Principal | None = scope.get("auth")
     if principal is None or needed not in principal.scopes:
+        if principal is not None and principal.key is not None and needed == CLIENT:
+            raise error_for(
+                "key_expired",
+                f"key {principal.key.id!r} expired on {principal.key.expires}: ask the "
+                "gateway's operators for a new one",
+            )
         raise error_for("unauthorized", _REFUSALS[needed])
 
 

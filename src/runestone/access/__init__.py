@@ -1,0 +1,55 @@
+"""Keys, rate limits and budgets for many teams, exact across processes and replicas.
+
+The HTTP layer calls one pair: ``Access.admit`` before a request goes upstream and
+``Access.settle`` when it is over. The keys and limits come from the alias file
+(``runestone.aliases``); the counters from a ``Store``: SQLite on one host
+(``RUNESTONE_STATE_PATH``), Redis for several (``RUNESTONE_REDIS_URL``).
+
+Modules: ``_limits`` (limits as checks, worst-case cost), ``_windows`` (calendar and
+rolling windows), ``_store`` (the store interface), ``_sqlite`` and ``_redis`` (the two
+stores), ``_gate`` (admit and settle), ``_report`` (usage), ``_keygen`` (new keys).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from runestone.access._gate import Access, Admission, rate_headers
+from runestone.access._keygen import digest, new_key
+from runestone.access._report import usage_report
+from runestone.access._store import StateError, Store
+
+
+def default_state_path(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    return Path(base) / "runestone" / "state.sqlite3"
+
+
+def open_store(environ: Mapping[str, str] | None = None) -> Store:
+    """The store the environment names: Redis with ``RUNESTONE_REDIS_URL``, else the
+    SQLite file at ``RUNESTONE_STATE_PATH`` (default ``~/.local/state/runestone/``)."""
+    env = os.environ if environ is None else environ
+    url = env.get("RUNESTONE_REDIS_URL")
+    if url:
+        from runestone.access._redis import RedisStore
+
+        return RedisStore(url, prefix=env.get("RUNESTONE_REDIS_PREFIX") or "runestone")
+    from runestone.access._sqlite import SQLiteStore
+
+    path = env.get("RUNESTONE_STATE_PATH")
+    return SQLiteStore(Path(path) if path else default_state_path(env))
+
+
+__all__ = [
+    "Access",
+    "Admission",
+    "StateError",
+    "Store",
+    "digest",
+    "new_key",
+    "open_store",
+    "rate_headers",
+    "usage_report",
+]

@@ -1,0 +1,117 @@
+"""Where the counters live: one interface, two stores (SQLite on one host, Redis for many).
+
+A store knows nothing of keys or prices. It keeps two kinds of numbers per counter:
+
+- **buckets**: amounts added at a moment (requests, tokens, dollars spent), summed over
+  the buckets of a window;
+- **leases**: amounts held by requests in flight (a parallel slot, a budget
+  reservation), each with an expiry, so that a gateway that dies mid-request cannot
+  hold them for ever.
+
+``admit`` checks every limit of a request and, only if all pass, takes what the request
+needs, in one atomic step (one SQLite transaction, one Redis script): concurrent
+requests, in any process, cannot all pass a limit that only one of them fits under.
+``settle`` gives the leases back and adds what the request really used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Mode = Literal["count", "lease", "level"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One limit for one request: ``used + amount <= limit``, or the request is refused.
+
+    ``used`` is the sum of the counter's buckets from ``since`` on (when given) plus its
+    live leases (when ``leases``). On admission, ``count`` adds ``amount`` to the
+    bucket at ``bucket``; ``lease`` holds ``amount`` until settled; ``level`` only looks.
+    """
+
+    counter: str
+    limit: float
+    amount: float
+    mode: Mode
+    since: float | None = None
+    bucket: float = 0.0
+    leases: bool = False
+    resets: float = 0.0  # when refusing, the moment that retrying can help
+    keep: float = 0.0  # seconds the bucket must be kept
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``refused`` is the first check that failed (nothing was taken), else None;
+    ``used`` is each counter's use before this request."""
+
+    refused: Check | None
+    used: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Addition:
+    counter: str
+    bucket: float
+    amount: float
+    keep: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One request's use, for the usage report: per UTC day, key, team and model."""
+
+    day: str
+    key: str
+    team: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    usd: float
+
+
+@dataclass(slots=True)
+class Settlement:
+    lease: str
+    counters: tuple[str, ...]  # whose leases the request holds
+    additions: list[Addition] = field(default_factory=list)
+    ledger: LedgerEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    key: str
+    team: str
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    usd: float
+
+
+class StateError(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+class Store(Protocol):
+    name: str
+
+    async def admit(
+        self, checks: Sequence[Check], lease: str, now: float, expires: float
+    ) -> Decision: ...
+
+    async def settle(self, settlements: Sequence[Settlement], now: float) -> None: ...
+
+    async def used(self, checks: Sequence[Check], now: float) -> dict[str, float]:
+        """Each counter's use now, as ``admit`` would see it (for reports)."""
+        ...
+
+    async def usage(self, since_day: str) -> list[UsageRow]: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...

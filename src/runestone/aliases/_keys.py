@@ -1,0 +1,97 @@
+"""Who may call: client keys, teams, their limits and budgets (the types).
+
+Parsed from the alias file by ``_access_section``; read by ``runestone.access``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from types import MappingProxyType
+from typing import Literal
+
+Period = Literal["minute", "hour", "day", "week", "month"]
+PERIODS: tuple[Period, ...] = ("minute", "hour", "day", "week", "month")
+StateErrorMode = Literal["open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """At most ``usd`` spent per calendar ``per`` (UTC), or per rolling ``per``."""
+
+    usd: float
+    per: Period
+    rolling: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"usd/{self.per}{'~' if self.rolling else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a key or a team may use; ``None`` is no limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    budgets: tuple[Budget, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.rpm or self.tpm or self.max_parallel or self.budgets)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamSpec:
+    id: str
+    limits: Limits
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One client key: its id (for logs, metrics and usage), never the key itself."""
+
+    id: str
+    digest: str  # hex SHA-256 of the key
+    limits: Limits
+    models: tuple[str, ...] = ()  # names or globs it may use; empty: every model
+    expires: dt.date | None = None  # usable through this day (UTC)
+    team: str | None = None
+    line: int = 0
+
+    def allows(self, model: str) -> bool:
+        return not self.models or any(fnmatchcase(model, allowed) for allowed in self.models)
+
+    def expired(self, today: dt.date) -> bool:
+        return self.expires is not None and today > self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """What to do when the counters' store cannot be reached, and how much to reserve."""
+
+    budgets_on_state_error: StateErrorMode = "closed"
+    limits_on_state_error: StateErrorMode = "open"
+    #: Reserved against budgets when a request's worst case cannot be worked out (no
+    #: max_tokens, or no price for its target).
+    default_reservation_usd: float = 0.05
+    #: A reservation not settled within this many seconds (its gateway crashed) expires.
+    reservation_ttl: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessTable:
+    """The keys by digest, the teams by id, and the settings, from one alias file."""
+
+    keys: Mapping[str, KeySpec] = field(default_factory=lambda: MappingProxyType({}))
+    teams: Mapping[str, TeamSpec] = field(default_factory=lambda: MappingProxyType({}))
+    settings: AccessSettings = AccessSettings()
+
+    def by_id(self, key_id: str) -> KeySpec | None:
+        return next((k for k in self.keys.values() if k.id == key_id), None)
+
+
+NO_ACCESS = AccessTable()

@@ -1,0 +1,28 @@
+"""``GET /admin/usage``: spend per key, team and model, for the operators' token."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+import orjson
+
+from runestone._gateway import Gateway
+from runestone.errors import error_for
+from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
+
+
+class UsageEndpoint:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        table = self.gateway.aliases.table
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        only = query.get("key", [None])[0]
+        if only is not None and table.access.by_id(only) is None:
+            raise error_for("not_found", f"no key {only!r} in the alias file", param="key")
+        if not table.access.keys:
+            body = {"keys": [], "teams": [], "note": "no keys: the alias file has no 'keys:'"}
+        else:
+            body = await self.gateway.access.report(table, only)
+        await send_json(send, 200, orjson.dumps(body), [(b"content-type", JSON)])

@@ -1,0 +1,188 @@
+"""The store contract: the SQLite file and Redis pass the same tests.
+
+What ``runestone.access`` relies on: an ``admit`` checks every limit and takes only if
+all pass, atomically (also from many processes at once); leases expire; ``settle``
+releases and books; reads take nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from runestone.access._redis import RedisStore
+from runestone.access._sqlite import SQLiteStore
+from runestone.access._store import (
+    Addition,
+    Check,
+    LedgerEntry,
+    Settlement,
+    StateError,
+    Store,
+)
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[Store]:
+    made: Store
+    if request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "state.sqlite3")
+    else:
+        made = RedisStore(redis_server.url, prefix=f"t{time.monotonic_ns()}")
+    yield made
+    await made.aclose()
+
+
+NOW = 1_764_460_800.0  # a fixed moment (2025-11-30T00:00Z): the windows are the caller's
+
+
+def rpm(limit: float, now: float = NOW) -> Check:
+    start = now - now % 60
+    return Check(
+        "k:a:rpm", limit, 1, "count", since=start, bucket=start, resets=start + 60, keep=60
+    )
+
+
+def parallel(limit: float) -> Check:
+    return Check("k:a:parallel", limit, 1, "lease", leases=True)
+
+
+def budget(limit: float, reserve: float, since: float = NOW - 3600) -> Check:
+    return Check(
+        "k:a:usd/day", limit, reserve, "lease", since=since, bucket=NOW, leases=True, keep=86400
+    )
+
+
+async def test_count_admits_up_to_the_limit(store: Store) -> None:
+    decisions = [await store.admit([rpm(2)], f"r{i}", NOW, NOW + 60) for i in range(3)]
+    assert [d.refused is None for d in decisions] == [True, True, False]
+    assert [d.used["k:a:rpm"] for d in decisions] == [0, 1, 2]
+    assert (await store.used([rpm(2)], NOW))["k:a:rpm"] == 2  # the refusal took nothing
+    assert (await store.admit([rpm(2, NOW + 60)], "r9", NOW + 60, NOW + 120)).refused is None
+
+
+async def test_a_refusal_takes_nothing_from_the_checks_that_passed(store: Store) -> None:
+    assert (await store.admit([parallel(1)], "r1", NOW, NOW + 60)).refused is None
+    refused = await store.admit([rpm(5), parallel(1)], "r2", NOW, NOW + 60)
+    assert refused.refused is not None and refused.refused.counter == "k:a:parallel"
+    assert (await store.used([rpm(5)], NOW))["k:a:rpm"] == 0
+
+
+async def test_leases_are_released_by_settle_and_expire(store: Store) -> None:
+    assert (await store.admit([parallel(1)], "r1", NOW, NOW + 30)).refused is None
+    assert (await store.admit([parallel(1)], "r2", NOW, NOW + 30)).refused is not None
+    await store.settle([Settlement("r1", ("k:a:parallel",))], NOW)
+    assert (await store.admit([parallel(1)], "r3", NOW, NOW + 30)).refused is None
+    # r3 is never settled (its gateway died): after its expiry the slot is free again.
+    assert (await store.admit([parallel(1)], "r4", NOW + 31, NOW + 60)).refused is None
+
+
+async def test_budgets_count_spend_and_reservations(store: Store) -> None:
+    first = await store.admit([budget(1.0, 0.6)], "r1", NOW, NOW + 600)
+    assert first.refused is None
+    assert (await store.admit([budget(1.0, 0.6)], "r2", NOW, NOW + 600)).refused is not None
+    settled = Settlement("r1", ("k:a:usd/day",), [Addition("k:a:usd/day", NOW, 0.25, 86400)])
+    await store.settle([settled], NOW)
+    assert (await store.used([budget(1.0, 0)], NOW))["k:a:usd/day"] == pytest.approx(0.25)
+    assert (await store.admit([budget(1.0, 0.6)], "r3", NOW, NOW + 600)).refused is None
+    # Spend before the window's start does not count.
+    assert (await store.used([budget(1.0, 0, since=NOW + 1)], NOW))["k:a:usd/day"] == 0.6
+
+
+async def test_levels_look_without_taking(store: Store) -> None:
+    tpm = Check("k:a:tpm", 100, 1, "level", since=NOW, bucket=NOW, keep=60)
+    await store.settle([Settlement("x", (), [Addition("k:a:tpm", NOW, 99, 60)])], NOW)
+    assert (await store.admit([tpm], "r1", NOW, NOW + 60)).refused is None
+    assert (await store.admit([tpm], "r2", NOW, NOW + 60)).refused is None
+    await store.settle([Settlement("y", (), [Addition("k:a:tpm", NOW, 1, 60)])], NOW)
+    assert (await store.admit([tpm], "r3", NOW, NOW + 60)).refused is not None
+
+
+async def test_the_ledger_sums_per_day_key_and_model(store: Store) -> None:
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    entries = [
+        LedgerEntry(today, "a", "search", "openai:gpt-4", 5, 7, 0.5),
+        LedgerEntry(today, "a", "search", "openai:gpt-4", 1, 1, 0.25),
+        LedgerEntry(today, "b", "", "mock:echo", 2, 2, 0.0),
+    ]
+    await store.settle([Settlement(f"r{i}", (), [], e) for i, e in enumerate(entries)], NOW)
+    rows = {(r.key, r.model): r for r in await store.usage(today)}
+    a = rows[("a", "openai:gpt-4")]
+    assert (a.requests, a.input_tokens, a.output_tokens, a.team) == (2, 6, 8, "search")
+    assert a.usd == pytest.approx(0.75)
+    assert rows[("b", "mock:echo")].requests == 1
+
+
+async def test_concurrent_admits_take_exactly_the_limit(store: Store) -> None:
+    decisions = await asyncio.gather(
+        *(store.admit([rpm(10), budget(1.0, 0.1)], f"r{i}", NOW, NOW + 60) for i in range(50))
+    )
+    assert sum(d.refused is None for d in decisions) == 10
+
+
+def _admit_many(
+    path: str, url: str, kind: str, worker: int, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
+    async def run() -> int:
+        store: Store = SQLiteStore(path) if kind == "sqlite" else RedisStore(url, prefix="procs")
+        admitted = 0
+        for i in range(25):
+            decision = await store.admit([rpm(40)], f"w{worker}-{i}", NOW, NOW + 60)
+            admitted += decision.refused is None
+        await store.aclose()
+        return admitted
+
+    results.put(asyncio.run(run()))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_processes_sharing_a_store_take_exactly_the_limit(
+    kind: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[int] = context.Queue()
+    path = str(tmp_path / "shared.sqlite3")
+    SQLiteStore(path)  # create the schema once, before the race
+    workers = [
+        context.Process(target=_admit_many, args=(path, redis_server.url, kind, n, results))
+        for n in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    totals = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    assert sum(totals) == 40  # 100 tries from 4 processes, a limit of 40
+
+
+async def test_an_unreachable_redis_fails_fast() -> None:
+    store = RedisStore("redis://127.0.0.1:9/0", timeout=0.2)  # nothing listens on port 9
+    started = time.monotonic()
+    with pytest.raises(StateError) as caught:
+        await store.admit([rpm(1)], "r1", NOW, NOW + 60)
+    assert time.monotonic() - started < 1.5
+    assert "127.0.0.1:9" in str(caught.value)
+    await store.aclose()
+
+
+async def test_an_unwritable_state_file_is_a_state_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StateError):
+        SQLiteStore(blocker / "state.sqlite3")

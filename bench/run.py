@@ -97,10 +97,17 @@ def _ms(value: str, unit: str) -> float:
 
 
 def wrk(
-    url: str, body: str, *, connections: int, seconds: int, cpu: int, timeout: int = 2
+    url: str,
+    body: str,
+    *,
+    connections: int,
+    seconds: int,
+    cpu: int,
+    timeout: int = 2,
+    token: str = TOKEN,
 ) -> WrkResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % (body, TOKEN))
+        script.write(WRK_SCRIPT % (body, token))
     try:
         out = subprocess.run(
             [

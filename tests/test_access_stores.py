@@ -20,7 +20,9 @@ from runestone.access._sqlite import SQLiteStore
 from runestone.access._store import (
     Addition,
     Check,
+    Decision,
     LedgerEntry,
+    Request,
     Settlement,
     StateError,
     Store,
@@ -49,6 +51,17 @@ async def store(
     await made.aclose()
 
 
+async def admit(
+    store: Store, checks: list[Check], lease: str, now: float, expires: float
+) -> Decision:
+    (decision,) = await store.sync([], [Request(tuple(checks), lease, expires)], now)
+    return decision
+
+
+async def settle(store: Store, settlements: list[Settlement], now: float) -> None:
+    assert await store.sync(settlements, [], now) == []
+
+
 NOW = 1_764_460_800.0  # a fixed moment (2025-11-30T00:00Z): the windows are the caller's
 
 
@@ -70,48 +83,62 @@ def budget(limit: float, reserve: float, since: float = NOW - 3600) -> Check:
 
 
 async def test_count_admits_up_to_the_limit(store: Store) -> None:
-    decisions = [await store.admit([rpm(2)], f"r{i}", NOW, NOW + 60) for i in range(3)]
+    decisions = [await admit(store, [rpm(2)], f"r{i}", NOW, NOW + 60) for i in range(3)]
     assert [d.refused is None for d in decisions] == [True, True, False]
     assert [d.used["k:a:rpm"] for d in decisions] == [0, 1, 2]
     assert (await store.used([rpm(2)], NOW))["k:a:rpm"] == 2  # the refusal took nothing
-    assert (await store.admit([rpm(2, NOW + 60)], "r9", NOW + 60, NOW + 120)).refused is None
+    assert (await admit(store, [rpm(2, NOW + 60)], "r9", NOW + 60, NOW + 120)).refused is None
 
 
 async def test_a_refusal_takes_nothing_from_the_checks_that_passed(store: Store) -> None:
-    assert (await store.admit([parallel(1)], "r1", NOW, NOW + 60)).refused is None
-    refused = await store.admit([rpm(5), parallel(1)], "r2", NOW, NOW + 60)
+    assert (await admit(store, [parallel(1)], "r1", NOW, NOW + 60)).refused is None
+    refused = await admit(store, [rpm(5), parallel(1)], "r2", NOW, NOW + 60)
     assert refused.refused is not None and refused.refused.counter == "k:a:parallel"
     assert (await store.used([rpm(5)], NOW))["k:a:rpm"] == 0
 
 
-async def test_leases_are_released_by_settle_and_expire(store: Store) -> None:
-    assert (await store.admit([parallel(1)], "r1", NOW, NOW + 30)).refused is None
-    assert (await store.admit([parallel(1)], "r2", NOW, NOW + 30)).refused is not None
-    await store.settle([Settlement("r1", ("k:a:parallel",))], NOW)
-    assert (await store.admit([parallel(1)], "r3", NOW, NOW + 30)).refused is None
-    # r3 is never settled (its gateway died): after its expiry the slot is free again.
-    assert (await store.admit([parallel(1)], "r4", NOW + 31, NOW + 60)).refused is None
+async def test_leases_are_released_by_settle_and_expire(
+    store: Store, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    assert (await admit(store, [parallel(1)], "r1", NOW, NOW + 30)).refused is None
+    assert (await admit(store, [parallel(1)], "r2", NOW, NOW + 30)).refused is not None
+    await settle(store, [Settlement("r1", ("k:a:parallel",))], NOW)
+    assert (await admit(store, [parallel(1)], "r3", NOW, NOW + 30)).refused is None
+    # r3 is never settled: its gateway died. Another process finds the slot held until
+    # r3's expiry, and free after it.
+    other = sibling(store, tmp_path, redis_server)
+    assert (await admit(other, [parallel(1)], "r4", NOW + 29, NOW + 60)).refused is not None
+    assert (await admit(other, [parallel(1)], "r5", NOW + 31, NOW + 60)).refused is None
+    await other.aclose()
+
+
+def sibling(store: Store, tmp_path: Path, redis_server: RedisServer) -> Store:
+    """A second process's view of the same store."""
+    if isinstance(store, SQLiteStore):
+        return SQLiteStore(store.path)
+    assert isinstance(store, RedisStore)
+    return RedisStore(redis_server.url, prefix=store.prefix)
 
 
 async def test_budgets_count_spend_and_reservations(store: Store) -> None:
-    first = await store.admit([budget(1.0, 0.6)], "r1", NOW, NOW + 600)
+    first = await admit(store, [budget(1.0, 0.6)], "r1", NOW, NOW + 600)
     assert first.refused is None
-    assert (await store.admit([budget(1.0, 0.6)], "r2", NOW, NOW + 600)).refused is not None
+    assert (await admit(store, [budget(1.0, 0.6)], "r2", NOW, NOW + 600)).refused is not None
     settled = Settlement("r1", ("k:a:usd/day",), [Addition("k:a:usd/day", NOW, 0.25, 86400)])
-    await store.settle([settled], NOW)
+    await settle(store, [settled], NOW)
     assert (await store.used([budget(1.0, 0)], NOW))["k:a:usd/day"] == pytest.approx(0.25)
-    assert (await store.admit([budget(1.0, 0.6)], "r3", NOW, NOW + 600)).refused is None
+    assert (await admit(store, [budget(1.0, 0.6)], "r3", NOW, NOW + 600)).refused is None
     # Spend before the window's start does not count.
     assert (await store.used([budget(1.0, 0, since=NOW + 1)], NOW))["k:a:usd/day"] == 0.6
 
 
 async def test_levels_look_without_taking(store: Store) -> None:
     tpm = Check("k:a:tpm", 100, 1, "level", since=NOW, bucket=NOW, keep=60)
-    await store.settle([Settlement("x", (), [Addition("k:a:tpm", NOW, 99, 60)])], NOW)
-    assert (await store.admit([tpm], "r1", NOW, NOW + 60)).refused is None
-    assert (await store.admit([tpm], "r2", NOW, NOW + 60)).refused is None
-    await store.settle([Settlement("y", (), [Addition("k:a:tpm", NOW, 1, 60)])], NOW)
-    assert (await store.admit([tpm], "r3", NOW, NOW + 60)).refused is not None
+    await settle(store, [Settlement("x", (), [Addition("k:a:tpm", NOW, 99, 60)])], NOW)
+    assert (await admit(store, [tpm], "r1", NOW, NOW + 60)).refused is None
+    assert (await admit(store, [tpm], "r2", NOW, NOW + 60)).refused is None
+    await settle(store, [Settlement("y", (), [Addition("k:a:tpm", NOW, 1, 60)])], NOW)
+    assert (await admit(store, [tpm], "r3", NOW, NOW + 60)).refused is not None
 
 
 async def test_the_ledger_sums_per_day_key_and_model(store: Store) -> None:
@@ -121,7 +148,7 @@ async def test_the_ledger_sums_per_day_key_and_model(store: Store) -> None:
         LedgerEntry(today, "a", "search", "openai:gpt-4", 1, 1, 0.25),
         LedgerEntry(today, "b", "", "mock:echo", 2, 2, 0.0),
     ]
-    await store.settle([Settlement(f"r{i}", (), [], e) for i, e in enumerate(entries)], NOW)
+    await settle(store, [Settlement(f"r{i}", (), [], e) for i, e in enumerate(entries)], NOW)
     rows = {(r.key, r.model): r for r in await store.usage(today)}
     a = rows[("a", "openai:gpt-4")]
     assert (a.requests, a.input_tokens, a.output_tokens, a.team) == (2, 6, 8, "search")
@@ -131,7 +158,7 @@ async def test_the_ledger_sums_per_day_key_and_model(store: Store) -> None:
 
 async def test_concurrent_admits_take_exactly_the_limit(store: Store) -> None:
     decisions = await asyncio.gather(
-        *(store.admit([rpm(10), budget(1.0, 0.1)], f"r{i}", NOW, NOW + 60) for i in range(50))
+        *(admit(store, [rpm(10), budget(1.0, 0.1)], f"r{i}", NOW, NOW + 60) for i in range(50))
     )
     assert sum(d.refused is None for d in decisions) == 10
 
@@ -143,7 +170,7 @@ def _admit_many(
         store: Store = SQLiteStore(path) if kind == "sqlite" else RedisStore(url, prefix="procs")
         admitted = 0
         for i in range(25):
-            decision = await store.admit([rpm(40)], f"w{worker}-{i}", NOW, NOW + 60)
+            decision = await admit(store, [rpm(40)], f"w{worker}-{i}", NOW, NOW + 60)
             admitted += decision.refused is None
         await store.aclose()
         return admitted
@@ -175,7 +202,7 @@ async def test_an_unreachable_redis_fails_fast() -> None:
     store = RedisStore("redis://127.0.0.1:9/0", timeout=0.2)  # nothing listens on port 9
     started = time.monotonic()
     with pytest.raises(StateError) as caught:
-        await store.admit([rpm(1)], "r1", NOW, NOW + 60)
+        await admit(store, [rpm(1)], "r1", NOW, NOW + 60)
     assert time.monotonic() - started < 1.5
     assert "127.0.0.1:9" in str(caught.value)
     await store.aclose()
@@ -186,3 +213,45 @@ async def test_an_unwritable_state_file_is_a_state_error(tmp_path: Path) -> None
     blocker.write_text("")
     with pytest.raises(StateError):
         SQLiteStore(blocker / "state.sqlite3")
+
+
+async def test_one_sync_settles_then_admits_many(store: Store) -> None:
+    assert (await admit(store, [parallel(2)], "r1", NOW, NOW + 60)).refused is None
+    assert (await admit(store, [parallel(2)], "r2", NOW, NOW + 60)).refused is None
+    requests = [Request((parallel(2), rpm(10)), f"n{i}", NOW + 60) for i in range(3)]
+    decisions = await store.sync([Settlement("r1", ("k:a:parallel",))], requests, NOW)
+    # r1's slot came back first; n0 takes it, n1 and n2 find both slots held.
+    assert [d.refused is None for d in decisions] == [True, False, False]
+    assert (await store.used([rpm(10)], NOW))["k:a:rpm"] == 1
+
+
+async def test_two_sqlite_connections_see_each_others_commits(tmp_path: Path) -> None:
+    # Each keeps a mirror in memory; a commit by the other must invalidate it.
+    one, two = SQLiteStore(tmp_path / "s.sqlite3"), SQLiteStore(tmp_path / "s.sqlite3")
+    assert (await admit(one, [parallel(1), rpm(3)], "r1", NOW, NOW + 60)).refused is None
+    assert (await admit(two, [parallel(1)], "r2", NOW, NOW + 60)).refused is not None
+    await settle(one, [Settlement("r1", ("k:a:parallel",))], NOW)
+    assert (await admit(two, [parallel(1), rpm(3)], "r3", NOW, NOW + 60)).refused is None
+    assert (await admit(one, [rpm(3)], "r4", NOW, NOW + 60)).used["k:a:rpm"] == 2
+    await one.aclose()
+    await two.aclose()
+
+
+async def test_a_locked_state_file_fails_fast_and_leaks_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "s.sqlite3", busy_timeout=0.1)
+    assert (await admit(store, [parallel(1)], "r1", NOW, NOW + 60)).refused is None
+    blocker = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
+    blocker.execute("begin immediate")  # another process holds the write lock
+    started = time.monotonic()
+    with pytest.raises(StateError):
+        await store.sync([Settlement("r1", ("k:a:parallel",))], [], NOW)
+    assert time.monotonic() - started < 1
+    blocker.execute("rollback")
+    blocker.close()
+    # The failed settlement changed nothing: r1 still holds its slot until settled again.
+    assert (await admit(store, [parallel(1)], "r2", NOW, NOW + 60)).refused is not None
+    await settle(store, [Settlement("r1", ("k:a:parallel",))], NOW)
+    assert (await admit(store, [parallel(1)], "r3", NOW, NOW + 60)).refused is None
+    await store.aclose()

@@ -4,9 +4,10 @@ when the request is over, whatever happened to it.
 ``admit`` refuses (model not allowed, rate limited, budget spent) or returns an
 ``Admission`` holding what the request took: its place in the rate windows, a parallel
 slot, its budget reservation. ``settle`` gives the slot and the reservation back and
-books what the request really used. Settlements are written in batches, one store call
-for all the requests that finished in the same turn of the event loop; until written,
-their reservations still stand, so a batch delays nothing but can only overcount.
+books what the request really used. Both go to the store in batches: one ``sync`` for
+every request that arrived or finished in the same turn of the event loop, so that a
+busy gateway makes one transaction (or one Redis round trip) for many requests. Until a
+settlement is written its reservations still stand: a batch can only overcount.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runestone.access._limits import checks_for, reservation, worst_price
+from runestone.access._limits import Plan, reservation, worst_price
 from runestone.access._report import usage_report
 from runestone.access._store import (
     Addition,
     Check,
     Decision,
     LedgerEntry,
+    Request,
     Settlement,
     StateError,
     Store,
 )
-from runestone.access._windows import Window, iso, window
-from runestone.aliases import PERIODS, AccessTable, AliasTable, KeySpec, TeamSpec
+from runestone.access._windows import iso, window
+from runestone.aliases import AccessTable, AliasTable, KeySpec, TeamSpec
 from runestone.errors import GatewayError, error_for
+from runestone.pricing import Price
 
 log = logging.getLogger("runestone.access")
 
@@ -49,13 +52,10 @@ class Admission:
     key: KeySpec
     team: TeamSpec | None
     lease: str
-    checks: list[Check]
+    plan: Plan
+    checks: tuple[Check, ...]
     used: Mapping[str, float]
     checked: bool  # False: admitted without the store (it was down, limits fail open)
-
-    @property
-    def holds(self) -> tuple[str, ...]:
-        return tuple(c.counter for c in self.checks if c.mode == "lease")
 
 
 class Access:
@@ -72,9 +72,16 @@ class Access:
         self.clock: Callable[[], float] = time.time
         self._store: Store | None = None
         self._pending: list[Settlement] = []
+        self._waiting: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.state_errors = 0
         self.last_state_error: str | None = None
+        # Per alias table: each key's plan, each model's worst price (by identity: the
+        # table holds the objects, and a reload brings a new table).
+        self._table: AliasTable | None = None
+        self._plans: dict[int, Plan] = {}
+        self._prices: dict[str, Price | None] = {}
+        self._day: tuple[float, float, str] = (0.0, 0.0, "")
 
     @property
     def in_use(self) -> bool:
@@ -113,42 +120,48 @@ class Access:
             )
         access = table.access
         team = access.teams.get(key.team) if key.team else None
+        if table is not self._table:
+            self._table, self._plans, self._prices = table, {}, {}
+        plan = self._plans.get(id(key))
+        if plan is None:
+            plan = self._plans[id(key)] = Plan.of(key, team)
+        if not plan.limits:
+            return Admission(key, team, request_id, plan, (), {}, checked=True)
         now = self.clock()
         reserve = 0.0
-        if key.limits.budgets or (team is not None and team.limits.budgets):
-            reserve = reservation(
-                worst_price(model, table),
-                body_bytes,
-                body,
-                access.settings.default_reservation_usd,
-            )
-        checks = checks_for(f"k:{key.id}", key.limits, now, reserve)
-        if team is not None:
-            checks += checks_for(f"t:{team.id}", team.limits, now, reserve)
-        if not checks:
-            return Admission(key, team, request_id, checks, {}, checked=True)
-        expires = now + access.settings.reservation_ttl
+        if plan.budgets:
+            if model in self._prices:
+                price = self._prices[model]
+            else:
+                price = self._prices[model] = worst_price(model, table)
+            default = access.settings.default_reservation_usd
+            reserve = reservation(price, body_bytes, body, default)
+        checks = plan.checks(now, reserve)
+        request = Request(checks, request_id, now + access.settings.reservation_ttl)
+        decided = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, decided))
+        self._kick()
         try:
-            decision = await self.store.admit(checks, request_id, now, expires)
+            decision = await decided
         except StateError as exc:
             self._state_failed(exc)
-            return self._without_store(key, team, request_id, checks, access, exc)
+            return self._without_store(key, team, request_id, plan, access, exc)
         if decision.refused is not None:
             raise _refusal(decision, key, team, now)
-        return Admission(key, team, request_id, checks, decision.used, checked=True)
+        return Admission(key, team, request_id, plan, checks, decision.used, checked=True)
 
     def _without_store(
         self,
         key: KeySpec,
         team: TeamSpec | None,
         request_id: str,
-        checks: list[Check],
+        plan: Plan,
         access: AccessTable,
         exc: StateError,
     ) -> Admission:
         settings = access.settings
-        budgets = any(_is_budget(c) for c in checks)
-        limits = not all(_is_budget(c) for c in checks)
+        budgets = plan.budgets
+        limits = any(limit.kind != "budget" for limit in plan.limits)
         if (budgets and settings.budgets_on_state_error == "closed") or (
             limits and settings.limits_on_state_error == "closed"
         ):
@@ -158,7 +171,7 @@ class Access:
                 "are configured to refuse requests then (access: on_state_error)",
                 retry_after=_RETRY_SECONDS,
             ) from exc
-        return Admission(key, team, request_id, [], {}, checked=False)
+        return Admission(key, team, request_id, plan, (), {}, checked=False)
 
     def settle(
         self,
@@ -172,17 +185,19 @@ class Access:
         now = self.clock()
         additions = []
         tokens = (input_tokens or 0) + (output_tokens or 0)
-        for check in admission.checks:
-            if check.counter.endswith(":tpm") and tokens:
-                minute = window("minute", False, now)
-                additions.append(Addition(check.counter, minute.bucket, tokens, minute.keep))
-            elif cost and _is_budget(check):
-                # The cost goes to the window it is spent in, which may be a new one.
-                span = _budget_window(check, now)
-                additions.append(Addition(check.counter, span.bucket, cost, span.keep))
-        day = dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
+        if admission.checks:
+            plan = admission.plan
+            # What was used goes to the window it is used in, maybe a new one.
+            if tokens:
+                for limit in plan.token_limits:
+                    span = window(limit.period, limit.rolling, now)
+                    additions.append(Addition(limit.counter, span.bucket, tokens, span.keep))
+            if cost:
+                for limit in plan.budget_limits:
+                    span = window(limit.period, limit.rolling, now)
+                    additions.append(Addition(limit.counter, span.bucket, cost, span.keep))
         ledger = LedgerEntry(
-            day,
+            self._today(now),
             admission.key.id,
             admission.team.id if admission.team else "",
             model,
@@ -190,27 +205,59 @@ class Access:
             output_tokens or 0,
             cost or 0.0,
         )
-        self._pending.append(Settlement(admission.lease, admission.holds, additions, ledger))
-        if self._flushing is None:
+        holds = admission.plan.holds if admission.checks else ()
+        self._pending.append(Settlement(admission.lease, holds, additions, ledger))
+        self._kick()
+
+    def _today(self, now: float) -> str:
+        start, end, day = self._day
+        if not start <= now < end:
+            span = window("day", False, now)
+            day = dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
+            self._day = (span.bucket, span.resets, day)
+        return day
+
+    def _kick(self) -> None:
+        # A task starts in the next turn of the loop: what arrives in this one joins it.
+        if self._flushing is None and (self._pending or self._waiting):
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                await asyncio.sleep(0)  # let the requests finishing this turn join the batch
-                batch, self._pending = self._pending, []
+            while self._pending or self._waiting:
+                settling, self._pending = self._pending, []
+                waiting, self._waiting = self._waiting, []
                 try:
-                    await self.store.settle(batch, self.clock())
+                    decisions = await self.store.sync(
+                        settling, [request for request, _ in waiting], self.clock()
+                    )
                 except StateError as exc:
                     self._state_failed(exc)
-                    self._pending[:0] = batch
-                    if len(self._pending) > MAX_PENDING:
-                        dropped = len(self._pending) - MAX_PENDING
-                        del self._pending[:dropped]
-                        log.error("limits store down: %d settlements given up", dropped)
-                    await asyncio.sleep(_RETRY_SECONDS)
+                    for _, decided in waiting:
+                        if not decided.done():
+                            decided.set_exception(exc)
+                    self._keep(settling)
+                    if not self._waiting:  # only settlements left: try them again later
+                        loop = asyncio.get_running_loop()
+                        loop.call_later(_RETRY_SECONDS, self._kick)
+                        return
+                    continue
+                for (request, decided), decision in zip(waiting, decisions, strict=True):
+                    if not decided.done():
+                        decided.set_result(decision)
+                    elif decision.refused is None:  # its client left while it waited
+                        holds = tuple(c.counter for c in request.checks if c.mode == "lease")
+                        self._pending.append(Settlement(request.lease, holds))
         finally:
             self._flushing = None
+
+    def _keep(self, settling: list[Settlement]) -> None:
+        """Settlements the store did not take: tried again with the next batch."""
+        self._pending[:0] = settling
+        if len(self._pending) > MAX_PENDING:
+            dropped = len(self._pending) - MAX_PENDING
+            del self._pending[:dropped]
+            log.error("limits store down: %d settlements given up", dropped)
 
     async def report(self, table: AliasTable, only: str | None = None) -> dict[str, Any]:
         """Usage per key, team and model, from the store (see ``usage_report``)."""
@@ -243,17 +290,6 @@ class Access:
             self._store = None
 
 
-def _is_budget(check: Check) -> bool:
-    return ":usd/" in check.counter
-
-
-def _budget_window(check: Check, now: float) -> Window:
-    name = check.counter.rpartition(":usd/")[2]  # "day", or "day~" when rolling
-    per = name.rstrip("~")
-    assert per in PERIODS
-    return window(per, name.endswith("~"), now)
-
-
 def _refusal(decision: Decision, key: KeySpec, team: TeamSpec | None, now: float) -> GatewayError:
     check = decision.refused
     assert check is not None
@@ -281,23 +317,28 @@ def _refusal(decision: Decision, key: KeySpec, team: TeamSpec | None, now: float
         f"{owner} is at its limit of {check.limit:g} {what}; retry after {math.ceil(wait)}s",
         retry_after=max(math.ceil(wait), 1),
     )
-    error.headers = rate_headers(decision.used, [check], now, refused=True)
+    error.headers = rate_headers(decision.used, (check,), now, refused=True)
     return error
 
 
 def rate_headers(
-    used: Mapping[str, float], checks: list[Check], now: float, *, refused: bool = False
+    used: Mapping[str, float], checks: tuple[Check, ...], now: float, *, refused: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """OpenAI's ``x-ratelimit-*`` headers for the tightest requests and tokens limits."""
+    requests: tuple[float, Check] | None = None
+    tokens: tuple[float, Check] | None = None
+    for check in checks:
+        mode = check.mode
+        if mode == "count":  # requests per minute: this one is counted already
+            left = check.limit - used.get(check.counter, 0.0) - (0 if refused else 1)
+            if requests is None or left < requests[0]:
+                requests = (left, check)
+        elif mode == "level":  # tokens per minute
+            left = check.limit - used.get(check.counter, 0.0)
+            if tokens is None or left < tokens[0]:
+                tokens = (left, check)
     headers: list[tuple[bytes, bytes]] = []
-    for suffix, name in ((":rpm", b"requests"), (":tpm", b"tokens")):
-        tightest: tuple[float, Check] | None = None
-        for check in checks:
-            if check.counter.endswith(suffix):
-                taken = 0 if refused or suffix == ":tpm" else check.amount
-                left = check.limit - used.get(check.counter, 0.0) - taken
-                if tightest is None or left < tightest[0]:
-                    tightest = (left, check)
+    for name, tightest in ((b"requests", requests), (b"tokens", tokens)):
         if tightest is not None:
             left, check = tightest
             headers += (

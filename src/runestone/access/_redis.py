@@ -1,11 +1,11 @@
 """The shared store: Redis 7 (or Valkey), for several gateway replicas.
 
-``admit`` is one Lua script, so checking every limit and taking what the request
-needs is atomic and one round trip; ``settle`` is one MULTI/EXEC pipeline for a batch
-of finished requests. Every key carries the same hash tag (``{runestone}:...``), so the
-scripts work on a Redis Cluster too (all access state lives on one shard; it is small).
-Buckets are hash fields with the key's TTL refreshed on write; leases are hash fields
-holding ``amount|expires``, dropped by the script once expired.
+A ``sync`` is one Lua script, so it is atomic and one round trip, however many
+requests it settles and admits. Every key carries the same hash tag
+(``{runestone}:...``) and is passed in ``KEYS``, so the script runs on a Redis Cluster
+too (all access state lives on one shard; it is small). Buckets are hash fields with
+the key's TTL refreshed on write; leases are hash fields holding ``amount|expires``,
+dropped by the script once expired.
 """
 
 from __future__ import annotations
@@ -16,71 +16,143 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from runestone.access._store import Check, Decision, Settlement, StateError, UsageRow
+from runestone.access._store import (
+    Check,
+    Decision,
+    Request,
+    Settlement,
+    StateError,
+    UsageRow,
+)
 
 _MODES = {"count": "0", "lease": "1", "level": "2"}
-_PER_CHECK = 7
+_LEDGER_SECONDS = 400 * 86400
 
-# KEYS: two per check (its buckets hash, its leases hash).
-# ARGV: now, lease, expires, dry, n, then per check: limit amount mode since bucket leases keep.
-# Returns {refused index or 0, {used as strings}} (Lua numbers would be cut to integers).
-_ADMIT = """
+# ARGV is a list of operations, each a tag and its fields; keys are KEYS indexes.
+#   R <leases key> <lease>                        release a lease
+#   A <buckets key> <field> <amount> <ttl>        add to a bucket
+#   Q <lease> <expires> <n> then n checks of 8:   admit a request
+#     <buckets key> <leases key> <limit> <amount> <mode> <since or ''> <bucket> <ttl>
+#   D <n> then n checks as above                  read only (reports)
+# Returns, per Q or D, {refused check's number or 0, {used as strings}} (Lua numbers
+# would be cut to integers on the way out).
+_SYNC = """
 local now = tonumber(ARGV[1])
-local lease, expires, dry, n = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
-local used = {}
-local function sum(i, base)
+local results = {}
+local function used(at, dry)
   local total = 0
-  local since, keep = ARGV[base + 4], tonumber(ARGV[base + 7])
+  local buckets, leases, since = KEYS[tonumber(ARGV[at])], ARGV[at + 1], ARGV[at + 5]
   if since ~= '' then
     since = tonumber(since)
-    local flat = redis.call('HGETALL', KEYS[2 * i - 1])
+    local flat = redis.call('HGETALL', buckets)
     for j = 1, #flat, 2 do
-      local start = tonumber(flat[j])
-      if start >= since then
+      if tonumber(flat[j]) >= since then
         total = total + tonumber(flat[j + 1])
-      elseif not dry and start + keep < now then
-        redis.call('HDEL', KEYS[2 * i - 1], flat[j])
+      elseif not dry then
+        redis.call('HDEL', buckets, flat[j])
       end
     end
   end
-  if ARGV[base + 6] == '1' then
-    local flat = redis.call('HGETALL', KEYS[2 * i])
+  if leases ~= '' then
+    leases = KEYS[tonumber(leases)]
+    local flat = redis.call('HGETALL', leases)
     for j = 1, #flat, 2 do
       local value = flat[j + 1]
       local bar = string.find(value, '|', 1, true)
       if tonumber(string.sub(value, bar + 1)) > now then
         total = total + tonumber(string.sub(value, 1, bar - 1))
       elseif not dry then
-        redis.call('HDEL', KEYS[2 * i], flat[j])
+        redis.call('HDEL', leases, flat[j])
       end
     end
   end
   return total
 end
-for i = 1, n do
-  local base = 5 + (i - 1) * 7
-  local total = sum(i, base)
-  used[i] = tostring(total)
-  if not dry and total + tonumber(ARGV[base + 2]) > tonumber(ARGV[base + 1]) then
-    return {i, used}
+local i = 2
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'R' then
+    redis.call('HDEL', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'A' then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])
+    redis.call('EXPIRE', key, ARGV[i + 4])
+    i = i + 5
+  else
+    local dry = op == 'D'
+    local lease, expires, n
+    if dry then
+      n = tonumber(ARGV[i + 1])
+      i = i + 2
+    else
+      lease, expires, n = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+      i = i + 4
+    end
+    local found, refused = {}, 0
+    for c = 1, n do
+      local at = i + (c - 1) * 8
+      local total = used(at, dry)
+      found[c] = tostring(total)
+      if not dry and total + tonumber(ARGV[at + 3]) > tonumber(ARGV[at + 2]) then
+        refused = c
+        break
+      end
+    end
+    if not dry and refused == 0 then
+      for c = 1, n do
+        local at = i + (c - 1) * 8
+        local mode = ARGV[at + 4]
+        if mode == '0' then
+          local key = KEYS[tonumber(ARGV[at])]
+          redis.call('HINCRBYFLOAT', key, ARGV[at + 6], ARGV[at + 3])
+          redis.call('EXPIRE', key, ARGV[at + 7])
+        elseif mode == '1' then
+          local key = KEYS[tonumber(ARGV[at + 1])]
+          redis.call('HSET', key, lease, ARGV[at + 3] .. '|' .. expires)
+          redis.call('EXPIRE', key, math.ceil(tonumber(expires) - now) + 60)
+        end
+      end
+    end
+    results[#results + 1] = {refused, found}
+    i = i + n * 8
   end
 end
-if dry then return {0, used} end
-for i = 1, n do
-  local base = 5 + (i - 1) * 7
-  local mode = ARGV[base + 3]
-  if mode == '0' then
-    redis.call('HINCRBYFLOAT', KEYS[2 * i - 1], ARGV[base + 5], ARGV[base + 2])
-    redis.call('EXPIRE', KEYS[2 * i - 1], math.ceil(tonumber(ARGV[base + 7])) + 60)
-  elseif mode == '1' then
-    redis.call('HSET', KEYS[2 * i], lease, ARGV[base + 2] .. '|' .. ARGV[3])
-    redis.call('EXPIRE', KEYS[2 * i], math.ceil(expires - now) + 60)
-  end
-end
-return {0, used}
+return results
 """
 
-_LEDGER_DAYS = 400
+
+class _Script:
+    """The operations of one ``sync``, with their keys numbered as KEYS wants them."""
+
+    def __init__(self, tag: str, now: float) -> None:
+        self.tag = tag
+        self.keys: list[str] = []
+        self._index: dict[str, str] = {}
+        self.args: list[str] = [repr(now)]
+
+    def key(self, name: str) -> str:
+        found = self._index.get(name)
+        if found is None:
+            self.keys.append(f"{self.tag}:{name}")
+            found = self._index[name] = str(len(self.keys))
+        return found
+
+    def checks(self, checks: Sequence[Check]) -> None:
+        for check in checks:
+            self.args += (
+                self.key(f"b:{check.counter}"),
+                self.key(f"l:{check.counter}") if check.leases else "",
+                repr(check.limit),
+                repr(check.amount),
+                _MODES[check.mode],
+                "" if check.since is None else repr(check.since),
+                repr(check.bucket),
+                str(math.ceil(check.keep) + 60),
+            )
+
+    def add(self, name: str, field: str, amount: float, ttl: float) -> None:
+        self.args += ("A", self.key(name), field, repr(amount), str(math.ceil(ttl)))
 
 
 class RedisStore:
@@ -98,6 +170,7 @@ class RedisStore:
                 "pip install 'runestone[redis]'"
             ) from exc
         self.url = url
+        self.prefix = prefix
         self._tag = "{" + prefix + "}"
         self._timeout = timeout
         self._client: Any = aioredis.Redis.from_url(
@@ -110,86 +183,62 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
         )
-        self._admit = self._client.register_script(_ADMIT)
+        self._sync = self._client.register_script(_SYNC)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._tag}>"
-
-    def _keys(self, checks: Sequence[Check]) -> list[str]:
-        keys = []
-        for check in checks:
-            keys.append(f"{self._tag}:b:{check.counter}")
-            keys.append(f"{self._tag}:l:{check.counter}")
-        return keys
-
-    async def _run(
-        self, checks: Sequence[Check], lease: str, now: float, expires: float, dry: bool
-    ) -> tuple[int, list[float]]:
-        args: list[str | int] = [
-            repr(now),
-            lease,
-            repr(expires),
-            "1" if dry else "0",
-            len(checks),
-        ]
-        for check in checks:
-            args += (
-                repr(check.limit),
-                repr(check.amount),
-                _MODES[check.mode],
-                "" if check.since is None else repr(check.since),
-                repr(check.bucket),
-                "1" if check.leases else "0",
-                repr(check.keep),
-            )
-        reply = await self._call(self._admit(keys=self._keys(checks), args=args))
-        return int(reply[0]), [float(value) for value in reply[1]]
 
     async def _call(self, awaitable: Any) -> Any:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 return await awaitable
         except Exception as exc:  # redis' errors, OSError, TimeoutError alike
-            raise StateError(f"redis {self._safe_url()}: {type(exc).__name__}: {exc}") from None
+            raise StateError(f"redis {self._where()}: {type(exc).__name__}: {exc}") from None
 
-    def _safe_url(self) -> str:
-        # The URL may hold a password: name only where it is.
-        host = self.url.rpartition("@")[2]
-        return host.split("?")[0]
+    def _where(self) -> str:
+        # The URL may hold a password: name only the host.
+        return self.url.rpartition("@")[2].split("?")[0]
 
-    async def admit(
-        self, checks: Sequence[Check], lease: str, now: float, expires: float
-    ) -> Decision:
-        refused, used = await self._run(checks, lease, now, expires, dry=False)
-        found = {check.counter: value for check, value in zip(checks, used, strict=False)}
-        return Decision(checks[refused - 1] if refused else None, found)
+    async def _run(self, script: _Script) -> list[Any]:
+        return list(await self._call(self._sync(keys=script.keys, args=script.args)))
+
+    async def sync(
+        self, settlements: Sequence[Settlement], requests: Sequence[Request], now: float
+    ) -> list[Decision]:
+        script = _Script(self._tag, now)
+        for settled in settlements:
+            for counter in settled.counters:
+                script.args += ("R", script.key(f"l:{counter}"), settled.lease)
+            for added in settled.additions:
+                script.add(f"b:{added.counter}", repr(added.bucket), added.amount, added.keep + 60)
+            entry = settled.ledger
+            if entry is not None:
+                name = f"u:{entry.day}"
+                row = f"{entry.key}\t{entry.team}\t{entry.model}"
+                script.add(name, f"{row}\trequests", 1, _LEDGER_SECONDS)
+                script.add(name, f"{row}\tinput_tokens", entry.input_tokens, _LEDGER_SECONDS)
+                script.add(name, f"{row}\toutput_tokens", entry.output_tokens, _LEDGER_SECONDS)
+                script.add(name, f"{row}\tusd", entry.usd, _LEDGER_SECONDS)
+        for request in requests:
+            script.args += ("Q", request.lease, repr(request.expires), str(len(request.checks)))
+            script.checks(request.checks)
+        if len(script.args) == 1:
+            return []
+        replies = await self._run(script)
+        decisions = []
+        for request, (refused, used) in zip(requests, replies, strict=True):
+            found = {c.counter: float(v) for c, v in zip(request.checks, used, strict=False)}
+            decisions.append(Decision(request.checks[refused - 1] if refused else None, found))
+        return decisions
 
     async def used(self, checks: Sequence[Check], now: float) -> dict[str, float]:
         if not checks:
             return {}
-        _, used = await self._run(checks, "-", now, now, dry=True)
-        return {check.counter: value for check, value in zip(checks, used, strict=True)}
-
-    async def settle(self, settlements: Sequence[Settlement], now: float) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        tag = self._tag
-        for settled in settlements:
-            for counter in settled.counters:
-                pipe.hdel(f"{tag}:l:{counter}", settled.lease)
-            for added in settled.additions:
-                key = f"{tag}:b:{added.counter}"
-                pipe.hincrbyfloat(key, repr(added.bucket), added.amount)
-                pipe.expire(key, math.ceil(added.keep) + 60)
-            entry = settled.ledger
-            if entry is not None:
-                key = f"{tag}:u:{entry.day}"
-                row = f"{entry.key}\t{entry.team}\t{entry.model}"
-                pipe.hincrby(key, f"{row}\trequests", 1)
-                pipe.hincrby(key, f"{row}\tinput_tokens", entry.input_tokens)
-                pipe.hincrby(key, f"{row}\toutput_tokens", entry.output_tokens)
-                pipe.hincrbyfloat(key, f"{row}\tusd", entry.usd)
-                pipe.expire(key, _LEDGER_DAYS * 86400)
-        await self._call(pipe.execute())
+        script = _Script(self._tag, now)
+        script.args += ("D", str(len(checks)))
+        script.checks(checks)
+        ((_, used),) = await self._run(script)
+        return {check.counter: float(value) for check, value in zip(checks, used, strict=True)}
 
     async def usage(self, since_day: str) -> list[UsageRow]:
         first = dt.date.fromisoformat(since_day)

@@ -8,10 +8,13 @@ A store knows nothing of keys or prices. It keeps two kinds of numbers per count
   reservation), each with an expiry, so that a gateway that dies mid-request cannot
   hold them for ever.
 
-``admit`` checks every limit of a request and, only if all pass, takes what the request
-needs, in one atomic step (one SQLite transaction, one Redis script): concurrent
-requests, in any process, cannot all pass a limit that only one of them fits under.
-``settle`` gives the leases back and adds what the request really used.
+``sync`` first settles finished requests (gives their leases back, adds what they
+really used), then admits new ones: each admission checks every limit of its request
+and, only if all pass, takes what the request needs, atomically (one SQLite
+transaction, one Redis script), so that concurrent requests, in any process, cannot all
+pass a limit that only one of them fits under. One ``sync`` carries every request that
+arrived or finished in the same turn of the event loop: one transaction or one round
+trip for all of them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Literal, Protocol
 Mode = Literal["count", "lease", "level"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Check:
     """One limit for one request: ``used + amount <= limit``, or the request is refused.
 
@@ -73,6 +76,15 @@ class LedgerEntry:
     usd: float
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request to admit: its checks, and the lease id its holds go by."""
+
+    checks: tuple[Check, ...]
+    lease: str
+    expires: float  # its leases expire then, if never settled (its gateway died)
+
+
 @dataclass(slots=True)
 class Settlement:
     lease: str
@@ -100,11 +112,12 @@ class StateError(Exception):
 class Store(Protocol):
     name: str
 
-    async def admit(
-        self, checks: Sequence[Check], lease: str, now: float, expires: float
-    ) -> Decision: ...
-
-    async def settle(self, settlements: Sequence[Settlement], now: float) -> None: ...
+    async def sync(
+        self, settlements: Sequence[Settlement], requests: Sequence[Request], now: float
+    ) -> list[Decision]:
+        """Settle ``settlements``, then admit each of ``requests`` in order (a decision
+        for each); all in one atomic step, or nothing and ``StateError``."""
+        ...
 
     async def used(self, checks: Sequence[Check], now: float) -> dict[str, float]:
         """Each counter's use now, as ``admit`` would see it (for reports)."""

@@ -35,7 +35,19 @@ class Window:
     keep: float  # seconds a bucket must be kept after its start
 
 
+_CURRENT: dict[tuple[str, bool], Window] = {}
+
+
 def window(period: Period, rolling: bool, now: float) -> Window:
+    # Every request asks for the same few windows: the last answer holds until it resets.
+    found = _CURRENT.get((period, rolling))
+    if found is not None and found.bucket <= now < found.resets:
+        return found
+    found = _CURRENT[(period, rolling)] = _window(period, rolling, now)
+    return found
+
+
+def _window(period: Period, rolling: bool, now: float) -> Window:
     if rolling:
         length = _LENGTH[period]  # a rolling month is 30 days
         step = length / ROLLING_BUCKETS

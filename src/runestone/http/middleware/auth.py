@@ -84,6 +84,8 @@ class TokenBackend:
         self._service = Principal("service", frozenset(service))
         self._metrics = Principal("metrics", frozenset({METRICS, OPERATOR}))
         self._keyless = Principal("anonymous", self._anonymous.scopes - {CLIENT})
+        self._client = frozenset({CLIENT})
+        self._principals: dict[str, Principal] = {}
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         keys = self._keys()
@@ -127,7 +129,10 @@ class TokenBackend:
             return self._keyless
         if key.expires is not None and key.expired(dt.datetime.now(dt.UTC).date()):
             return Principal(key.id, frozenset(), key)
-        return Principal(key.id, frozenset({CLIENT}), key)
+        principal = self._principals.get(digest)
+        if principal is None or principal.key is not key:  # new, or reloaded
+            principal = self._principals[digest] = Principal(key.id, self._client, key)
+        return principal
 
 
 _REFUSALS = {

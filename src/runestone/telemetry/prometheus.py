@@ -96,9 +96,6 @@ class PrometheusMetrics:
         self.key_cost = counter(
             "runestone_key_cost_usd", "Spend in USD per client key", ["key"], registry=r
         )
-        self.key_tokens = counter(
-            "runestone_key_tokens", "Tokens per client key", ["key", "direction"], registry=r
-        )
         self.store_errors = counter(
             "runestone_limits_store_errors",
             "Calls to the store of limits and budgets that failed",
@@ -181,14 +178,10 @@ class PrometheusMetrics:
             child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
         if e.cost:
             child(self.cost, e.provider, model).inc(e.cost)
-        if e.key != "-":
+        if e.key != "-":  # tokens per key are in the usage report, from the store
             child(self.key_requests, e.key, str(e.status), e.code).inc()
             if e.cost:
                 child(self.key_cost, e.key).inc(e.cost)
-            if e.input_tokens:
-                child(self.key_tokens, e.key, "input").inc(e.input_tokens)
-            if e.output_tokens:
-                child(self.key_tokens, e.key, "output").inc(e.output_tokens)
         if e.stream and e.outcome != "error":  # a stream that started, however it ended
             child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:

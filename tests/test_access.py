@@ -403,3 +403,16 @@ def test_every_refusal_is_in_the_envelope_of_its_protocol(
     with pytest.raises(anthropic.RateLimitError) as caught:
         ask()
     assert caught.value.body["error"]["code"] == "rate_limited"  # type: ignore[index]
+
+
+def test_a_key_lists_only_the_models_it_may_use(make_gateway: MakeGateway, tmp_path: Path) -> None:
+    gateway = start(
+        make_gateway, tmp_path, aliases_with(key_entry("a", models='[smart, "mock:*"]'))
+    )
+    client = keep(openai.OpenAI(base_url=gateway.base_url, api_key=KEYS["a"], max_retries=0))
+    listed = {model.id for model in client.models.list()}
+    assert "smart" in listed and "mock:echo" in listed and "echo" not in listed
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.retrieve("echo")
+    everything = keep(openai.OpenAI(base_url=gateway.base_url, api_key=SERVICE, max_retries=0))
+    assert "echo" in {model.id for model in everything.models.list()}

@@ -1,7 +1,8 @@
 """``GET /v1/models`` and ``GET /v1/models/{model_id}``, in the client's format.
 
 The list holds the aliases, the targets they name whose provider is configured, and the
-mock's models. A client that sends ``anthropic-version`` (the Anthropic SDKs, Claude
+mock's models; for a client key with a ``models`` list, only those it may use. A
+client that sends ``anthropic-version`` (the Anthropic SDKs, Claude
 Code) gets Anthropic's shapes (``type``, ``display_name``, ``created_at``, a page with
 ``has_more``, ``first_id``, ``last_id``); every other client gets OpenAI's.
 """
@@ -42,11 +43,22 @@ class ModelsEndpoint:
             scope[PROTOCOL] = MESSAGES  # errors in Anthropic's shape too
         shape = _anthropic if anthropic else _openai
         wanted = scope.get("path_params", {}).get("model_id")
+        key = scope["auth"].key if "auth" in scope else None
+        allowed = key.allows if key is not None and key.models else None
         if wanted is not None:
+            if key is not None and allowed is not None and not allowed(wanted):
+                raise error_for(
+                    "model_not_allowed", f"key {key.id!r} may not use {wanted!r}", param="model"
+                )
             owner = self._owner(router, wanted)
             body = orjson.dumps(shape(wanted, owner))
         else:
-            data = [shape(model_id, owner) for model_id, owner in self._listed(router).items()]
+            listed = self._listed(router).items()
+            data = [
+                shape(model_id, owner)
+                for model_id, owner in listed
+                if allowed is None or allowed(model_id)
+            ]
             if anthropic:
                 page = {
                     "data": data,

@@ -41,20 +41,20 @@ async def whoami(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def test_a_mounted_app_sees_the_principal_and_its_prefix(make_gateway: MakeGateway) -> None:
-    gateway = make_gateway(service_token="tok", mounts=[Mount("/console", whoami)])
-    seen = httpx.get(f"{gateway.url}/console/api/state", headers={"authorization": "Bearer tok"})
+    gateway = make_gateway(service_token="tok", mounts=[Mount("/tools", whoami)])
+    seen = httpx.get(f"{gateway.url}/tools/api/state", headers={"authorization": "Bearer tok"})
     assert seen.status_code == 200
     body = seen.json()
     assert body["principal"] == "service"
     assert body["scopes"] == ["client", "metrics", "operator"]
-    assert body["root_path"] == "/console"
-    assert body["path"] == "/console/api/state"
+    assert body["root_path"] == "/tools"
+    assert body["path"] == "/tools/api/state"
     assert body["request_id"].startswith("req_")
-    anonymous = httpx.get(f"{gateway.url}/console").json()
+    anonymous = httpx.get(f"{gateway.url}/tools").json()
     assert anonymous["principal"] == "anonymous"
     assert anonymous["scopes"] == []
-    # A prefix is not a mount: /consoles is someone else's path.
-    assert httpx.get(f"{gateway.url}/consoles").status_code == 404
+    # A prefix is not a mount: /toolshed is someone else's path.
+    assert httpx.get(f"{gateway.url}/toolshed").status_code == 404
 
 
 async def _run(app: Any, raises: BaseException) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ class Settings:
     gateway_mode: bool = False
     gateway_url: str | None = None
     metrics_token: str | None = None
+    admin_token: str | None = None
     log_json: bool = True
     breaker_failures: int = 5
     breaker_failure_rate: float = 0.5
@@ -69,6 +70,7 @@ class Settings:
             gateway_mode=gateway_mode,
             gateway_url=gateway_url,
             metrics_token=env.get("RUNESTONE_METRICS_TOKEN") or None,
+            admin_token=env.get("RUNESTONE_ADMIN_TOKEN") or None,
             log_json=_log_format(env) == "json",
             breaker_failures=int(_number(env, "RUNESTONE_BREAKER_FAILURES", cls.breaker_failures)),
             breaker_failure_rate=_number(

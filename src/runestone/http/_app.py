@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from runestone._gateway import Gateway
 from runestone.aliases import AliasStore
 from runestone.config import Settings
+from runestone.console import ConsoleStats
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 from runestone.http._signals import hook_exit_signals
 from runestone.http.endpoints import (
@@ -29,6 +30,7 @@ from runestone.http.endpoints import (
     UsageEndpoint,
     live,
 )
+from runestone.http.endpoints.console import ConsoleApi, ConsoleFiles
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
 from runestone.http.middleware.auth import CLIENT, METRICS, OPERATOR
 from runestone.http.routing import Dispatcher, Mount, Route
@@ -59,6 +61,8 @@ class RunestoneApp:
         self.metrics = PrometheusMetrics(self.gateway.breaker_states)
         self.telemetry.subscribe(self.metrics)
         self.telemetry.subscribe(RequestLog(json_lines=settings.log_json))
+        self.console = ConsoleStats()
+        self.telemetry.subscribe(self.console)
         if otel.configured(environ):
             try:
                 self.add_tracing(otel.from_environment())
@@ -99,6 +103,9 @@ class RunestoneApp:
             Route("/health/live", live),
             Route("/health/ready", ReadyEndpoint(self.gateway)),
             Route("/admin/usage", UsageEndpoint(self.gateway), scope=OPERATOR),
+            Route("/console", files := ConsoleFiles()),
+            Route("/console/static/{name}", files),
+            Route("/console/api/overview", ConsoleApi(self.gateway, self.console), scope=OPERATOR),
         ]
 
     def _build_stack(self) -> ASGIApp:
@@ -107,6 +114,7 @@ class RunestoneApp:
             self.settings.service_token,
             self.settings.metrics_token,
             keys=lambda: aliases.table.access.keys,
+            admin_token=self.settings.admin_token,
         )
         return ErrorMiddleware(AuthenticationMiddleware(Dispatcher(self.routes), backend))
 

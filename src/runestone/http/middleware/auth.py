@@ -67,8 +67,12 @@ class TokenBackend:
         service_token: str | None,
         metrics_token: str | None,
         keys: Callable[[], Mapping[str, KeySpec]] = _no_keys,
+        admin_token: str | None = None,
     ) -> None:
         self._keys = keys
+        # The operators' own token for the console and the details, without model access.
+        self._admin_bearer = b"Bearer " + admin_token.encode() if admin_token else None
+        self._admin = Principal("admin", frozenset({METRICS, OPERATOR}))
         self._token = service_token.encode() if service_token else None
         self._bearer = b"Bearer " + self._token if self._token else None
         metrics = metrics_token or service_token
@@ -77,7 +81,7 @@ class TokenBackend:
         anonymous = set()
         if self._token is None:
             anonymous.add(CLIENT)
-        if self._metrics_bearer is None:
+        if self._metrics_bearer is None and self._admin_bearer is None:
             anonymous.update((METRICS, OPERATOR))
         self._anonymous = Principal("anonymous", frozenset(anonymous))
         service = {CLIENT, OPERATOR} if self._separate_metrics else {CLIENT, METRICS, OPERATOR}
@@ -89,7 +93,12 @@ class TokenBackend:
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         keys = self._keys()
-        if not keys and self._token is None and self._metrics_bearer is None:
+        if (
+            not keys
+            and self._token is None
+            and self._metrics_bearer is None
+            and self._admin_bearer is None
+        ):
             return self._anonymous
         authorization = api_key = None
         for name, value in headers:
@@ -104,6 +113,12 @@ class TokenBackend:
                 return self._service
             if api_key is not None and hmac.compare_digest(api_key, self._token or b""):
                 return self._service
+        if (
+            self._admin_bearer is not None
+            and authorization is not None
+            and hmac.compare_digest(authorization, self._admin_bearer)
+        ):
+            return self._admin
         if (
             self._separate_metrics
             and authorization is not None
@@ -138,8 +153,8 @@ class TokenBackend:
 _REFUSALS = {
     CLIENT: "missing or wrong gateway token: send 'Authorization: Bearer <token>' (or "
     "'x-api-key: <token>') with your Runestone key or the gateway's RUNESTONE_SERVICE_TOKEN",
-    OPERATOR: "this needs the operators' token: the gateway's RUNESTONE_SERVICE_TOKEN (or "
-    "RUNESTONE_METRICS_TOKEN)",
+    OPERATOR: "this needs the operators' token: the gateway's RUNESTONE_SERVICE_TOKEN, "
+    "RUNESTONE_ADMIN_TOKEN or RUNESTONE_METRICS_TOKEN",
     METRICS: "/metrics needs 'Authorization: Bearer <token>' with RUNESTONE_METRICS_TOKEN "
     "(or the service token when no metrics token is set)",
 }

@@ -24,6 +24,7 @@ from runestone.providers.mock import MockAdapter, MockEmbeddingsAdapter
 from runestone.providers.mock_messages import MockMessagesAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
 from runestone.providers.responses import ResponsesAdapter
+from runestone.providers.translated import ChatToAnthropicAdapter
 
 
 def _openai_compatible(
@@ -140,6 +141,13 @@ def _translated_chat(context: AdapterContext) -> Adapter:
     return AnyLLMChatAdapter(context.shared("anyllm", AnyLLMClients))
 
 
+def _chat_to_anthropic(context: AdapterContext) -> Adapter:
+    return context.shared(
+        "chat-to-anthropic",
+        lambda: ChatToAnthropicAdapter(context.session, max_body=context.max_upstream_body),
+    )
+
+
 def _translated_messages(context: AdapterContext) -> Adapter:
     return AnyLLMMessagesAdapter(context.shared("anyllm", AnyLLMClients))
 
@@ -150,7 +158,7 @@ def _translated_embeddings(context: AdapterContext) -> Adapter:
 
 register_adapter("chat", "openai", _passthrough)
 register_adapter("chat", "mock", lambda context: MockAdapter())
-register_adapter("chat", "anthropic", _translated_chat)
+register_adapter("chat", "anthropic", _chat_to_anthropic)
 register_adapter("chat", "anyllm", _translated_chat)
 register_adapter("messages", "anthropic", _anthropic)
 register_adapter("messages", "openai", _translated_messages)

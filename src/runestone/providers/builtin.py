@@ -24,7 +24,7 @@ from runestone.providers.mock import MockAdapter, MockEmbeddingsAdapter
 from runestone.providers.mock_messages import MockMessagesAdapter
 from runestone.providers.openai_compat import OpenAICompatibleAdapter
 from runestone.providers.responses import ResponsesAdapter
-from runestone.providers.translated import ChatToAnthropicAdapter
+from runestone.providers.translated import ChatToAnthropicAdapter, MessagesToOpenAIAdapter
 
 
 def _openai_compatible(
@@ -152,6 +152,13 @@ def _translated_messages(context: AdapterContext) -> Adapter:
     return AnyLLMMessagesAdapter(context.shared("anyllm", AnyLLMClients))
 
 
+def _messages_to_openai(context: AdapterContext) -> Adapter:
+    return context.shared(
+        "messages-to-openai",
+        lambda: MessagesToOpenAIAdapter(context.session, max_body=context.max_upstream_body),
+    )
+
+
 def _translated_embeddings(context: AdapterContext) -> Adapter:
     return AnyLLMEmbeddingsAdapter(context.shared("anyllm", AnyLLMClients))
 
@@ -161,7 +168,7 @@ register_adapter("chat", "mock", lambda context: MockAdapter())
 register_adapter("chat", "anthropic", _chat_to_anthropic)
 register_adapter("chat", "anyllm", _translated_chat)
 register_adapter("messages", "anthropic", _anthropic)
-register_adapter("messages", "openai", _translated_messages)
+register_adapter("messages", "openai", _messages_to_openai)
 register_adapter("messages", "anyllm", _translated_messages)
 register_adapter("count_tokens", "anthropic", _anthropic)
 register_adapter("embeddings", "openai", _passthrough)

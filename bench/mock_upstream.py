@@ -2,8 +2,15 @@
 
 A bare asyncio protocol with canned responses, so that the upstream costs far less than
 the gateway under test. A request whose body contains ``"stream":true`` gets an SSE
-answer of CHUNKS events, each its own write; any other gets one completion. Requests to
-``/v1/messages`` get Anthropic's shapes, others OpenAI's.
+answer of CHUNKS events; any other gets one completion. Requests to ``/v1/messages`` get
+Anthropic's shapes, others OpenAI's. Like real providers, an OpenAI stream ends with a
+usage chunk when the request asks for one (``stream_options.include_usage``). The model
+name chooses how the events are written, as real traffic arrives:
+
+- by default each event is its own write, one per loop turn;
+- a model with ``coalesced`` in its name gets every event in one write (many per read);
+- ``spaced``: a write every 2 ms, as tokens come from a model;
+- ``tools``: a tool call whose arguments arrive in CHUNKS pieces.
 
     python bench/mock_upstream.py --port 9100 [--chunks 50]
 """
@@ -135,23 +142,59 @@ def responses_chunks(count: int) -> list[bytes]:
     return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
 
 
-def stream_chunks(count: int) -> list[bytes]:
-    head = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-    head += b'"model":"bench-model","choices":[{"index":0,"delta":'
-    events = [head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n']
-    events += [head + b'{"content":"tok%d "},"finish_reason":null}]}\n\n' % i for i in range(count)]
-    events.append(head + b'{},"finish_reason":"stop"}]}\n\n')
+_CHUNK_HEAD = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench-model","choices":[{"index":0,"delta":'
+)
+_USAGE_CHUNK = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench-model","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":50,'
+    b'"total_tokens":59,"prompt_tokens_details":{"cached_tokens":0},'
+    b'"completion_tokens_details":{"reasoning_tokens":0}}}\n\n'
+)
+
+
+def stream_chunks(count: int, usage: bool = False, tools: bool = False) -> list[bytes]:
+    head = _CHUNK_HEAD
+    if tools:
+        events = [
+            head + b'{"role":"assistant","content":null,"tool_calls":[{"index":0,'
+            b'"id":"call_bench","type":"function","function":{"name":"lookup",'
+            b'"arguments":""}}]},"finish_reason":null}]}\n\n'
+        ]
+        events += [
+            head + b'{"tool_calls":[{"index":0,"function":{"arguments":"{\\"k%d\\": 1, "}}]},'
+            b'"finish_reason":null}]}\n\n' % i
+            for i in range(count)
+        ]
+        events.append(head + b'{},"finish_reason":"tool_calls"}]}\n\n')
+    else:
+        events = [head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n']
+        events += [
+            head + b'{"content":"tok%d "},"finish_reason":null}]}\n\n' % i for i in range(count)
+        ]
+        events.append(head + b'{},"finish_reason":"stop"}]}\n\n')
+    if usage:
+        events.append(_USAGE_CHUNK)
     events.append(b"data: [DONE]\n\n")
     return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
 
 
+_MODEL = re.compile(rb'"model":\s*"([^"]*)"')
+_INCLUDE_USAGE = re.compile(rb'"include_usage":\s*true')
+
+
 class MockProtocol(asyncio.Protocol):
-    def __init__(self, chunks: list[bytes], anthropic: list[bytes], responses: list[bytes]):
+    def __init__(
+        self, streams: dict[tuple[bool, bool], list[bytes]], anthropic: list[bytes],
+        responses: list[bytes],
+    ) -> None:  # fmt: skip
         self.buffer = b""
-        self.openai_chunks = chunks
+        self.openai_streams = streams  # by (tools, usage)
         self.anthropic_chunks = anthropic
         self.responses_chunks = responses
-        self.chunks = chunks
+        self.chunks = streams[(False, False)]
+        self.gap = 0.0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,15 +218,22 @@ class MockProtocol(asyncio.Protocol):
             anthropic = head.startswith(b"POST /v1/messages")
             responses = head.startswith(b"POST /v1/responses")
             if b'"stream":true' in body or b'"stream": true' in body:
+                found = _MODEL.search(body)
+                model = found.group(1) if found else b""
+                usage = _INCLUDE_USAGE.search(body) is not None
                 self.chunks = (
                     self.anthropic_chunks
                     if anthropic
                     else self.responses_chunks
                     if responses
-                    else self.openai_chunks
+                    else self.openai_streams[(b"tools" in model, usage)]
                 )
                 self.transport.write(STREAM_HEAD)
-                self._send_from(0)
+                if b"coalesced" in model:
+                    self.transport.write(b"".join(self.chunks))
+                else:
+                    self.gap = 0.002 if b"spaced" in model else 0.0
+                    self._send_from(0)
             elif responses:
                 self.transport.write(RESPONSES_RESPONSE)
             else:
@@ -197,15 +247,23 @@ class MockProtocol(asyncio.Protocol):
             return
         transport.write(self.chunks[index])
         if index + 1 < len(self.chunks):
-            asyncio.get_running_loop().call_soon(self._send_from, index + 1)
+            loop = asyncio.get_running_loop()
+            if self.gap:
+                loop.call_later(self.gap, self._send_from, index + 1)
+            else:
+                loop.call_soon(self._send_from, index + 1)
 
 
 async def serve(port: int, chunks: int) -> None:
     loop = asyncio.get_running_loop()
-    pieces, anthropic = stream_chunks(chunks), anthropic_chunks(chunks)
-    responses = responses_chunks(chunks)
+    streams = {
+        (tools, usage): stream_chunks(chunks, usage, tools)
+        for tools in (False, True)
+        for usage in (False, True)
+    }
+    anthropic, responses = anthropic_chunks(chunks), responses_chunks(chunks)
     server = await loop.create_server(
-        lambda: MockProtocol(pieces, anthropic, responses), "127.0.0.1", port, backlog=4096
+        lambda: MockProtocol(streams, anthropic, responses), "127.0.0.1", port, backlog=4096
     )
     async with server:
         await server.serve_forever()

@@ -1,0 +1,245 @@
+"""Gateway CPU per request, per stream and per chunk, on traffic shaped like the real thing.
+
+Runestone (`runestone serve`, auth on, aliases, resilience, metrics, usage and cost, the
+request log, the console's statistics: every feature) and a bare uvicorn + aiohttp
+forwarder (bench/bare_forwarder.py) run pinned to the same core, in alternating rounds;
+the mock upstream (bench/mock_upstream.py) and wrk share the other. CPU time is read from
+/proc before and after each wrk run and divided by the requests it completed.
+
+Scenarios:
+
+- ``request``: a non-streamed chat completion;
+- ``stream``: 50 chunks, the client not asking for usage: Runestone asks the upstream
+  for the usage chunk (to count tokens and cost) and hides it from the client, as it does
+  in production; the bare forwarder passes through what it gets;
+- ``stream_coalesced``: the same, the upstream writing every event at once (many events
+  per read); ``stream_spaced``: a write every 2 ms, as a model produces tokens;
+- ``stream_tools``: a tool call whose arguments come in 50 pieces;
+- ``translated_*``: an OpenAI-format client on an Anthropic-format upstream, and an
+  Anthropic-format client (Claude Code) on an OpenAI-format one: Runestone only, next to
+  its own pass-through.
+
+    python bench/cpu.py [--seconds 5] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import CHUNKS, TOKEN, wait_port, wait_ready, wrk
+
+HERE = Path(__file__).resolve().parent
+ALIASES = """
+aliases:
+  bench: openai:bench-model
+  bench-coalesced: openai:bench-coalesced
+  bench-spaced: openai:bench-spaced
+  bench-tools: openai:bench-tools
+  bench-claude: anthropic:bench-model
+"""
+HELLO = [{"role": "user", "content": "Hello, how are you?"}]
+
+
+def _chat(model: str, stream: bool) -> str:
+    body: dict[str, object] = {"model": model, "messages": HELLO}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+def _messages(model: str, stream: bool) -> str:
+    body: dict[str, object] = {"model": model, "max_tokens": 256, "messages": HELLO}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+#: name -> (path, body, also through the bare forwarder, units of CHUNKS chunks)
+SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
+    "request": ("/v1/chat/completions", _chat("bench", False), True, False),
+    "stream": ("/v1/chat/completions", _chat("bench", True), True, True),
+    "stream_coalesced": ("/v1/chat/completions", _chat("bench-coalesced", True), True, True),
+    "stream_spaced": ("/v1/chat/completions", _chat("bench-spaced", True), True, True),
+    "stream_tools": ("/v1/chat/completions", _chat("bench-tools", True), True, True),
+    "translated_chat_to_anthropic": (
+        "/v1/chat/completions",
+        _chat("bench-claude", False),
+        False,
+        False,
+    ),
+    "translated_chat_to_anthropic_stream": (
+        "/v1/chat/completions",
+        _chat("bench-claude", True),
+        False,
+        True,
+    ),
+    "translated_messages_to_openai": ("/v1/messages", _messages("bench", False), False, False),
+    "translated_messages_to_openai_stream": (
+        "/v1/messages",
+        _messages("bench", True),
+        False,
+        True,
+    ),
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_unit(pid: int, url: str, body: str, seconds: int, cpu: int) -> float:
+    before = cpu_seconds(pid)
+    result = wrk(url, body, connections=32, seconds=seconds, cpu=cpu, timeout=10)
+    used = cpu_seconds(pid) - before
+    if result.errors:
+        raise SystemExit(f"{result.errors} failed requests against {url}")
+    return used / (result.requests_per_second * seconds) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gateway-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    wanted = args.only.split(",") if args.only else list(SCENARIOS)
+    mock_port, gateway_port, bare_port = 9110, 9111, 9112
+    workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-cpu-"))
+    (workdir / "aliases.yaml").write_text(ALIASES)
+    mock_base = f"http://127.0.0.1:{mock_port}"
+    env = {
+        **os.environ,
+        "RUNESTONE_ALIASES_PATH": str(workdir / "aliases.yaml"),
+        "RUNESTONE_SERVICE_TOKEN": TOKEN,
+        "RUNESTONE_PORT": str(gateway_port),
+        "OPENAI_BASE_URL": f"{mock_base}/v1",
+        "OPENAI_API_KEY": "sk-bench",
+        "ANTHROPIC_BASE_URL": mock_base,
+        "ANTHROPIC_API_KEY": "sk-ant-bench",
+        "BARE_UPSTREAM": f"{mock_base}/v1/chat/completions",
+    }
+    pin = ["taskset", "-c"]
+    load, core = str(args.load_cpu), str(args.gateway_cpu)
+    mock = subprocess.Popen(
+        [*pin, load, sys.executable, str(HERE / "mock_upstream.py"), "--port", str(mock_port)]
+    )
+    gateway = subprocess.Popen(
+        [*pin, core, sys.executable, "-m", "runestone", "serve", "--log-level", "warning"],
+        env=env,
+    )
+    bare = subprocess.Popen(
+        [
+            *pin,
+            core,
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_forwarder:app",
+            "--port",
+            str(bare_port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "critical",
+        ],
+        cwd=HERE.parent,
+        env=env,
+    )
+    found: dict[str, dict[str, list[float]]] = {
+        name: {"runestone": [], "bare": []} for name in wanted
+    }
+    try:
+        wait_port(mock_port)
+        wait_ready(f"http://127.0.0.1:{gateway_port}/health/ready")
+        wait_port(bare_port)
+        for name in wanted:  # warm up: pools, caches, lazy imports
+            path, body, _, _ = SCENARIOS[name]
+            wrk(
+                f"http://127.0.0.1:{gateway_port}{path}",
+                body,
+                connections=32,
+                seconds=1,
+                cpu=args.load_cpu,
+                timeout=10,
+            )
+        for _ in range(args.rounds):
+            for name in wanted:
+                path, body, with_bare, _ = SCENARIOS[name]
+                found[name]["runestone"].append(
+                    cpu_per_unit(
+                        gateway.pid,
+                        f"http://127.0.0.1:{gateway_port}{path}",
+                        body,
+                        args.seconds,
+                        args.load_cpu,
+                    )
+                )
+                if with_bare:
+                    found[name]["bare"].append(
+                        cpu_per_unit(
+                            bare.pid,
+                            f"http://127.0.0.1:{bare_port}{path}",
+                            body,
+                            args.seconds,
+                            args.load_cpu,
+                        )
+                    )
+    finally:
+        for process in (gateway, bare, mock):
+            process.send_signal(signal.SIGINT)
+        for process in (gateway, bare, mock):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    results: dict[str, dict[str, float | None]] = {}
+    for name in wanted:
+        ours = statistics.median(found[name]["runestone"])
+        theirs = statistics.median(found[name]["bare"]) if found[name]["bare"] else None
+        entry: dict[str, float | None] = {
+            "runestone_us": round(ours, 1),
+            "bare_us": None if theirs is None else round(theirs, 1),
+            "ratio": None if theirs is None else round(ours / theirs, 2),
+        }
+        results[name] = entry
+    for name, entry in results.items():
+        if name.startswith("translated"):
+            base = "stream" if name.endswith("stream") else "request"
+            if base in results:
+                extra = float(entry["runestone_us"] or 0) - float(
+                    results[base]["runestone_us"] or 0
+                )
+                entry["over_pass_through_us"] = round(extra, 1)
+                if name.endswith("stream"):
+                    entry["over_pass_through_per_chunk_us"] = round(extra / CHUNKS, 2)
+    print("\n| scenario (gateway CPU, µs, c=32) | runestone | bare | ratio |")
+    print("|---|---|---|---|")
+    for name, entry in results.items():
+        bare_us = entry["bare_us"] if entry["bare_us"] is not None else "—"
+        ratio = entry["ratio"] if entry["ratio"] is not None else "—"
+        print(f"| {name} | {entry['runestone_us']} | {bare_us} | {ratio} |")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "raw": found}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

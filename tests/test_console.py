@@ -146,7 +146,9 @@ def test_the_console_shows_the_gateway_live(
     # Live numbers move while traffic goes through, without reloading the page.
     assert send(gateway, "smart", 12) == [200] * 12
     assert send(gateway, "fast", 3, stream=True) == [200] * 3
-    wait_until(lambda: number(page, "requests") >= before + 15)
+    assert send(gateway, "mock:echo", 5) == [200] * 5  # the gateway's own mock provider
+    wait_until(lambda: number(page, "requests") >= before + 20)
+    expect(page.locator("#models")).to_contain_text("mock:echo")
     expect(page.locator("#series")).to_contain_text("smart")
     expect(page.locator("#models")).to_contain_text("openai:gpt-4")
     expect(page.locator("#outcomes")).to_contain_text("complete")

@@ -105,6 +105,34 @@ class OpenAIStreamScanner(StreamScanner):
         return True
 
     def _take_usage(self, complete: bytes) -> bytes:
+        """Drop the usage-only chunk (the client did not ask for it), keeping its usage.
+
+        Found by byte search and decoded alone: a read holding the whole stream (an
+        upstream that writes everything at once) costs one decode, not one per event.
+        """
+        if b"\r" in complete:
+            return self._take_usage_by_event(complete)
+        for marker in (b'"usage":{', b'"usage": {'):
+            at = complete.find(marker)
+            while at >= 0:
+                start = complete.rfind(b"\n\n", 0, at)
+                start = 0 if start < 0 else start + 2
+                end = complete.find(b"\n\n", at)
+                end = len(complete) if end < 0 else end + 2
+                payload = loads_object(event_data(complete[start:end]) or b"")
+                if (
+                    payload is not None
+                    and isinstance(payload.get("usage"), dict)
+                    and not payload.get("choices")
+                ):
+                    self.summary.usage = payload["usage"]  # type: ignore[assignment]
+                    complete = complete[:start] + complete[end:]
+                    at = complete.find(marker, start)
+                else:
+                    at = complete.find(marker, end)
+        return complete
+
+    def _take_usage_by_event(self, complete: bytes) -> bytes:
         kept = []
         for event in split_events(complete):
             payload = loads_object(event_data(event) or b"")

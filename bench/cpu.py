@@ -97,6 +97,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def cpu_per_unit(pid: int, url: str, body: str, seconds: int, cpu: int) -> float:
     before = cpu_seconds(pid)
     result = wrk(url, body, connections=32, seconds=seconds, cpu=cpu, timeout=10)
@@ -202,6 +209,7 @@ def main() -> int:
                             args.load_cpu,
                         )
                     )
+        rss = peak_rss_mb(gateway.pid)  # after every scenario, the translated included
     finally:
         for process in (gateway, bare, mock):
             process.send_signal(signal.SIGINT)
@@ -236,8 +244,10 @@ def main() -> int:
         bare_us = entry["bare_us"] if entry["bare_us"] is not None else "—"
         ratio = entry["ratio"] if entry["ratio"] is not None else "—"
         print(f"| {name} | {entry['runestone_us']} | {bare_us} | {ratio} |")
+    print(f"\npeak RSS of the gateway: {rss} MB")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "raw": found}, indent=2))
+        summary = {"results": results, "peak_rss_mb": rss, "raw": found}
+        args.json.write_text(json.dumps(summary, indent=2))
     return 0
 
 

@@ -302,8 +302,8 @@ def main() -> int:
             ours.append(measure(through, s, cpu))
             if not args.no_bare:
                 theirs.append(measure(bare_url, s, cpu))
-        # The translated case: OpenAI-format client, Anthropic-format upstream, via any-llm.
-        rss = peak_rss_mb(gateway.pid)  # before any-llm and the provider SDKs are loaded
+        # The translated case: OpenAI-format client, Anthropic-format upstream.
+        rss = peak_rss_mb(gateway.pid)  # the pass-through alone
         wrk(through, TRANSLATED_STREAM_BODY, connections=32, seconds=2, cpu=cpu)
         translated = [
             (
@@ -442,11 +442,11 @@ def main() -> int:
         print(f"| {name:<32} | {ours!s:>10} | {shown!s:>10} | {target:>9} |")
     tr = results["translated"]
     print()
-    print("Translated (OpenAI-format client -> Anthropic-format upstream, through any-llm):")
+    print("Translated (OpenAI-format client -> Anthropic-format upstream):")
     print(f"  non-stream requests/s at c=32   {tr['requests_per_second_c32']}")  # type: ignore[index]
     print(f"  50-chunk streams/s at c=32      {tr['streams_per_second_c32']}")  # type: ignore[index]
     print(f"  CPU per streamed chunk, over the pass-through: {tr['added_cpu_per_chunk_us']} us")  # type: ignore[index]
-    print(f"  peak RSS with any-llm loaded    {tr['peak_rss_mb']} MB")  # type: ignore[index]
+    print(f"  peak RSS after translating      {tr['peak_rss_mb']} MB")  # type: ignore[index]
     print()
     print("Responses API (c=32; gateway CPU per request or 50-chunk stream, and over chat):")
     for name, entry in responses_results.items():

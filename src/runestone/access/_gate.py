@@ -43,6 +43,7 @@ log = logging.getLogger("runestone.access")
 #: Settlements kept for a store that is down, before the oldest are given up (and logged).
 MAX_PENDING = 100_000
 _RETRY_SECONDS = 1.0
+_PRICES_KEPT = 1000
 
 
 @dataclass(slots=True)
@@ -133,6 +134,8 @@ class Access:
             if model in self._prices:
                 price = self._prices[model]
             else:
+                if len(self._prices) >= _PRICES_KEPT:  # names are the clients' to choose
+                    self._prices.clear()
                 price = self._prices[model] = worst_price(model, table)
             default = access.settings.default_reservation_usd
             reserve = reservation(price, body_bytes, body, default)
@@ -143,8 +146,7 @@ class Access:
         self._kick()
         try:
             decision = await decided
-        except StateError as exc:
-            self._state_failed(exc)
+        except StateError as exc:  # counted once per batch, where the sync failed
             return self._without_store(key, team, request_id, plan, access, exc)
         if decision.refused is not None:
             raise _refusal(decision, key, team, now)

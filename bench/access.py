@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BODY, STREAM_BODY, TOKEN, wait_port, wait_ready, wrk
+from run import BODY, STREAM_BODY, TOKEN, stop, wait_port, wait_ready, wrk
 
 KEY = "rsk-bench-key-0123456789abcdef"
 ALIASES = """
@@ -146,13 +145,7 @@ def main() -> int:
                         cpu_per_unit(pids[name], url, body, token, args.seconds, args.load_cpu)
                     )
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
     medians = {
         name: {kind: round(statistics.median(v), 1) for kind, v in kinds.items()}
         for name, kinds in found.items()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import CHUNKS, TOKEN, wait_port, wait_ready, wrk
+from run import CHUNKS, TOKEN, bare_forwarder, stop, wait_port, wait_ready, wrk
 
 HERE = Path(__file__).resolve().parent
 ALIASES = """
@@ -149,27 +148,7 @@ def main() -> int:
         [*pin, core, sys.executable, "-m", "runestone", "serve", "--log-level", "warning"],
         env=env,
     )
-    bare = subprocess.Popen(
-        [
-            *pin,
-            core,
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.bare_forwarder:app",
-            "--port",
-            str(bare_port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "critical",
-        ],
-        cwd=HERE.parent,
-        env=env,
-    )
+    bare = subprocess.Popen([*pin, core, *bare_forwarder(bare_port)], cwd=HERE.parent, env=env)
     found: dict[str, dict[str, list[float]]] = {
         name: {"runestone": [], "bare": []} for name in wanted
     }
@@ -211,13 +190,7 @@ def main() -> int:
                     )
         rss = peak_rss_mb(gateway.pid)  # after every scenario, the translated included
     finally:
-        for process in (gateway, bare, mock):
-            process.send_signal(signal.SIGINT)
-        for process in (gateway, bare, mock):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop((gateway, bare, mock))
     results: dict[str, dict[str, float | None]] = {}
     for name in wanted:
         ours = statistics.median(found[name]["runestone"])

@@ -181,6 +181,25 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def bare_forwarder(port: int) -> list[str]:
+    """The command that serves bench/bare_forwarder.py (run it from the repository root)."""
+    return [
+        sys.executable, "-m", "uvicorn", "bench.bare_forwarder:app", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "critical",
+    ]  # fmt: skip
+
+
+def stop(processes: list[subprocess.Popen[bytes]] | tuple[subprocess.Popen[bytes], ...]) -> None:
+    """Ctrl-C each, as a user would; kill what is still there after 10 s."""
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def median_result(results: list[WrkResult]) -> WrkResult:
     return WrkResult(
         statistics.median(r.requests_per_second for r in results),
@@ -270,19 +289,7 @@ def main() -> int:
                     "taskset",
                     "-c",
                     str(args.gateway_cpu),
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "bench.bare_forwarder:app",
-                    "--port",
-                    str(args.bare_port),
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--no-access-log",
-                    "--log-level",
-                    "critical",
+                    *bare_forwarder(args.bare_port),
                 ],
                 cwd=HERE.parent,
                 env={**env, "BARE_UPSTREAM": direct},
@@ -336,13 +343,7 @@ def main() -> int:
             for _ in range(args.rounds)
         ]
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
     one, many, streams = (median_result([r[i] for r in ours]) for i in range(3))
     bare_numbers = (

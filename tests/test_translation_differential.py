@@ -10,20 +10,14 @@ test says so and asserts both.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
-from runestone.errors import GatewayError
-from runestone.providers import Endpoint, ProviderRegistry
-from runestone.providers.adapter import Call
-from runestone.providers.anyllm import AnyLLMChatAdapter, AnyLLMClients
-from runestone.providers.builtin import BUILTIN
+from runestone.providers.anyllm import AnyLLMChatAdapter
 from runestone.providers.translated import ChatToAnthropicAdapter
 from tests.servers import (
     FakeProvider,
@@ -33,72 +27,23 @@ from tests.servers import (
     send_stream,
     sse_event,
 )
+from tests.translation_harness import Harness, harness
 
 MODEL = "claude-test"
 
 
 @pytest.fixture
-def both(server_thread: ServerThread, fake: FakeProvider) -> Iterator[Any]:
-    registry = ProviderRegistry(
-        BUILTIN, {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url}
+def both(server_thread: ServerThread, fake: FakeProvider) -> Iterator[Harness]:
+    yield from harness(
+        server_thread,
+        fake,
+        provider="anthropic",
+        env={"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url},
+        model=MODEL,
+        operation="chat",
+        ours=lambda session: ChatToAnthropicAdapter(session, max_body=64 * 1024 * 1024),
+        oracle=AnyLLMChatAdapter,
     )
-    endpoint = registry.endpoint("anthropic")
-    assert endpoint is not None
-    state: dict[str, Any] = {}
-
-    async def open_() -> None:
-        state["session"] = aiohttp.ClientSession()
-        state["ours"] = ChatToAnthropicAdapter(state["session"], max_body=64 * 1024 * 1024)
-        state["clients"] = AnyLLMClients()
-        state["oracle"] = AnyLLMChatAdapter(state["clients"])
-
-    server_thread.run(open_())
-    yield Harness(server_thread, fake, endpoint, state)
-
-    async def close() -> None:
-        await state["clients"].aclose()
-        await state["session"].close()
-
-    server_thread.run(close())
-
-
-class Harness:
-    def __init__(
-        self, thread: ServerThread, fake: FakeProvider, endpoint: Endpoint, state: dict[str, Any]
-    ) -> None:
-        self.thread, self.fake, self.endpoint, self.state = thread, fake, endpoint, state
-
-    def call(self, body: dict[str, Any]) -> Call:
-        return Call(self.endpoint, MODEL, {"model": "alias", **body}, "req_test")
-
-    def complete(self, which: str, body: dict[str, Any]) -> dict[str, Any] | str:
-        async def run() -> dict[str, Any] | str:
-            try:
-                reply = await self.state[which].complete(self.call(copy.deepcopy(body)))
-            except GatewayError as exc:
-                return exc.code
-            return dict(orjson.loads(reply.body))
-
-        return self.thread.run(run())
-
-    def stream(self, which: str, body: dict[str, Any]) -> list[bytes] | str:
-        async def run() -> list[bytes] | str:
-            pieces: list[bytes] = []
-            try:
-                stream = await self.state[which].open_stream(
-                    self.call(copy.deepcopy({**body, "stream": True}))
-                )
-                async for piece in stream.chunks():
-                    pieces.append(piece)
-                await stream.finish()
-            except GatewayError as exc:
-                return exc.code
-            return pieces
-
-        return self.thread.run(run())
-
-    def sent(self) -> dict[str, Any]:
-        return dict(self.fake.seen[-1].body)
 
 
 def visible(answer: dict[str, Any] | str) -> Any:
@@ -126,13 +71,13 @@ def visible(answer: dict[str, Any] | str) -> Any:
     }
 
 
-def assembled(pieces: list[bytes] | str) -> Any:
+def assembled(raw: bytes | str) -> Any:
     """What a client's SDK assembles from a chunk stream."""
-    if isinstance(pieces, str):
-        return pieces
+    if isinstance(raw, str):
+        return raw
     datas = [
         line[6:]
-        for event in b"".join(pieces).split(b"\n\n")
+        for event in raw.split(b"\n\n")
         for line in event.split(b"\n")
         if line.startswith(b"data: ")
     ]

@@ -8,83 +8,33 @@ client-visible Message (blocks, stop reason, usage) or event stream are required
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
-from runestone.errors import GatewayError
-from runestone.providers import Endpoint, ProviderRegistry
-from runestone.providers.adapter import Call
-from runestone.providers.anyllm import AnyLLMClients, AnyLLMMessagesAdapter
-from runestone.providers.builtin import BUILTIN
+from runestone.providers.anyllm import AnyLLMMessagesAdapter
 from runestone.providers.translated import MessagesToOpenAIAdapter
 from tests.servers import FakeProvider, ServerThread, chunk, completion, send_stream
+from tests.translation_harness import Harness, harness
 
 MODEL = "gpt-test"
 
 
-class Harness:
-    def __init__(
-        self, thread: ServerThread, fake: FakeProvider, endpoint: Endpoint, state: dict[str, Any]
-    ) -> None:
-        self.thread, self.fake, self.endpoint, self.state = thread, fake, endpoint, state
-
-    def call(self, body: dict[str, Any]) -> Call:
-        return Call(self.endpoint, MODEL, {"model": "claude", **body}, "req_test", "messages")
-
-    def complete(self, which: str, body: dict[str, Any]) -> dict[str, Any] | str:
-        async def run() -> dict[str, Any] | str:
-            try:
-                reply = await self.state[which].complete(self.call(copy.deepcopy(body)))
-            except GatewayError as exc:
-                return exc.code
-            return dict(orjson.loads(reply.body))
-
-        return self.thread.run(run())
-
-    def stream(self, which: str, body: dict[str, Any]) -> bytes | str:
-        async def run() -> bytes | str:
-            pieces: list[bytes] = []
-            try:
-                stream = await self.state[which].open_stream(
-                    self.call(copy.deepcopy({**body, "stream": True}))
-                )
-                async for piece in stream.chunks():
-                    pieces.append(piece)
-                await stream.finish()
-            except GatewayError as exc:
-                return exc.code
-            return b"".join(pieces)
-
-        return self.thread.run(run())
-
-
 @pytest.fixture
 def both(server_thread: ServerThread, fake: FakeProvider) -> Iterator[Harness]:
-    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{fake.url}/v1"}
-    endpoint = ProviderRegistry(BUILTIN, env).endpoint("openai")
-    assert endpoint is not None
-    state: dict[str, Any] = {}
-
-    async def open_() -> None:
-        state["session"] = aiohttp.ClientSession()
-        state["ours"] = MessagesToOpenAIAdapter(state["session"], max_body=64 * 1024 * 1024)
-        state["clients"] = AnyLLMClients()
-        state["oracle"] = AnyLLMMessagesAdapter(state["clients"])
-
-    server_thread.run(open_())
-    yield Harness(server_thread, fake, endpoint, state)
-
-    async def close() -> None:
-        await state["clients"].aclose()
-        await state["session"].close()
-
-    server_thread.run(close())
+    yield from harness(
+        server_thread,
+        fake,
+        provider="openai",
+        env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{fake.url}/v1"},
+        model=MODEL,
+        operation="messages",
+        ours=lambda session: MessagesToOpenAIAdapter(session, max_body=64 * 1024 * 1024),
+        oracle=AnyLLMMessagesAdapter,
+    )
 
 
 def blocks_of(content: list[dict[str, Any]]) -> list[Any]:

@@ -10,7 +10,7 @@ and is the oracle the differential tests compare this with.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -25,54 +25,143 @@ from runestone.translate.chat_to_messages import ChatChunks, chat_completion, me
 from runestone.translate.messages_events import MessageEvents
 from runestone.translate.messages_to_chat import chat_request, message
 
+#: One upstream event (its type, or None for a data-only event, and its data) to the
+#: client's bytes; raises a ``GatewayError`` for an in-band error.
+Translate = Callable[[str | None, bytes], bytes]
 
-class _MessagesPost(SessionAdapter):
-    """POST the translated request to the target's Messages API, as the pass-through does."""
+
+class _Post(SessionAdapter):
+    """POST the translated request to the target, as the pass-through does."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, path: str, build: Callable[[Call], object], **kw: Any
+    ) -> None:
+        super().__init__(session, **kw)
+        self._path = path
+        self._build = build
 
     def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
         with _client_shapes(call.provider):
-            body = messages_request(call.body, call.model)
-        return "/v1/messages", orjson.dumps(body), call.endpoint.headers
+            body = self._build(call)
+        return self._path, orjson.dumps(body), call.endpoint.headers
 
 
-class ChatToAnthropicAdapter:
+class _TranslatingAdapter:
+    """The request, the answer and the stream translated; everything else pass-through."""
+
+    PATH = ""
+    WHAT = ""  # what the upstream's answer should be, for the error
+
     def __init__(self, session: aiohttp.ClientSession, *, max_body: int) -> None:
-        self._post = _MessagesPost(session, max_body=max_body)
+        self._post = _Post(session, self.PATH, self._request, max_body=max_body)
+
+    def _request(self, call: Call) -> object:
+        raise NotImplementedError
+
+    def _answer(self, data: object) -> dict[str, Any] | None:
+        """The client's answer for the upstream's decoded one, or None if it is not one."""
+        raise NotImplementedError
+
+    def _translator(self, call: Call) -> Translate:
+        raise NotImplementedError
 
     async def complete(self, call: Call) -> Reply:
         reply = await self._post.complete(call)
         try:
-            message = orjson.loads(reply.body)
+            data = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict) or message.get("type") != "message":
+            data = None
+        with _upstream_shapes(call.provider):
+            answer = self._answer(data)
+        if answer is None:
             raise error_for(
                 "upstream_invalid_response",
-                f"{call.provider} answered with something that is not an Anthropic message",
+                f"{call.provider} answered with something that is not {self.WHAT}",
                 provider=call.provider,
             )
-        with _upstream_shapes(call.provider):
-            return Reply(orjson.dumps(chat_completion(message)))
+        return Reply(orjson.dumps(answer))
 
     async def open_stream(self, call: Call) -> TranslatedStream:
         upstream = await self._post.open_stream(call)
+        return TranslatedStream(upstream, self._translator(call), call.provider)
+
+
+class ChatToAnthropicAdapter(_TranslatingAdapter):
+    """OpenAI chat completions to an Anthropic Messages target."""
+
+    PATH = "/v1/messages"
+    WHAT = "an Anthropic message"
+
+    def _request(self, call: Call) -> object:
+        return messages_request(call.body, call.model)
+
+    def _answer(self, data: object) -> dict[str, Any] | None:
+        if not isinstance(data, dict) or data.get("type") != "message":
+            return None
+        return chat_completion(data)
+
+    def _translator(self, call: Call) -> Translate:
         options = call.body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return TranslatedStream(upstream, ChatChunks(call.model, include_usage), call.provider)
+        chunks = ChatChunks(call.model, include_usage)
+        provider = call.provider
+
+        def translate(kind: str | None, data: bytes) -> bytes:
+            payload = _object(data)
+            if payload is None:
+                return b""
+            kind = kind or str(payload.get("type", ""))
+            if kind == "error":
+                raise map_stream_error_event(provider, payload.get("error"))
+            return chunks.event(kind, payload)
+
+        return translate
+
+
+class MessagesToOpenAIAdapter(_TranslatingAdapter):
+    """Anthropic Messages to an OpenAI chat completions target."""
+
+    PATH = "/chat/completions"
+    WHAT = "a chat completion"
+
+    def _request(self, call: Call) -> object:
+        arguments = messages_arguments(call.target_body(), call.provider)
+        return chat_request(arguments, call.model)
+
+    def _answer(self, data: object) -> dict[str, Any] | None:
+        if not isinstance(data, dict) or "choices" not in data:
+            return None
+        return message(data)
+
+    def _translator(self, call: Call) -> Translate:
+        events = MessageEvents()
+        provider = call.provider
+
+        def translate(kind: str | None, data: bytes) -> bytes:
+            if data == b"[DONE]":
+                return events.finish()
+            payload = _object(data)
+            if payload is None:
+                return b""
+            if "error" in payload:
+                raise map_stream_error_event(provider, payload["error"])
+            return events.chunk(payload)
+
+        return translate
 
 
 class TranslatedStream:
-    """An Anthropic event stream read as chat completion chunks."""
+    """An upstream SSE stream read event by event, as the client's protocol."""
 
-    __slots__ = ("_chunks", "_provider", "_upstream")
+    __slots__ = ("_provider", "_translate", "_upstream")
 
-    def __init__(self, upstream: UpstreamStream, chunks: ChatChunks, provider: str) -> None:
+    def __init__(self, upstream: UpstreamStream, translate: Translate, provider: str) -> None:
         self._upstream = upstream
-        self._chunks = chunks
+        self._translate = translate
         self._provider = provider
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        translate = self._chunks.event
+        translate = self._translate
         tail = b""
         async for piece in self._upstream.chunks():
             data = tail + piece if tail else piece
@@ -86,10 +175,8 @@ class TranslatedStream:
             out = []
             for event in data[:end].split(b"\n\n"):
                 kind, payload = _parse(event)
-                if kind is None:
+                if payload is None:
                     continue
-                if kind == "error":
-                    raise map_stream_error_event(self._provider, payload.get("error"))
                 with _upstream_shapes(self._provider):
                     produced = translate(kind, payload)
                 if produced:
@@ -104,117 +191,25 @@ class TranslatedStream:
         await self._upstream.finish()
 
 
-def _parse(event: bytes) -> tuple[str | None, dict[str, Any]]:
-    """An event's type and its data object; (None, {}) for comments and blank events."""
+def _parse(event: bytes) -> tuple[str | None, bytes | None]:
+    """An event's type (None if it names none) and its data (None for a comment)."""
     kind: str | None = None
-    data = b""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            data = line[5:].strip() if not data else data + b"\n" + line[5:].strip()
-        elif line.startswith(b"event:"):
-            kind = line[6:].strip().decode()
-    if not data:
-        return None, {}
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None, {}
-    if not isinstance(payload, dict):
-        return None, {}
-    return kind or str(payload.get("type", "")), payload
-
-
-class _ChatPost(SessionAdapter):
-    """POST the translated request to the target's chat completions API."""
-
-    def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
-        arguments = messages_arguments(call.target_body(), call.provider)
-        with _client_shapes(call.provider):
-            body = chat_request(arguments, call.model)
-        return "/chat/completions", orjson.dumps(body), call.endpoint.headers
-
-
-class MessagesToOpenAIAdapter:
-    def __init__(self, session: aiohttp.ClientSession, *, max_body: int) -> None:
-        self._post = _ChatPost(session, max_body=max_body)
-
-    async def complete(self, call: Call) -> Reply:
-        reply = await self._post.complete(call)
-        try:
-            completion = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            completion = None
-        if not isinstance(completion, dict) or "choices" not in completion:
-            raise error_for(
-                "upstream_invalid_response",
-                f"{call.provider} answered with something that is not a chat completion",
-                provider=call.provider,
-            )
-        with _upstream_shapes(call.provider):
-            return Reply(orjson.dumps(message(completion)))
-
-    async def open_stream(self, call: Call) -> ChunkStream:
-        upstream = await self._post.open_stream(call)
-        return ChunkStream(upstream, MessageEvents(), call.provider)
-
-
-class ChunkStream:
-    """A chat completion chunk stream read as Anthropic Messages events."""
-
-    __slots__ = ("_events", "_provider", "_upstream")
-
-    def __init__(self, upstream: UpstreamStream, events: MessageEvents, provider: str) -> None:
-        self._upstream = upstream
-        self._events = events
-        self._provider = provider
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        events = self._events
-        tail = b""
-        async for piece in self._upstream.chunks():
-            data = tail + piece if tail else piece
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
-            end = data.rfind(b"\n\n")
-            if end < 0:
-                tail = data
-                continue
-            tail = data[end + 2 :]
-            out = []
-            for event in data[:end].split(b"\n\n"):
-                payload = _data(event)
-                if payload is None:
-                    continue
-                if payload == b"[DONE]":
-                    out.append(events.finish())
-                    continue
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(chunk, dict):
-                    continue
-                if "error" in chunk:
-                    raise map_stream_error_event(self._provider, chunk["error"])
-                with _upstream_shapes(self._provider):
-                    out.append(events.chunk(chunk))
-            if out:
-                yield b"".join(out)
-
-    def close(self) -> None:
-        self._upstream.close()
-
-    async def finish(self) -> None:
-        await self._upstream.finish()
-
-
-def _data(event: bytes) -> bytes | None:
-    found = None
+    data: bytes | None = None
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
             part = line[5:].strip()
-            found = part if found is None else found + b"\n" + part
-    return found
+            data = part if data is None else data + b"\n" + part
+        elif line.startswith(b"event:"):
+            kind = line[6:].strip().decode()
+    return kind, data
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # The translators read decoded JSON of any shape: a field of the wrong type fails there

@@ -12,6 +12,7 @@ import multiprocessing
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +256,19 @@ async def test_a_locked_state_file_fails_fast_and_leaks_nothing(tmp_path: Path) 
     await settle(store, [Settlement("r1", ("k:a:parallel",))], NOW)
     assert (await admit(store, [parallel(1)], "r3", NOW, NOW + 60)).refused is None
     await store.aclose()
+
+
+async def test_a_failing_store_never_leaves_a_request_waiting(tmp_path: Path) -> None:
+    from runestone.access import Access
+    from runestone.aliases import KeySpec, Limits, parse_alias_file
+
+    class Broken(SQLiteStore):
+        async def sync(self, settlements: Any, requests: Any, now: float) -> Any:
+            raise RuntimeError("a bug in a store")
+
+    access = Access(lambda: Broken(tmp_path / "s.sqlite3"))
+    table = parse_alias_file(b"aliases:\n  echo: mock:echo\n", "x")
+    key = KeySpec("k", "0" * 64, Limits(rpm=5))
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(access.admit(key, table, "echo", {}, 10, "r1"), 2)
+    await access.aclose()

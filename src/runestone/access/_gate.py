@@ -244,6 +244,12 @@ class Access:
                         loop.call_later(_RETRY_SECONDS, self._kick)
                         return
                     continue
+                except Exception as exc:  # a bug: no request may wait for ever on it
+                    log.exception("limits store: %d settlements lost", len(settling))
+                    for _, decided in waiting:
+                        if not decided.done():
+                            decided.set_exception(exc)
+                    continue
                 for (request, decided), decision in zip(waiting, decisions, strict=True):
                     if not decided.done():
                         decided.set_result(decision)

@@ -36,7 +36,7 @@ def create_app(
     ``mounts`` add sub-applications below a path prefix; they see the caller's
     ``Principal`` in ``scope["auth"]``::
 
-        create_app(mounts=[Mount("/console", console_app)])
+        create_app(mounts=[Mount("/tools", tools_app)])
     """
     settings = Settings.from_env(environ) if settings is None else settings
     known = known_provider_names()

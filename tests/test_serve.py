@@ -200,3 +200,22 @@ def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, processes: list
     assert b"BrokenPipeError" not in stderr
     assert b"Traceback" not in stderr
     assert status.returncode == 0
+
+
+def test_serve_tunes_the_collector_in_each_worker_not_in_create_app(tmp_path: Path) -> None:
+    script = (
+        "import gc\n"
+        "from runestone.http import create_app\n"
+        "from runestone.http._serve import GC_THRESHOLDS, serve_app\n"
+        "before = gc.get_threshold()\n"
+        "create_app()\n"
+        "assert gc.get_threshold() == before, 'create_app must leave the process alone'\n"
+        "serve_app()\n"
+        "assert gc.get_threshold() == GC_THRESHOLDS\n"
+        "assert gc.get_freeze_count() > 0\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNESTONE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()

@@ -179,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "runestone.http:create_app",
+        "runestone.http._serve:serve_app",
         factory=True,
         log_config=_log_config(args.log_level.upper()),
         host=host,

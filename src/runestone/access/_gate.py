@@ -56,7 +56,6 @@ class Admission:
     plan: Plan
     checks: tuple[Check, ...]
     used: Mapping[str, float]
-    checked: bool  # False: admitted without the store (it was down, limits fail open)
 
 
 class Access:
@@ -75,7 +74,6 @@ class Access:
         self._pending: list[Settlement] = []
         self._waiting: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self.state_errors = 0
         self.last_state_error: str | None = None
         # Per alias table: each key's plan, each model's worst price (by identity: the
         # table holds the objects, and a reload brings a new table).
@@ -96,7 +94,6 @@ class Access:
         return self._store
 
     def _state_failed(self, exc: StateError) -> None:
-        self.state_errors += 1
         self._on_state_error(self._store.name if self._store is not None else "-")
         if self.last_state_error != str(exc):
             log.warning("limits store: %s", exc)
@@ -127,7 +124,7 @@ class Access:
         if plan is None:
             plan = self._plans[id(key)] = Plan.of(key, team)
         if not plan.limits:
-            return Admission(key, team, request_id, plan, (), {}, checked=True)
+            return Admission(key, team, request_id, plan, (), {})
         now = self.clock()
         reserve = 0.0
         if plan.budgets:
@@ -150,7 +147,7 @@ class Access:
             return self._without_store(key, team, request_id, plan, access, exc)
         if decision.refused is not None:
             raise _refusal(decision, key, team, now)
-        return Admission(key, team, request_id, plan, checks, decision.used, checked=True)
+        return Admission(key, team, request_id, plan, checks, decision.used)
 
     def _without_store(
         self,
@@ -173,7 +170,7 @@ class Access:
                 "are configured to refuse requests then (access: on_state_error)",
                 retry_after=_RETRY_SECONDS,
             ) from exc
-        return Admission(key, team, request_id, plan, (), {}, checked=False)
+        return Admission(key, team, request_id, plan, (), {})  # admitted without the store
 
     def settle(
         self,

@@ -52,7 +52,7 @@ async def _limits(store: Store, scope: str, limits: Limits, now: float) -> list[
     if not checks:
         return []
     # Spent (buckets) and reserved or held (leases), apart: one dry read for both.
-    booked = [replace(c, counter=c.counter, leases=False) for c in checks]
+    booked = [replace(c, leases=False) for c in checks]
     held = [replace(c, since=None) for c in checks if c.leases]
     used = await store.used(booked, now)
     holding = await store.used(held, now) if held else {}

@@ -20,6 +20,7 @@ from runestone.errors import error_for
 from runestone.providers.adapter import Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.openai_compat import SessionAdapter
+from runestone.streams import loads_object
 from runestone.translate import messages_arguments
 from runestone.translate.chat_to_messages import ChatChunks, chat_completion, messages_request
 from runestone.translate.messages_events import MessageEvents
@@ -107,7 +108,7 @@ class ChatToAnthropicAdapter(_TranslatingAdapter):
         provider = call.provider
 
         def translate(kind: str | None, data: bytes) -> bytes:
-            payload = _object(data)
+            payload = loads_object(data)
             if payload is None:
                 return b""
             kind = kind or str(payload.get("type", ""))
@@ -140,7 +141,7 @@ class MessagesToOpenAIAdapter(_TranslatingAdapter):
         def translate(kind: str | None, data: bytes) -> bytes:
             if data == b"[DONE]":
                 return events.finish()
-            payload = _object(data)
+            payload = loads_object(data)
             if payload is None:
                 return b""
             if "error" in payload:
@@ -202,14 +203,6 @@ def _parse(event: bytes) -> tuple[str | None, bytes | None]:
         elif line.startswith(b"event:"):
             kind = line[6:].strip().decode()
     return kind, data
-
-
-def _object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # The translators read decoded JSON of any shape: a field of the wrong type fails there

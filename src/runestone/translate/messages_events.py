@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from runestone.translate.messages_to_chat import STOP_REASONS, usage
+from runestone.translate.messages_to_chat import STOP_REASONS, reasoning_of, usage
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
@@ -58,9 +58,7 @@ class MessageEvents:
             return b"".join(out)
         choice = choices[0]
         delta = choice.get("delta") or {}
-        reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-        if isinstance(reasoning, dict):
-            reasoning = reasoning.get("content")
+        reasoning = reasoning_of(delta)
         if reasoning:
             self._open("thinking", {"type": "thinking", "thinking": ""}, out)
             out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))

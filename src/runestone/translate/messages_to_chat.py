@@ -240,6 +240,15 @@ def usage(raw: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def reasoning_of(said: dict[str, Any]) -> str | None:
+    """A message's or delta's reasoning, as the providers that send one spell it:
+    ``reasoning`` (a string, or ``{"content": ...}``) or ``reasoning_content``."""
+    reasoning = said.get("reasoning") or said.get("reasoning_content")
+    if isinstance(reasoning, dict):
+        reasoning = reasoning.get("content")
+    return reasoning if isinstance(reasoning, str) else None
+
+
 def message(completion: dict[str, Any]) -> dict[str, Any]:
     """The Anthropic Message for a chat completion."""
     blocks: list[dict[str, Any]] = []
@@ -248,9 +257,7 @@ def message(completion: dict[str, Any]) -> dict[str, Any]:
     if choices:
         choice = choices[0]
         said = choice.get("message") or {}
-        reasoning = said.get("reasoning") or said.get("reasoning_content")
-        if isinstance(reasoning, dict):
-            reasoning = reasoning.get("content")
+        reasoning = reasoning_of(said)
         if reasoning:
             blocks.append({"type": "thinking", "thinking": reasoning})
         if said.get("content"):

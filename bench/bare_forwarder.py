@@ -39,7 +39,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert _session is not None
     headers = {"content-type": "application/json"}
     async with _session.post(UPSTREAM, data=body, headers=headers) as upstream:
-        if b'"stream":true' in body:
+        # Streams are told by the upstream's answer, as any forwarder would: not by
+        # searching the request for one spelling of "stream": true.
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             await send(
                 {
                     "type": "http.response.start",

@@ -243,3 +243,18 @@ _BY_FAULT: dict[Fault, type[GatewayError]] = {
     "gateway": GatewayFault,
     "upstream": UpstreamError,
 }
+
+
+def drop_tracebacks(error: BaseException) -> None:
+    """Forget where ``error``, and what caused it, were raised: it has been handled.
+
+    A kept traceback keeps every frame it passed through with their locals, which often
+    hold the error itself (whatever recorded it): a cycle that outlives the request until
+    the garbage collector finds it, and that every collection meanwhile walks.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

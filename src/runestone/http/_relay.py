@@ -53,7 +53,7 @@ class ClientWatch:
         self.state = StreamState()
         self._routed: RoutedStream | None = None
         self._connecting: asyncio.Task[object] | None = None
-        self._task = asyncio.create_task(self._watch())
+        self._task: asyncio.Task[None] | None = asyncio.create_task(self._watch())
 
     async def connecting(self, work: Awaitable[T]) -> T:
         """Await ``work`` (opening the stream) unless the client leaves first: ClientGone."""
@@ -74,7 +74,12 @@ class ClientWatch:
         self._routed = routed
 
     def stop(self) -> None:
-        self._task.cancel()
+        # Let go of the task as it is cancelled: it keeps its CancelledError, whose
+        # traceback holds this watch (the coroutine's ``self``); holding the task here
+        # too would make a cycle of the whole stream that only the collector could free.
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     async def _watch(self) -> None:
         seen = -1

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from runestone.aliases import Policy, Strategy, Target
-from runestone.errors import GatewayError, error_for
+from runestone.errors import GatewayError, drop_tracebacks, error_for
 from runestone.providers import Call
 from runestone.routing.breakers import CircuitBreaker
 
@@ -157,6 +157,7 @@ async def run_attempts(
                     else _timed_out(deadline, last)
                 )
             except GatewayError as exc:
+                drop_tracebacks(exc)  # kept as ``last``: no cycle through this frame
                 error = exc
             else:
                 breaker.record_success()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from runestone.errors import GatewayError
+from runestone.errors import GatewayError, drop_tracebacks
 from runestone.providers.errors import map_transport_error
 from runestone.streams.sse import StreamScanner
 
@@ -49,6 +49,7 @@ async def relay_stream(
             if summary.done:
                 return
     except GatewayError as exc:
+        drop_tracebacks(exc)  # kept in the summary: no cycle through this frame
         summary.error = summary.error or exc
         if end_with_error:
             yield scanner.error_event(summary.error, request_id)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from runestone.errors import GatewayError, error_for
+from runestone.errors import GatewayError, drop_tracebacks, error_for
 from runestone.http._asgi import ASGIApp, ClientGone, Message, Receive, Scope, Send, send_error
 from runestone.routing import new_request_id
 
@@ -54,16 +54,19 @@ class ErrorMiddleware:
         request_id = scope[REQUEST_ID] = new_request_id(client_id)
         try:
             await self.app(scope, receive, send)
-        except ClientGone:
+        except ClientGone as exc:
+            drop_tracebacks(exc)
             return
         except GatewayError as exc:
+            drop_tracebacks(exc)
             if scope.get(STARTED):
                 log.warning("request %s failed after its response started: %r", request_id, exc)
                 return
             protocol = scope.get(PROTOCOL)
             await send_error(send, exc, request_id, protocol.error_body if protocol else None)
-        except Exception:
+        except Exception as exc:
             log.exception("unhandled error in request %s", request_id)
+            drop_tracebacks(exc)
             if scope.get(STARTED):
                 return
             protocol = scope.get(PROTOCOL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -293,3 +294,68 @@ def test_streams_reuse_the_upstream_connection(gateway: Gateway, fake: FakeProvi
     for _ in range(3):
         assert post_stream(gateway, "smart").content == WHOLE
     assert len({seen.peer for seen in fake.seen}) == 1
+
+
+def _spaced(event: bytes) -> bytes:
+    """The same event as Python's json.dumps writes it: a space after every separator."""
+    payload = json.loads(event[len(b"data: ") :])
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("spelling", ["compact", "spaced"])
+@pytest.mark.parametrize("reads", [1, 3])
+async def test_usage_chunk_hidden_from_a_whole_answer_in_one_read(
+    spelling: str, reads: int
+) -> None:
+    events = [chunk("m", {"content": f"w{i}"}) for i in range(80)] + EVENTS[3:]
+    if spelling == "spaced":
+        events = [_spaced(e) if e != b"data: [DONE]\n\n" else e for e in events]
+    block = b"".join(events)
+    usage_event = events[-2]
+    assert b'"usage"' in usage_event and b'"choices"' in usage_event
+    cut = len(block) // reads
+    pieces = [block[i * cut : (i + 1) * cut] for i in range(reads - 1)]
+    pieces.append(block[(reads - 1) * cut :])
+    scanner = OpenAIStreamScanner("openai", hide_usage=True)
+    out = b"".join([p async for p in relay_stream(_source(pieces), scanner, "req_1")])
+    assert out == block.replace(usage_event, b"")
+    assert scanner.summary.done
+    assert scanner.summary.usage == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 9}
+    assert scanner.summary.finish_reason == "stop"
+
+
+async def test_usage_on_every_chunk_is_kept_and_the_last_counts() -> None:
+    """Some servers put usage on each chunk, with its choices: those chunks are content."""
+
+    def with_usage(event: bytes, tokens: int) -> bytes:
+        payload = json.loads(event[len(b"data: ") :])
+        payload["usage"] = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 0}
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    events = [with_usage(chunk("m", {"content": f"w{i}"}), i + 1) for i in range(3)]
+    events += [with_usage(chunk("m", {}, "stop"), 3), b"data: [DONE]\n\n"]
+    block = b"".join(events)
+    scanner = OpenAIStreamScanner("openai", hide_usage=True)
+    out = b"".join([p async for p in relay_stream(_source([block]), scanner, "req_1")])
+    assert out == block
+    assert scanner.summary.usage == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 0}
+    assert scanner.summary.finish_reason == "stop"
+
+
+async def test_done_written_in_content_does_not_end_the_stream() -> None:
+    mention = chunk("m", {"content": "data: [DONE]\n\ndata: [DONE]"})
+    block = b"".join([EVENTS[0], mention, *EVENTS[1:]])
+    out, scanner = await relay([block])
+    assert out == block
+    assert scanner.summary.done and scanner.summary.finish_reason == "stop"
+
+
+async def test_a_second_done_in_the_same_read_is_not_relayed() -> None:
+    out, scanner = await relay([WHOLE + WHOLE])
+    assert out == WHOLE
+    assert scanner.summary.done
+
+
+async def _source(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece

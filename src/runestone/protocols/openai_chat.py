@@ -31,9 +31,10 @@ _MARKERS = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
-_FINAL_EVENTS = 6  # how many events before [DONE] may carry usage or the finish reason
 _FINAL_BYTES = 4096  # and how far back they can be
-_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+_DONE_PREFIXES = (b"data: ", b"data:")
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_FINISH_MARKERS = (b'"finish_reason":"', b'"finish_reason": "')
 
 
 def validate_chat(body: object) -> dict[str, object]:
@@ -79,11 +80,15 @@ class OpenAIStreamScanner(StreamScanner):
         return error.to_sse(request_id)
 
     def _scan(self, complete: bytes) -> bytes:
-        if self.hide_usage and (b'"usage":{' in complete or b'"usage": {' in complete):
+        # Every search runs backwards: bytes.rfind is about three times faster than a
+        # forward search on a miss, and what the end of a stream carries (usage, the
+        # finish reason, [DONE]) is found at once. A whole answer in one read costs a
+        # few passes over it, no decoding of its content events.
+        if self.hide_usage and _rfind_any(complete, _USAGE_MARKERS) >= 0:
             complete = self._take_usage(complete)
-        if b'"error"' in complete:
+        if complete.rfind(b'"error"') >= 0:
             return self._inspect(complete)
-        if b"[DONE]" in complete:
+        if complete.rfind(b"[DONE]") >= 0:
             end = _done_event_end(complete)
             if end:
                 self.summary.done = True
@@ -112,13 +117,11 @@ class OpenAIStreamScanner(StreamScanner):
         """
         if b"\r" in complete:
             return self._take_usage_by_event(complete)
-        for marker in (b'"usage":{', b'"usage": {'):
-            at = complete.find(marker)
+        for marker in _USAGE_MARKERS:
+            taken = False
+            at = complete.rfind(marker)
             while at >= 0:
-                start = complete.rfind(b"\n\n", 0, at)
-                start = 0 if start < 0 else start + 2
-                end = complete.find(b"\n\n", at)
-                end = len(complete) if end < 0 else end + 2
+                start, end = _event_around(complete, at)
                 payload = loads_object(event_data(complete[start:end]) or b"")
                 if (
                     payload is not None
@@ -127,9 +130,10 @@ class OpenAIStreamScanner(StreamScanner):
                 ):
                     self.summary.usage = payload["usage"]  # type: ignore[assignment]
                     complete = complete[:start] + complete[end:]
-                    at = complete.find(marker, start)
-                else:
-                    at = complete.find(marker, end)
+                    taken = True
+                at = complete.rfind(marker, 0, start)
+            if taken:
+                break  # an upstream writes its JSON one way: the other spelling is absent
         return complete
 
     def _take_usage_by_event(self, complete: bytes) -> bytes:
@@ -147,28 +151,40 @@ class OpenAIStreamScanner(StreamScanner):
         return b"".join(kept)
 
     def _read_final_events(self, data: bytes) -> None:
-        """Usage and finish reason, from the few events that precede [DONE]."""
+        """Usage and finish reason, each from the last event before [DONE] that has it."""
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
-        events = data.rsplit(b"\n\n", _FINAL_EVENTS)
-        if len(events) > _FINAL_EVENTS:
-            events = events[1:]  # the first piece holds everything older, unsplit
-        for event in events:
-            if not _has_marker(event):
-                continue
-            payload = loads_object(event_data(event) or b"")
-            if payload is not None:
-                self._note(payload)
+        wanted = (_FINISH_MARKERS,) if self.summary.usage else (_USAGE_MARKERS, _FINISH_MARKERS)
+        for markers in wanted:
+            for marker in markers:
+                if self._note_last(data, marker):
+                    break  # one spelling per upstream
 
-    def _note(self, payload: dict[str, object]) -> None:
+    def _note_last(self, data: bytes, marker: bytes) -> bool:
+        """Note the last event of ``data`` with ``marker`` that carries usage or a finish."""
+        at = data.rfind(marker)
+        while at >= 0:
+            start, end = _event_around(data, at)
+            payload = loads_object(event_data(data[start:end]) or b"")
+            if payload is not None and self._note(payload):
+                return True
+            at = data.rfind(marker, 0, start)
+        return False
+
+    def _note(self, payload: dict[str, object]) -> bool:
+        """Keep the usage and finish reason ``payload`` carries; whether it had either."""
+        found = False
         usage = payload.get("usage")
         if isinstance(usage, dict):
             self.summary.usage = usage
+            found = True
         choices = payload.get("choices")
         if isinstance(choices, list):
             for choice in choices:
                 if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
                     self.summary.finish_reason = choice["finish_reason"]
+                    found = True
+        return found
 
     def _inspect(self, complete: bytes) -> bytes:
         """Read the events that may matter; return what to relay (all, or up to an end)."""
@@ -194,18 +210,35 @@ class OpenAIStreamScanner(StreamScanner):
 
 
 def _done_event_end(data: bytes) -> int:
-    """Index just past a ``data: [DONE]`` event that starts a line, or 0 if there is none."""
-    for line in _DONE_LINES:
-        at = data.find(line)
-        while at >= 0:
-            if at == 0 or data[at - 1] in b"\r\n":
-                end = data.find(b"\n\n", at)
-                crlf = data.find(b"\r\n\r\n", at)
-                if crlf >= 0 and (end < 0 or crlf < end):
-                    return crlf + 4
-                return end + 2 if end >= 0 else 0
-            at = data.find(line, at + 1)
-    return 0
+    """Index just past the first ``data: [DONE]`` event that starts a line, or 0."""
+    found = 0
+    at = data.rfind(b"[DONE]")
+    while at >= 0:
+        line = data.rfind(b"\n", 0, at) + 1
+        if data[line:at] in _DONE_PREFIXES:
+            end = data.find(b"\n\n", at)
+            crlf = data.find(b"\r\n\r\n", at)
+            if crlf >= 0 and (end < 0 or crlf < end):
+                found = crlf + 4
+            elif end >= 0:
+                found = end + 2
+        at = data.rfind(b"[DONE]", 0, line)
+    return found
+
+
+def _event_around(data: bytes, at: int) -> tuple[int, int]:
+    """Where the event holding index ``at`` of LF-framed ``data`` starts and ends."""
+    start = data.rfind(b"\n\n", 0, at)
+    end = data.find(b"\n\n", at)
+    return (0 if start < 0 else start + 2), (len(data) if end < 0 else end + 2)
+
+
+def _rfind_any(data: bytes, markers: tuple[bytes, ...]) -> int:
+    for marker in markers:
+        at = data.rfind(marker)
+        if at >= 0:
+            return at
+    return -1
 
 
 def _has_marker(event: bytes) -> bool:

@@ -44,7 +44,18 @@ def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
 class ClientWatch:
     """Listens for the client's disconnect for the whole life of a streamed request."""
 
-    __slots__ = ("_connecting", "_receive", "_routed", "_send", "_task", "interval", "state")
+    __slots__ = (
+        "_beat",
+        "_beating",
+        "_connecting",
+        "_receive",
+        "_routed",
+        "_seen",
+        "_send",
+        "_task",
+        "interval",
+        "state",
+    )
 
     def __init__(self, receive: Receive, send: Send, interval: float) -> None:
         self._receive = receive
@@ -53,6 +64,11 @@ class ClientWatch:
         self.state = StreamState()
         self._routed: RoutedStream | None = None
         self._connecting: asyncio.Task[object] | None = None
+        # Silence is checked by a timer, not by a timeout around every wait for the
+        # client: one timer per interval costs less than a timeout context per stream.
+        self._beat: asyncio.TimerHandle | None = None
+        self._beating: asyncio.Task[None] | None = None
+        self._seen = 0
         self._task: asyncio.Task[None] | None = asyncio.create_task(self._watch())
 
     async def connecting(self, work: Awaitable[T]) -> T:
@@ -72,6 +88,8 @@ class ClientWatch:
     def relaying(self, routed: RoutedStream) -> None:
         """The stream is accepted: a disconnect now cuts it, and silence gets heartbeats."""
         self._routed = routed
+        self._seen = self.state.sent
+        self._beat = asyncio.get_running_loop().call_later(self.interval, self._check_silence)
 
     def stop(self) -> None:
         # Let go of the task as it is cancelled: it keeps its CancelledError, whose
@@ -80,19 +98,30 @@ class ClientWatch:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.cancel()
+
+    def _check_silence(self) -> None:
+        """Each interval while relaying: a heartbeat if nothing went out since the last."""
+        state = self.state
+        if self._task is None or state.client_gone:
+            self._beat = None
+            return
+        if state.sent == self._seen and self._beating is None:
+            self._beating = asyncio.create_task(self._heartbeat())
+        self._seen = state.sent
+        self._beat = asyncio.get_running_loop().call_later(self.interval, self._check_silence)
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+        finally:
+            self._beating = None
 
     async def _watch(self) -> None:
-        seen = -1
         while True:
-            try:
-                async with asyncio.timeout(self.interval):
-                    message = await self._receive()
-            except TimeoutError:
-                if self._routed is not None and self.state.sent == seen:
-                    beat = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
-                    await self._send(beat)
-                seen = self.state.sent
-                continue
+            message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.state.client_gone = True
                 if self._routed is not None:

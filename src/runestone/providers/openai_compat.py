@@ -172,6 +172,9 @@ class AiohttpStream:
         # [DONE] usually arrives a write before the body's end; without reading that end,
         # every stream would cost a new upstream connection.
         content = self._resp.content
+        if content.at_eof():  # the end came with [DONE], as it usually does
+            self._resp.release()
+            return
         try:
             async with asyncio.timeout(_DRAIN_SECONDS):
                 while await content.readany():

@@ -10,7 +10,7 @@ silent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from runestone.http._asgi import ClientGone, Receive, Send, header_value
@@ -25,10 +25,11 @@ class StreamState:
 
     def __init__(self) -> None:
         self.sent = 0
+        #: Whether the client is gone (set by the watch, in another task).
         self.client_gone = False
 
     def left(self) -> bool:
-        """Whether the client is gone (set by the watch, in another task)."""
+        """``client_gone``, read where a type checker would think it cannot change."""
         return self.client_gone
 
 
@@ -140,7 +141,7 @@ async def relay_to_client(
 ) -> None:
     """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens."""
     state = watch.state
-    if state.left():  # between the first content and now
+    if state.client_gone:  # between the first content and now
         routed.cancel()
         on_end(state)
         return
@@ -151,11 +152,13 @@ async def relay_to_client(
     await send({"type": "http.response.start", "status": 200, "headers": start})
     events = routed.events()
     try:
-        async for piece in events:
-            if state.left():
-                break
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-            state.sent += 1
+        if routed.summary.done:  # the whole answer came with its first content
+            await _pump(events, state, send)
+        else:
+            # Relayed by a task of its own: each upstream read then resumes only the
+            # relay's few frames, not the request's whole stack (server, middleware,
+            # endpoint). Cancelling this task (the server's) cancels the one it awaits.
+            await asyncio.create_task(_pump(events, state, send))
     except BaseException:
         routed.close()
         raise
@@ -168,3 +171,11 @@ async def relay_to_client(
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     await routed.aclose()
+
+
+async def _pump(events: AsyncIterator[bytes], state: StreamState, send: Send) -> None:
+    async for piece in events:
+        if state.client_gone:  # set by the watch, in another task
+            break
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+        state.sent += 1

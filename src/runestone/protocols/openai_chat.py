@@ -84,7 +84,9 @@ class OpenAIStreamScanner(StreamScanner):
         # forward search on a miss, and what the end of a stream carries (usage, the
         # finish reason, [DONE]) is found at once. A whole answer in one read costs a
         # few passes over it, no decoding of its content events.
-        if self.hide_usage and _rfind_any(complete, _USAGE_MARKERS) >= 0:
+        if self.hide_usage and (
+            complete.rfind(b'"usage":{') >= 0 or complete.rfind(b'"usage": {') >= 0
+        ):
             complete = self._take_usage(complete)
         if complete.rfind(b'"error"') >= 0:
             return self._inspect(complete)
@@ -231,14 +233,6 @@ def _event_around(data: bytes, at: int) -> tuple[int, int]:
     start = data.rfind(b"\n\n", 0, at)
     end = data.find(b"\n\n", at)
     return (0 if start < 0 else start + 2), (len(data) if end < 0 else end + 2)
-
-
-def _rfind_any(data: bytes, markers: tuple[bytes, ...]) -> int:
-    for marker in markers:
-        at = data.rfind(marker)
-        if at >= 0:
-            return at
-    return -1
 
 
 def _has_marker(event: bytes) -> bool:

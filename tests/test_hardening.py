@@ -471,6 +471,46 @@ def test_the_query_string_and_user_agent_reach_anthropic(
     assert seen.headers["user-agent"].startswith("claude-cli/2.0.1 (external, cli) runestone/")
 
 
+def test_cookies_an_upstream_sets_are_never_sent_for_anyone(
+    make_gateway: MakeGateway, fake: FakeProvider
+) -> None:
+    """Providers set cookies (a CDN's, say); one process serves every tenant, and a shared
+    cookie jar would carry one client's cookies on every other's requests."""
+
+    async def sets_a_cookie(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.json_response(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-4",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+        response.set_cookie("__cf_bm", "tenant-a", path="/")
+        return response
+
+    fake.on("gpt-4", sets_a_cookie)
+    # By host name: aiohttp's cookie jar ignores cookies from IP addresses.
+    upstream = fake.url.replace("127.0.0.1", "localhost")
+    gateway = make_gateway(
+        "aliases:\n  smart: openai:gpt-4\n", env={"OPENAI_BASE_URL": f"{upstream}/v1"}
+    )
+    for _ in range(2):
+        response = httpx.post(
+            f"{gateway.base_url}/chat/completions", json={"model": "smart", "messages": HI}
+        )
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
+    assert [seen.headers.get("cookie") for seen in fake.seen] == [None, None]
+
+
 # --- 16. route_stream yields one event per item ---------------------------------------------
 
 

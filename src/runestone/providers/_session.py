@@ -18,7 +18,8 @@ def make_session(
 
     ``read_timeout`` bounds the silence between two reads, including between stream
     chunks. Proxy variables are honoured only when set: looking them up costs time on
-    every request.
+    every request. No cookie jar: one session serves every client, and cookies a
+    provider sets (a CDN's) must not ride along on everyone else's requests.
     """
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     trust_env = any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
@@ -28,6 +29,7 @@ def make_session(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         ),
         trust_env=trust_env,
+        cookie_jar=aiohttp.DummyCookieJar(),
         raise_for_status=False,
     )
 

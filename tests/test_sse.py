@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -244,6 +245,27 @@ def test_heartbeats_while_upstream_is_silent(make_gateway: MakeGateway, fake: Fa
     beats = response.content.count(b": keep-alive\n\n")
     assert 3 <= beats <= 6, beats
     assert response.content.replace(b": keep-alive\n\n", b"") == WHOLE
+
+
+def test_heartbeats_between_chunks_leave_the_stream_whole(
+    make_gateway: MakeGateway, fake: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Heartbeats due between chunks and as streams end: the answers stay whole, nothing
+    is written after an end (uvicorn would raise), nothing is logged."""
+    gateway = make_gateway(heartbeat_seconds=0.002)
+
+    async def trickle(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, EVENTS, delay=0.004)
+
+    fake.on("gpt-4", trickle)
+    beats = 0
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            response = post_stream(gateway, "smart")
+            beats += response.content.count(b": keep-alive\n\n")
+            assert response.content.replace(b": keep-alive\n\n", b"") == WHOLE
+    assert beats > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_client_disconnect_cancels_the_upstream(gateway: Gateway, fake: FakeProvider) -> None:

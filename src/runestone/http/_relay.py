@@ -102,6 +102,9 @@ class ClientWatch:
         beat, self._beat = self._beat, None
         if beat is not None:
             beat.cancel()
+        beating, self._beating = self._beating, None
+        if beating is not None:  # not yet written (uvicorn writes without awaiting)
+            beating.cancel()  # a heartbeat after the stream's end would be an error
 
     def _check_silence(self) -> None:
         """Each interval while relaying: a heartbeat if nothing went out since the last."""
@@ -117,6 +120,8 @@ class ClientWatch:
     async def _heartbeat(self) -> None:
         try:
             await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+        except OSError:
+            pass  # the connection is gone: the watch hears the disconnect and ends the relay
         finally:
             self._beating = None
 

@@ -222,8 +222,8 @@ def _done_event_end(data: bytes) -> int:
             crlf = data.find(b"\r\n\r\n", at)
             if crlf >= 0 and (end < 0 or crlf < end):
                 found = crlf + 4
-            elif end >= 0:
-                found = end + 2
+            else:
+                found = end + 2 if end >= 0 else 0  # not yet ended: wait for its end
         at = data.rfind(b"[DONE]", 0, line)
     return found
 

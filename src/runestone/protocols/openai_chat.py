@@ -31,7 +31,7 @@ _MARKERS = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
-_FINAL_BYTES = 4096  # and how far back they can be
+_FINAL_BYTES = 4096  # how far before [DONE] usage and the finish reason are looked for
 _DONE_PREFIXES = (b"data: ", b"data:")
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _FINISH_MARKERS = (b'"finish_reason":"', b'"finish_reason": "')

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from aiohttp import web
 from runestone.access import digest
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, Gateway, completion, keep
+from tests.test_cli import run
 from tests.test_telemetry import scrape, value
 
 HI = [{"role": "user", "content": "hi"}]
@@ -356,23 +355,11 @@ def test_admin_usage_is_for_operators(make_gateway: MakeGateway, tmp_path: Path)
     )
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runestone", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def test_keys_create_prints_a_working_entry_and_usage_reads_the_store(
     make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    import os
-
-    env = {**os.environ, "RUNESTONE_STATE_PATH": str(tmp_path / "state.sqlite3")}
-    made = run_cli("keys", "create", "team-x", "--rpm", "5", "--budget", "10/day", env=env)
+    env = {"RUNESTONE_STATE_PATH": str(tmp_path / "state.sqlite3")}
+    made = run("keys", "create", "team-x", "--rpm", "5", "--budget", "10/day", env=env)
     assert made.returncode == 0, made.stderr
     key = next(
         line.split(": ", 1)[1] for line in made.stdout.splitlines() if line.startswith("key:")
@@ -385,7 +372,7 @@ def test_keys_create_prints_a_working_entry_and_usage_reads_the_store(
     time.sleep(0.05)
     path = tmp_path / "cli-aliases.yaml"
     path.write_text(yaml)
-    shown = run_cli("keys", "usage", "team-x", "--file", str(path), env=env)
+    shown = run("keys", "usage", "team-x", "--file", str(path), env=env)
     assert shown.returncode == 0, shown.stderr
     assert "key team-x" in shown.stdout and "openai:gpt-4" in shown.stdout
     assert "$0.0070" in shown.stdout

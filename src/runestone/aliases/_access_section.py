@@ -60,49 +60,62 @@ def parse_access(root: Mapping[str, Located], problems: list[Problem]) -> Access
     return AccessTable(MappingProxyType(keys), MappingProxyType(teams), settings)
 
 
-def _parse_teams(section: Located | None, problems: list[Problem]) -> dict[str, TeamSpec]:
+def _entries(
+    section: Located | None,
+    problems: list[Problem],
+    *,
+    kind: str,
+    section_shape: str,
+    entry_shape: str,
+) -> list[tuple[str, dict[str, Located], int, str]]:
+    """(id, settings, line, where) of each well-formed entry of a map of ids to maps."""
     if section is None or section.value is None:
-        return {}
+        return []
     if not isinstance(section.value, dict):
-        problems.append(Problem(section.line, "'teams' must map team ids to their limits"))
-        return {}
-    teams = {}
-    for team_id, entry in section.value.items():
-        where = f"team {team_id!r}"
-        if not _ID.match(team_id):
+        problems.append(Problem(section.line, section_shape))
+        return []
+    found = []
+    for entry_id, entry in section.value.items():
+        where = f"{kind} {entry_id!r}"
+        if not _ID.match(entry_id):
             problems.append(Problem(entry.line, f"{where}: ids are letters, digits, '.-_'"))
-            continue
-        if not isinstance(entry.value, dict):
-            problems.append(Problem(entry.line, f"{where}: expected a map of limits"))
-            continue
-        unknown_keys(entry.value, _LIMIT_KEYS, where, problems)
-        teams[team_id] = TeamSpec(team_id, _parse_limits(entry.value, where, problems), entry.line)
+        elif not isinstance(entry.value, dict):
+            problems.append(Problem(entry.line, f"{where}: {entry_shape}"))
+        else:
+            found.append((entry_id, entry.value, entry.line, where))
+    return found
+
+
+def _parse_teams(section: Located | None, problems: list[Problem]) -> dict[str, TeamSpec]:
+    teams = {}
+    for team_id, value, line, where in _entries(
+        section,
+        problems,
+        kind="team",
+        section_shape="'teams' must map team ids to their limits",
+        entry_shape="expected a map of limits",
+    ):
+        unknown_keys(value, _LIMIT_KEYS, where, problems)
+        teams[team_id] = TeamSpec(team_id, _parse_limits(value, where, problems), line)
     return teams
 
 
 def _parse_keys(
     section: Located | None, teams: Mapping[str, TeamSpec], problems: list[Problem]
 ) -> dict[str, KeySpec]:
-    if section is None or section.value is None:
-        return {}
-    if not isinstance(section.value, dict):
-        problems.append(Problem(section.line, "'keys' must map key ids to their settings"))
-        return {}
     keys: dict[str, KeySpec] = {}
-    for key_id, entry in section.value.items():
-        where = f"key {key_id!r}"
-        if not _ID.match(key_id):
-            problems.append(Problem(entry.line, f"{where}: ids are letters, digits, '.-_'"))
-            continue
-        if not isinstance(entry.value, dict):
-            problems.append(Problem(entry.line, f"{where}: expected a map with 'hash'"))
-            continue
-        value = entry.value
+    for key_id, value, line, where in _entries(
+        section,
+        problems,
+        kind="key",
+        section_shape="'keys' must map key ids to their settings",
+        entry_shape="expected a map with 'hash'",
+    ):
         before = len(problems)
         unknown_keys(value, _KEY_KEYS, where, problems)
-        digest = _digest(value.get("hash"), entry.line, where, problems)
+        digest = _digest(value.get("hash"), line, where, problems)
         if digest is not None and digest in keys:
-            problems.append(Problem(entry.line, f"{where}: same hash as key {keys[digest].id!r}"))
+            problems.append(Problem(line, f"{where}: same hash as key {keys[digest].id!r}"))
         models = _models(value.get("models"), where, problems)
         expires = _date(value.get("expires"), where, problems)
         team = value.get("team")
@@ -116,7 +129,7 @@ def _parse_keys(
         limits = _parse_limits(value, where, problems)
         if len(problems) > before or digest is None:
             continue
-        keys[digest] = KeySpec(key_id, digest, limits, models, expires, team_id, entry.line)
+        keys[digest] = KeySpec(key_id, digest, limits, models, expires, team_id, line)
     return keys
 
 

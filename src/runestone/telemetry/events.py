@@ -1,9 +1,9 @@
-"""The telemetry events: small, frozen, built with keyword arguments only."""
+"""The telemetry events: small, immutable, built with keyword arguments only."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Outcome = Literal["complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated"]
 
@@ -16,26 +16,30 @@ class InFlight:
     stream: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestFinished:
-    """One client request, when its answer has been sent (or has failed)."""
+class RequestFinished(NamedTuple):
+    """One client request, when its answer has been sent (or has failed).
+
+    A named tuple, not a frozen dataclass as the other events: one is built for every
+    request, and a frozen dataclass sets each of its 21 fields through a call (1.7 us
+    against 0.5 us). Build it with keyword arguments, as the other events.
+    """
 
     request_id: str
-    route: str  # chat | messages | count_tokens | embeddings
+    route: str  # chat | messages | count_tokens | embeddings | responses
     alias: str  # the alias used, or "-" for a provider:model name
     provider: str  # "-" when no provider was reached
     model: str
     status: int
+    duration: float  # seconds, request received to last byte sent
+    outcome: Outcome
     code: str = ""  # "" on success, else the error code
     stream: bool = False
     relayed: bool = False  # the stream's 200 went out (it counted as an in-flight stream)
     attempts: int = 1
-    duration: float  # seconds, request received to last byte sent
     upstream: float = 0.0  # seconds spent waiting on the upstream
     ttft: float | None = None  # seconds to the first streamed content, for streams
     input_tokens: int | None = None
     output_tokens: int | None = None
-    outcome: Outcome
     cost: float | None = None  # USD, when the target has a price
     started_ns: int = 0  # wall clock, for traces
     traceparent: str | None = None  # the client's W3C trace context, if it sent one

@@ -117,6 +117,8 @@ class PrometheusMetrics:
         # labels() costs microseconds (a lock, tuple checks); a child per label set is
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # What every request updates, per kind of request: one lookup, not one per metric.
+        self._series: dict[tuple[str, str, str, str, int, str, str], _Series] = {}
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
@@ -165,27 +167,43 @@ class PrometheusMetrics:
         self.in_flight.change(e.route, False, -1)
         if e.relayed:
             self.in_flight.change(e.route, True, -1)
-        child = self.child
         model = self._model(e.model)
-        child(self.requests, e.route, e.alias, e.provider, model, str(e.status), e.code).inc()
-        child(self.duration, e.route, e.alias, e.provider).observe(e.duration)
-        child(self.overhead, e.route).observe(e.overhead)
+        kind = (e.route, e.alias, e.provider, model, e.status, e.code, e.key)
+        series = self._series.get(kind)
+        if series is None:
+            series = self._series[kind] = self._new_series(kind)
+        series.requests.inc()
+        series.duration.observe(e.duration)
+        series.overhead.observe(e.overhead)
+        child = self.child
         if e.attempts > 1:
             child(self.extra_attempts, e.route, e.alias).inc(e.attempts - 1)
         if e.input_tokens:
-            child(self.tokens, e.provider, model, "input").inc(e.input_tokens)
+            (series.input or series.tokens("input", self)).inc(e.input_tokens)
         if e.output_tokens:
-            child(self.tokens, e.provider, model, "output").inc(e.output_tokens)
+            (series.output or series.tokens("output", self)).inc(e.output_tokens)
         if e.cost:
             child(self.cost, e.provider, model).inc(e.cost)
-        if e.key != "-":  # tokens per key are in the usage report, from the store
-            child(self.key_requests, e.key, str(e.status), e.code).inc()
-            if e.cost:
+            if series.key_requests is not None:
                 child(self.key_cost, e.key).inc(e.cost)
+        if series.key_requests is not None:  # tokens per key are in the usage report
+            series.key_requests.inc()
         if e.stream and e.outcome != "error":  # a stream that started, however it ended
             child(self.streams, e.route, e.outcome).inc()
             if e.ttft is not None:
                 child(self.ttft, e.route, e.alias, e.provider).observe(e.ttft)
+
+    def _new_series(self, kind: tuple[str, str, str, str, int, str, str]) -> _Series:
+        route, alias, provider, model, status, code, key = kind
+        child = self.child
+        return _Series(
+            provider,
+            model,
+            child(self.requests, route, alias, provider, model, str(status), code),
+            child(self.duration, route, alias, provider),
+            child(self.overhead, route),
+            child(self.key_requests, key, str(status), code) if key != "-" else None,
+        )
 
     def render(self) -> bytes:
         if self.multiprocess:
@@ -193,6 +211,48 @@ class PrometheusMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+
+class _Series:
+    """The children one kind of request (route, alias, target, status, code, key) updates.
+
+    Token counters are looked up on first use: a kind that never reports tokens (errors)
+    must not export a series of zeros.
+    """
+
+    __slots__ = (
+        "duration",
+        "input",
+        "key_requests",
+        "model",
+        "output",
+        "overhead",
+        "provider",
+        "requests",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        requests: Any,
+        duration: Any,
+        overhead: Any,
+        key_requests: Any,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.requests = requests
+        self.duration = duration
+        self.overhead = overhead
+        self.key_requests = key_requests
+        self.input: Any = None
+        self.output: Any = None
+
+    def tokens(self, direction: str, metrics: PrometheusMetrics) -> Any:
+        found = metrics.child(metrics.tokens, self.provider, self.model, direction)
+        setattr(self, direction, found)
+        return found
 
 
 def _local_histogram(

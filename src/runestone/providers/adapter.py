@@ -30,7 +30,10 @@ class Forwarded:
 NOTHING_FORWARDED = Forwarded()
 
 
-@dataclass(frozen=True, slots=True)
+# Call and Reply (and the router's Candidate) are built for every request, and are not
+# frozen: a frozen dataclass sets each field through a call. Treat them as immutable all
+# the same (``dataclasses.replace`` makes a changed copy).
+@dataclass(slots=True)
 class Call:
     """One attempt at one target: the request as the client sent it, and where it goes."""
 
@@ -57,7 +60,7 @@ class Call:
         return {**self.body, "model": self.model}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """A complete, successful, non-streamed answer in the client's wire format."""
 

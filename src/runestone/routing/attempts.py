@@ -59,7 +59,7 @@ def backoff(retry: int) -> float:
     return random.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * (2**retry)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: see Call
 class Candidate:
     target: Target
     call: Call

@@ -24,7 +24,7 @@ from runestone.telemetry.events import InFlight, Outcome, RequestFinished
 from runestone.telemetry.hub import Telemetry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: see Call
 class Answer:
     """What a non-streamed answer's headers report: the gateway's own time and the cost."""
 

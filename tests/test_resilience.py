@@ -438,3 +438,83 @@ def test_status_command_shows_breakers(gateway: Gateway, fake: FakeProvider) -> 
     assert "aliases: 6 from" in result.stdout
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("openai:primary@")]
     assert row.split()[1] == "open"
+
+
+# The attempt loop's own time limit (it replaced asyncio.timeout on the request path):
+# a cancel it did not make is never taken for a timeout, and none of its cancels is left
+# pending on the task.
+
+
+def _one_candidate() -> list[Any]:
+    from runestone.aliases import Target
+    from runestone.providers import Call, default_registry
+    from runestone.routing.attempts import Candidate
+    from runestone.routing.breakers import Breakers
+
+    endpoint = default_registry({"OPENAI_API_KEY": "k"}).endpoint("openai")
+    assert endpoint is not None
+    call = Call(endpoint, "m", {"model": "m"}, "req_limit")
+    return [Candidate(Target("openai", "m"), call, Breakers().get("openai:m"))]
+
+
+async def test_an_attempt_over_its_limit_is_an_upstream_timeout_and_leaves_no_cancel() -> None:
+    from runestone.aliases import Policy
+    from runestone.errors import GatewayError
+    from runestone.routing.attempts import Deadline, run_attempts
+
+    async def silent(_: Any) -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    with pytest.raises(GatewayError) as raised:
+        await run_attempts(
+            _one_candidate(), Policy(retries=0), Deadline(5), silent, attempt_timeout=0.05
+        )
+    assert raised.value.code == "upstream_timeout"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)  # a cancel left pending would raise here
+
+
+async def test_a_cancel_from_outside_stays_a_cancel_even_when_the_limit_fires_too() -> None:
+    from runestone.aliases import Policy
+    from runestone.routing.attempts import Deadline, run_attempts
+
+    candidates = _one_candidate()
+    cancelled = asyncio.Event()
+
+    async def slow_to_stop(_: Any) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:  # the outside cancel: some clean-up, still running
+            cancelled.set()
+            await asyncio.sleep(10)  # ... when the limit fires
+        return "never"
+
+    async def request() -> object:
+        return await run_attempts(
+            candidates, Policy(retries=0), Deadline(5), slow_to_stop, attempt_timeout=0.1
+        )
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await cancelled.wait()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert candidates[0].breaker.in_flight == 0
+
+
+async def test_an_answer_that_beats_its_limit_is_kept_and_the_limit_disarmed() -> None:
+    from runestone.aliases import Policy
+    from runestone.routing.attempts import Deadline, run_attempts
+
+    async def quick(_: Any) -> str:
+        await asyncio.sleep(0)
+        return "answer"
+
+    done = await run_attempts(
+        _one_candidate(), Policy(retries=0), Deadline(5), quick, attempt_timeout=0.05
+    )
+    assert done.result == "answer"
+    await asyncio.sleep(0.1)  # past the limit: nothing fires into this task

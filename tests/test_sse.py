@@ -381,3 +381,26 @@ async def test_a_second_done_in_the_same_read_is_not_relayed() -> None:
 async def _source(pieces: list[bytes]) -> AsyncIterator[bytes]:
     for piece in pieces:
         yield piece
+
+
+def test_event_data_reads_every_short_event_as_reading_line_by_line_does() -> None:
+    # event_data has a fast path for the usual one-line event; it must agree with the
+    # plain reading (every data: line, CRLF or LF, joined) on everything.
+    import itertools
+
+    from runestone.streams.sse import event_data
+
+    def line_by_line(event: bytes) -> bytes | None:
+        lines = [
+            line[5:].lstrip(b" ")
+            for line in event.replace(b"\r\n", b"\n").split(b"\n")
+            if line.startswith(b"data:")
+        ]
+        return b"\n".join(lines) if lines else None
+
+    pieces = [b"data:", b" ", b"x", b"\n", b"\r", b":"]
+    for size in range(1, 6):
+        for parts in itertools.product(pieces, repeat=size):
+            event = b"".join(parts)
+            assert event_data(event) == line_by_line(event), event
+    assert event_data(b'data: {"a":1}\n\n') == b'{"a":1}'

@@ -120,7 +120,6 @@ class OpenAIStreamScanner(StreamScanner):
         if b"\r" in complete:
             return self._take_usage_by_event(complete)
         for marker in _USAGE_MARKERS:
-            taken = False
             at = complete.rfind(marker)
             while at >= 0:
                 start, end = _event_around(complete, at)
@@ -131,11 +130,10 @@ class OpenAIStreamScanner(StreamScanner):
                     and not payload.get("choices")
                 ):
                     self.summary.usage = payload["usage"]  # type: ignore[assignment]
-                    complete = complete[:start] + complete[end:]
-                    taken = True
+                    # A stream has one usage chunk, its last: the rest of the read is
+                    # not searched again (a whole answer in one read is 10 KB and more).
+                    return complete[:start] + complete[end:]
                 at = complete.rfind(marker, 0, start)
-            if taken:
-                break  # an upstream writes its JSON one way: the other spelling is absent
         return complete
 
     def _take_usage_by_event(self, complete: bytes) -> bytes:

@@ -77,6 +77,14 @@ async def one_event_each(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def event_data(event: bytes) -> bytes | None:
+    # The usual event is one data line: its first line break is the one that ends it.
+    if (
+        event.startswith(b"data:")
+        and event.find(b"\n") == len(event) - 2
+        and event[-1:] == b"\n"
+        and b"\r" not in event
+    ):
+        return event[5:-2].lstrip(b" ")
     lines = [
         line[5:].lstrip(b" ")
         for line in event.replace(b"\r\n", b"\n").split(b"\n")

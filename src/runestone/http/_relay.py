@@ -19,6 +19,12 @@ from runestone.streams import HEARTBEAT, SSE_HEADERS
 
 T = TypeVar("T")
 
+#: How long a streamed request connects before its client is watched (a task that waits
+#: for the disconnect). An answer that arrives whole by then, as a short one does from an
+#: upstream that writes it at once, is relayed without that task; a client that leaves
+#: sooner is noticed this much later.
+WATCH_AFTER = 0.05
+
 
 class StreamState:
     __slots__ = ("client_gone", "sent")
@@ -43,16 +49,19 @@ def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
 
 
 class ClientWatch:
-    """Listens for the client's disconnect for the whole life of a streamed request."""
+    """Listens for the client's disconnect for the life of a streamed request (from
+    ``WATCH_AFTER`` into it, or from the relay of an answer that is still arriving)."""
 
     __slots__ = (
         "_beat",
         "_beating",
+        "_begin",
         "_connecting",
         "_receive",
         "_routed",
         "_seen",
         "_send",
+        "_stopped",
         "_task",
         "interval",
         "state",
@@ -70,7 +79,16 @@ class ClientWatch:
         self._beat: asyncio.TimerHandle | None = None
         self._beating: asyncio.Task[None] | None = None
         self._seen = 0
-        self._task: asyncio.Task[None] | None = asyncio.create_task(self._watch())
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+        self._begin: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            WATCH_AFTER, self._start
+        )
+
+    def _start(self) -> None:
+        self._begin = None
+        if self._task is None and not self._stopped:
+            self._task = asyncio.create_task(self._watch())
 
     async def connecting(self, work: Awaitable[T]) -> T:
         """Await ``work`` (opening the stream) unless the client leaves first: ClientGone."""
@@ -86,9 +104,18 @@ class ClientWatch:
         finally:
             self._connecting = None
 
-    def relaying(self, routed: RoutedStream) -> None:
-        """The stream is accepted: a disconnect now cuts it, and silence gets heartbeats."""
+    def relaying(self, routed: RoutedStream, *, whole: bool) -> None:
+        """The stream is accepted: a disconnect now cuts it, and silence gets heartbeats.
+
+        A ``whole`` answer (it all came with the first content) is written at once: it
+        has no silence, and nothing to cut.
+        """
         self._routed = routed
+        if whole:
+            return
+        if self._begin is not None:
+            self._begin.cancel()
+        self._start()
         self._seen = self.state.sent
         self._beat = asyncio.get_running_loop().call_later(self.interval, self._check_silence)
 
@@ -96,6 +123,10 @@ class ClientWatch:
         # Let go of the task as it is cancelled: it keeps its CancelledError, whose
         # traceback holds this watch (the coroutine's ``self``); holding the task here
         # too would make a cycle of the whole stream that only the collector could free.
+        self._stopped = True
+        begin, self._begin = self._begin, None
+        if begin is not None:
+            begin.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -109,7 +140,7 @@ class ClientWatch:
     def _check_silence(self) -> None:
         """Each interval while relaying: a heartbeat if nothing went out since the last."""
         state = self.state
-        if self._task is None or state.client_gone:
+        if self._stopped or state.client_gone:
             self._beat = None
             return
         if state.sent == self._seen and self._beating is None:
@@ -150,14 +181,15 @@ async def relay_to_client(
         routed.cancel()
         on_end(state)
         return
-    watch.relaying(routed)
+    whole = routed.summary.done  # the whole answer came with its first content
+    watch.relaying(routed, whole=whole)
     start = stream_headers(routed)
     if headers:
         start += headers
     await send({"type": "http.response.start", "status": 200, "headers": start})
     events = routed.events()
     try:
-        if routed.summary.done:  # the whole answer came with its first content
+        if whole:
             await _pump(events, state, send)
         else:
             # Relayed by a task of its own: each upstream read then resumes only the

@@ -304,6 +304,51 @@ def test_chunks_then_hang_ends_with_in_band_timeout(gateway: Gateway, fake: Fake
     assert 0.5 <= elapsed < 1.5
 
 
+def test_silence_after_half_an_event_ends_with_in_band_timeout(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    # The relay bounds a stream's silence itself (aiohttp's per-read timer is dropped
+    # once streaming): bytes that complete no event are not an answer going on.
+    async def half_then_hang(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        half = EVENTS[3][: len(EVENTS[3]) // 2]
+        return await send_stream(request, [*EVENTS[:3], half], delay=0.1, then="hang")
+
+    fake.on("primary", half_then_hang)
+    response, elapsed = ask(gateway, stream=True)
+    assert response.status_code == 200
+    assert response.content.startswith(b"".join(EVENTS[:3]))
+    error = in_band_error(response.content)
+    assert error is not None
+    assert error["error"]["code"] == "upstream_timeout"
+    assert "0.5s" in error["error"]["message"]
+    assert 0.5 <= elapsed < 1.5  # the deadline (3 s) would say gateway_timeout
+
+
+def test_a_slow_reader_is_not_upstream_silence(gateway: Gateway, fake: FakeProvider) -> None:
+    # The client stops reading for longer than idle_timeout while the upstream has
+    # written everything: time the relay spends on the client is not the upstream's.
+    big = [chunk("primary", {"content": "x" * 250_000}) for _ in range(80)]  # 20 MB: more
+    # than the socket buffers on both sides hold, so that the relay waits on the client
+
+    async def everything(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, [*EVENTS[:1], *big, *EVENTS[4:]])
+
+    fake.on("primary", everything)
+    body = {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    received = b""
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", json=body, timeout=30
+    ) as response:
+        pieces = response.iter_raw()
+        received += next(pieces)
+        time.sleep(1.2)  # more than idle_timeout (0.5), with the gateway's buffers full
+        for piece in pieces:
+            received += piece
+    assert in_band_error(received) is None
+    assert received.endswith(b"data: [DONE]\n\n")
+    assert received.count(b'"content":"xxxx') == 80
+
+
 def test_drop_mid_stream_ends_with_in_band_error(gateway: Gateway, fake: FakeProvider) -> None:
     fake.on("primary", chunks_then_drop)
     response, _ = ask(gateway, stream=True)

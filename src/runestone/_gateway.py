@@ -90,6 +90,7 @@ class Gateway:
                 breakers=Breakers(settings.breaker_config()),
                 telemetry=self.telemetry,
                 max_event_bytes=settings.max_event_bytes,
+                read_timeout=settings.read_timeout,
             )
             return self.router
 

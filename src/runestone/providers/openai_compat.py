@@ -161,6 +161,13 @@ class AiohttpStream:
     def chunks(self) -> AsyncIterator[bytes]:
         return self._resp.content.iter_any()  # no generator frame of ours per chunk
 
+    def drop_read_timeout(self) -> None:
+        """Stop aiohttp's read timer, re-armed on every read: the relay bounds silence
+        itself (``RoutedStream``). A timer armed by the last read still fires on time."""
+        connection = self._resp.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None
+
     def close(self) -> None:
         # A stream read to its end goes back to the keep-alive pool; any other is cut.
         if self._resp.content.at_eof():

@@ -62,9 +62,13 @@ class Router:
         breakers: Breakers | None = None,
         telemetry: Telemetry | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        read_timeout: float | None = None,
     ) -> None:
         self.aliases = aliases
         self.max_event_bytes = max_event_bytes
+        #: Upstream silence allowed in a stream without an idle_timeout of its own (the
+        #: session's read timeout, which the relay then bounds itself).
+        self.read_timeout = read_timeout
         self.breakers = breakers if breakers is not None else Breakers()
         self.telemetry = telemetry or Telemetry()
         self._environ = dict(os.environ if environ is None else environ)
@@ -216,6 +220,7 @@ class Router:
             open_upstream=self._open_upstream,
             observe=self.telemetry.attempt_observer,
             max_event_bytes=self.max_event_bytes,
+            read_timeout=self.read_timeout,
         )
         await routed.connect()
         return routed

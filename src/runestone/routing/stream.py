@@ -16,21 +16,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from runestone.aliases import Policy, Target
 from runestone.errors import GatewayError, error_for
 from runestone.protocols import ClientProtocol
 from runestone.providers import Call, UpstreamStream
-from runestone.providers.errors import map_transport_errors
+from runestone.routing._leg import Leg
 from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
 from runestone.routing.continuation import Continuation, Diverged, continuation_for
-from runestone.streams import StreamScanner, StreamSummary
-from runestone.streams.relay import relay_stream
+from runestone.streams import StreamSummary
+from runestone.streams.relay import Pace, SilenceBound, relay_stream
 from runestone.streams.sse import MAX_EVENT_BYTES
 
-_PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
 # Not rescued: the client left, the deadline passed, the gateway is shutting down.
 _NOT_RESCUED = frozenset({"client_disconnected", "gateway_timeout", "gateway_shutting_down"})
 
@@ -56,58 +55,6 @@ class IllegalTransition(RuntimeError):
     """A routed stream was asked to move to a state it cannot reach from its own."""
 
 
-class _Leg:
-    """One upstream stream of a routed stream, from its opening to its release."""
-
-    __slots__ = ("candidate", "chunks", "primed", "scanner", "stream")
-
-    def __init__(self, candidate: Candidate, stream: UpstreamStream, scanner: StreamScanner):
-        self.candidate = candidate
-        self.stream = stream
-        self.chunks: AsyncIterator[bytes] = stream.chunks()
-        self.scanner = scanner
-        self.primed = b""
-
-    async def prime(self) -> None:
-        """Read up to the first content event; raise ``GatewayError`` if it never comes."""
-        scanner = self.scanner
-        pattern = scanner.FIRST_CONTENT
-        held: list[bytes] = []
-        size = 0
-        try:
-            with map_transport_errors(scanner.provider):
-                while True:
-                    try:
-                        chunk = await anext(self.chunks)
-                    except StopAsyncIteration:
-                        break
-                    out = scanner.feed(chunk)
-                    if scanner.summary.error is not None:
-                        raise scanner.summary.error
-                    if out:
-                        held.append(out)
-                        size += len(out)
-                        if pattern.search(out) or size > _PRIME_LIMIT:
-                            self.primed = b"".join(held)
-                            return
-                    if scanner.summary.done:
-                        break
-        except BaseException:
-            self.stream.close()
-            raise
-        self.stream.close()
-        if not scanner.summary.done:
-            scanner.finish()  # complete after all, without its end marker?
-        if scanner.summary.done and held:
-            self.primed = b"".join(held) + scanner.added_end
-            return
-        raise error_for(
-            "upstream_invalid_response",
-            f"{scanner.provider} ended the stream before any content",
-            provider=scanner.provider,
-        )
-
-
 class RoutedStream:
     """A streamed request: its attempts while connecting, then the relay of one upstream.
 
@@ -121,6 +68,7 @@ class RoutedStream:
         "_leg",
         "_observe",
         "_open_upstream",
+        "_silence",
         "_state",
         "attempts",
         "candidates",
@@ -129,6 +77,7 @@ class RoutedStream:
         "max_event_bytes",
         "policy",
         "protocol",
+        "read_timeout",
         "remaining",
         "request_id",
         "rescued_from",
@@ -146,6 +95,7 @@ class RoutedStream:
         open_upstream: OpenUpstream,
         observe: Observer | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        read_timeout: float | None = None,
     ) -> None:
         self.request_id = request_id
         self.protocol = protocol
@@ -157,8 +107,11 @@ class RoutedStream:
         self._observe = observe
         self.max_event_bytes = max_event_bytes
         self._state = StreamState.CONNECTING
-        self._leg: _Leg | None = None
+        self._leg: Leg | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        #: Upstream silence allowed once streaming (the alias's idle_timeout first).
+        self.read_timeout = policy.idle_timeout or read_timeout
+        self._silence: SilenceBound | None = None
         self.attempts = 0
         self.upstream = 0.0  # seconds spent connecting (attempts, backoff, first content)
         #: Candidates not tried yet, in the order they would have been tried.
@@ -187,7 +140,7 @@ class RoutedStream:
     def summary(self) -> StreamSummary:
         return self._accepted().scanner.summary
 
-    def _accepted(self) -> _Leg:
+    def _accepted(self) -> Leg:
         if self._leg is None:
             raise IllegalTransition(f"{self!r} has no upstream yet")
         return self._leg
@@ -219,12 +172,12 @@ class RoutedStream:
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_at(self.deadline.at, self._expire)
 
-    async def _open_leg(self, candidate: Candidate, call: Call | None = None) -> _Leg:
+    async def _open_leg(self, candidate: Candidate, call: Call | None = None) -> Leg:
         call = candidate.call if call is None else call
         stream = await self._open_upstream(call)
         scanner = self.protocol.scanner
         assert scanner is not None, f"{self.protocol.operation} does not stream"
-        leg = _Leg(candidate, stream, scanner(call.provider, call.add_stream_usage))
+        leg = Leg(candidate, stream, scanner(call.provider, call.add_stream_usage))
         leg.scanner.limit = self.max_event_bytes
         await leg.prime()
         return leg
@@ -245,15 +198,39 @@ class RoutedStream:
             raise IllegalTransition(f"{self!r} cannot relay")
         leg = self._accepted()
         first, leg.primed = leg.primed, b""
+        self._watch_silence(leg)
         if self.policy.on_stream_cut == "continue" and self.remaining:
             return self._relay_with_rescue(leg, first)
-        return relay_stream(leg.chunks, leg.scanner, self.request_id, first)
+        return relay_stream(leg.chunks, leg.scanner, self.request_id, first, pace=self._pace())
 
-    async def _relay_with_rescue(self, leg: _Leg, first: bytes) -> AsyncGenerator[bytes, None]:
+    def _watch_silence(self, leg: Leg) -> None:
+        """Bound the upstream's silence with one timer per stream, not one per read: an
+        upstream stream that can drop its transport's read timer (re-armed on every read)
+        is watched by the relay's ``SilenceBound`` instead."""
+        drop = getattr(leg.stream, "drop_read_timeout", None)
+        if drop is None or not self.read_timeout or leg.scanner.summary.done:
+            return
+        drop()
+        self._silence = SilenceBound(self.read_timeout, self._silent)
+
+    def _pace(self) -> Pace | None:
+        return self._silence.pace if self._silence is not None else None
+
+    def _silent(self, limit: float) -> None:
+        provider = self.target.provider
+        self.end_now(
+            error_for(
+                "upstream_timeout",
+                f"{provider} sent nothing for {limit:g}s mid-stream; the answer is incomplete",
+                provider=provider,
+            )
+        )
+
+    async def _relay_with_rescue(self, leg: Leg, first: bytes) -> AsyncGenerator[bytes, None]:
         """Relay; if the stream breaks mid-answer, complete it from another target."""
         sent: list[bytes] = []
         async for piece in relay_stream(
-            leg.chunks, leg.scanner, self.request_id, first, end_with_error=False
+            leg.chunks, leg.scanner, self.request_id, first, end_with_error=False, pace=self._pace()
         ):
             sent.append(piece)
             yield piece
@@ -269,9 +246,7 @@ class RoutedStream:
                     return
         yield leg.scanner.error_event(error, self.request_id)
 
-    async def _continue(
-        self, broken: _Leg, transcript: Continuation
-    ) -> AsyncGenerator[bytes, None]:
+    async def _continue(self, broken: Leg, transcript: Continuation) -> AsyncGenerator[bytes, None]:
         """Try the remaining targets, in order, to write the rest of the answer."""
         limit = self.policy.stream_attempt_timeout()
         while self.remaining and self.deadline.remaining() > 0:
@@ -326,7 +301,7 @@ class RoutedStream:
                 yield leg.scanner.error_event(leg.scanner.summary.error, self.request_id)
             return
 
-    def _switch(self, broken: _Leg, leg: _Leg) -> None:
+    def _switch(self, broken: Leg, leg: Leg) -> None:
         """The rescue is committed: the broken leg is settled, the new one relayed."""
         broken.stream.close()
         breaker = broken.candidate.breaker
@@ -377,6 +352,9 @@ class RoutedStream:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._silence is not None:
+            self._silence.stop()
+            self._silence = None
         if self._state is not StreamState.STREAMING:
             return  # settled already, or never connected
         leg = self._accepted()

@@ -11,11 +11,59 @@ How a stream ends:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from runestone.errors import GatewayError, drop_tracebacks
 from runestone.providers.errors import map_transport_error
 from runestone.streams.sse import StreamScanner
+
+
+class Pace:
+    """Since when the relay has been waiting on the upstream (a clock reading), or None
+    while the relay is away with what it yielded (a slow client is not upstream silence).
+
+    The relay notes it after each piece; whoever bounds the upstream's silence reads it
+    (``RoutedStream``), instead of a timer made and cancelled on every read.
+    """
+
+    __slots__ = ("clock", "since")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.since: float | None = clock()
+
+
+class SilenceBound:
+    """Ends a stream whose upstream stays silent ``limit`` seconds while the relay waits
+    on it (``on_silence(limit)``): one timer per stream, at the earliest time the bound
+    could pass, where a transport's read timer is made and cancelled on every read.
+    """
+
+    __slots__ = ("_handle", "_limit", "_on_silence", "pace")
+
+    def __init__(self, limit: float, on_silence: Callable[[float], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._limit = limit
+        self._on_silence = on_silence
+        self.pace = Pace(loop.time)
+        self._handle: asyncio.TimerHandle | None = loop.call_later(limit, self._check)
+
+    def _check(self) -> None:
+        now = self.pace.clock()
+        since = self.pace.since
+        if since is not None and now >= since + self._limit:
+            self._handle = None
+            self._on_silence(self._limit)
+            return
+        # Waiting: check when the bound would pass; with the client: a bound from now.
+        at = (now if since is None else since) + self._limit
+        self._handle = asyncio.get_running_loop().call_at(at, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def relay_stream(
@@ -25,23 +73,32 @@ async def relay_stream(
     first: bytes = b"",
     *,
     end_with_error: bool = True,
+    pace: Pace | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the SSE bytes a client should receive, ending honestly on any failure.
 
     ``first`` is output the scanner already produced (read while connecting). Without
     ``end_with_error`` a failure ends the relay silently, with ``scanner.summary.error``
-    set: the caller decides how the stream ends (it may continue it elsewhere).
+    set: the caller decides how the stream ends (it may continue it elsewhere). ``pace``
+    is kept up to date, if given.
     """
     summary = scanner.summary
+    if pace is None:
+        pace = Pace(_no_clock)
+    clock = pace.clock
     if first:
+        pace.since = None
         yield first
         if summary.done:
             return
     try:
+        pace.since = clock()
         async for chunk in chunks:
             out = scanner.feed(chunk)
             if out:
+                pace.since = None
                 yield out
+                pace.since = clock()
             if summary.error is not None:
                 if end_with_error:
                     yield scanner.error_event(summary.error, request_id)
@@ -63,9 +120,15 @@ async def relay_stream(
         if end_with_error:
             yield scanner.error_event(summary.error, request_id)
         return
+    finally:
+        pace.since = None
     ending = scanner.finish()
     if ending is not None:
         if end_with_error:
             yield scanner.error_event(ending, request_id)
     elif scanner.added_end:
         yield scanner.added_end
+
+
+def _no_clock() -> float:
+    return 0.0

@@ -1,0 +1,65 @@
+"""One upstream stream of a routed stream: opened, read up to its first content, released."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from runestone.errors import error_for
+from runestone.providers import UpstreamStream
+from runestone.providers.errors import map_transport_errors
+from runestone.routing.attempts import Candidate
+from runestone.streams import StreamScanner
+
+_PRIME_LIMIT = 256 * 1024  # relay anyway past this much content-free preamble
+
+
+class Leg:
+    """One upstream stream of a routed stream, from its opening to its release."""
+
+    __slots__ = ("candidate", "chunks", "primed", "scanner", "stream")
+
+    def __init__(self, candidate: Candidate, stream: UpstreamStream, scanner: StreamScanner):
+        self.candidate = candidate
+        self.stream = stream
+        self.chunks: AsyncIterator[bytes] = stream.chunks()
+        self.scanner = scanner
+        self.primed = b""
+
+    async def prime(self) -> None:
+        """Read up to the first content event; raise ``GatewayError`` if it never comes."""
+        scanner = self.scanner
+        pattern = scanner.FIRST_CONTENT
+        held: list[bytes] = []
+        size = 0
+        try:
+            with map_transport_errors(scanner.provider):
+                while True:
+                    try:
+                        chunk = await anext(self.chunks)
+                    except StopAsyncIteration:
+                        break
+                    out = scanner.feed(chunk)
+                    if scanner.summary.error is not None:
+                        raise scanner.summary.error
+                    if out:
+                        held.append(out)
+                        size += len(out)
+                        if pattern.search(out) or size > _PRIME_LIMIT:
+                            self.primed = b"".join(held)
+                            return
+                    if scanner.summary.done:
+                        break
+        except BaseException:
+            self.stream.close()
+            raise
+        self.stream.close()
+        if not scanner.summary.done:
+            scanner.finish()  # complete after all, without its end marker?
+        if scanner.summary.done and held:
+            self.primed = b"".join(held) + scanner.added_end
+            return
+        raise error_for(
+            "upstream_invalid_response",
+            f"{scanner.provider} ended the stream before any content",
+            provider=scanner.provider,
+        )

@@ -12,7 +12,14 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TEST_ALIASES, MakeGateway
-from tests.servers import FakeProvider, Gateway, error_response, free_socket
+from tests.servers import (
+    FakeProvider,
+    Gateway,
+    error_response,
+    free_socket,
+    send_stream,
+    stream_events,
+)
 
 HELLO = {"model": "smart", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -235,6 +242,33 @@ def test_upstream_that_never_answers_times_out(
     assert time.monotonic() - started < 3
     assert response.status_code == 504
     assert error_of(response)["code"] == "upstream_timeout"
+
+
+def test_a_connection_reused_after_a_stream_keeps_its_read_timeout(
+    make_gateway: MakeGateway, fake: FakeProvider
+) -> None:
+    # A stream drops aiohttp's read timer on its connection once relaying (the relay
+    # bounds silence itself); the pool reuses that connection, and the next request on
+    # it must be bounded by RUNESTONE_READ_TIMEOUT again.
+    gateway = make_gateway(read_timeout=0.3)
+    events = stream_events("gpt-4", ["Hi", "!"])
+
+    async def stream(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, events, delay=0.01)
+
+    async def hang(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+    fake.on("gpt-4", stream)
+    streamed = chat(gateway, {**HELLO, "stream": True})
+    assert streamed.content.endswith(b"data: [DONE]\n\n")
+    fake.on("gpt-4", hang)
+    started = time.monotonic()
+    response = chat(gateway)
+    assert time.monotonic() - started < 3
+    assert error_of(response)["code"] == "upstream_timeout"
+    assert len({seen.peer for seen in fake.seen}) == 1  # the same upstream connection
 
 
 def test_upstream_200_that_is_not_json(gateway: Gateway, fake: FakeProvider) -> None:

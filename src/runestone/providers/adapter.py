@@ -69,7 +69,12 @@ class Reply:
 
 
 class UpstreamStream(Protocol):
-    """An upstream stream that has been accepted (status 200) but not yet read."""
+    """An upstream stream that has been accepted (status 200) but not yet read.
+
+    One whose transport re-arms a read timer on every read may also offer
+    ``drop_read_timeout()``: the routed stream then calls it once relaying, and bounds
+    the upstream's silence itself with one timer per stream (``SilenceBound``).
+    """
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The raw bytes as they arrive; transport errors propagate."""

@@ -404,3 +404,30 @@ def test_event_data_reads_every_short_event_as_reading_line_by_line_does() -> No
             event = b"".join(parts)
             assert event_data(event) == line_by_line(event), event
     assert event_data(b'data: {"a":1}\n\n') == b'{"a":1}'
+
+
+def test_first_content_is_told_as_the_regular_expression_it_replaced_tells_it() -> None:
+    # has_content finds the first content with byte searches; the pattern it replaced
+    # (text or a refusal that is not empty, a tool call, a finish, [DONE]) is the oracle.
+    import itertools
+    import re
+
+    from runestone.protocols.anthropic_messages import AnthropicStreamScanner
+
+    oracle = re.compile(
+        rb'"content": ?"[^"]|"tool_calls"|"finish_reason": ?"|\[DONE\]|"refusal": ?"[^"]'
+    )
+    scanner = OpenAIStreamScanner("openai")
+    pieces = [b'"content":', b'"refusal":', b" ", b'"', b"x", b'"tool_calls"', b"\n\n"]
+    for size in range(1, 6):
+        for parts in itertools.product(pieces, repeat=size):
+            data = b"".join(parts)
+            assert scanner.has_content(data) == bool(oracle.search(data)), data
+    role = chunk("m", {"role": "assistant", "content": ""})
+    assert not scanner.has_content(role)
+    assert scanner.has_content(role + chunk("m", {"content": "Hi"}))
+    assert scanner.has_content(chunk("m", {}, finish="stop"))
+    assert scanner.has_content(b"data: [DONE]\n\n")
+    anthropic = AnthropicStreamScanner("anthropic")
+    assert not anthropic.has_content(b"event: message_start\ndata: {}\n\n")
+    assert anthropic.has_content(b"event: content_block_delta\ndata: {}\n\n")

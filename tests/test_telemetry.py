@@ -306,3 +306,20 @@ def test_local_metrics_expose_what_prometheus_client_would() -> None:
         return {line for line in lines if not line.startswith("#") and "_created" not in line}
 
     assert samples(ours) == samples(theirs)
+
+
+def test_usage_is_read_from_the_end_of_a_whole_answer() -> None:
+    from runestone.telemetry.usage import from_body
+
+    nested = (
+        b'{"id":"x","choices":[{"message":{"content":"{\\"usage\\": 1}"}}],"usage":'
+        b'{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14,'
+        b'"prompt_tokens_details":{"cached_tokens":0},'
+        b'"completion_tokens_details":{"reasoning_tokens":0,"x":{"y":{}}}}}'
+    )
+    assert from_body(nested) == (9, 5)
+    assert from_body(b'{"usage": {"input_tokens": 3, "output_tokens": 4}}') == (3, 4)
+    assert from_body(b'{"choices":[]}') == (None, None)
+    assert from_body(b'{"usage":null}') == (None, None)
+    assert from_body(b'{"usage":{"prompt_tokens":1') == (None, None)  # cut short
+    assert from_body(b'{"usage":{"prompt_tokens":"many"}}') == (None, None)

@@ -8,8 +8,6 @@ relayed like any other. Errors take Anthropic's shape, with the gateway's fields
 
 from __future__ import annotations
 
-import re
-
 import orjson
 
 from runestone.errors import GatewayError, error_for
@@ -24,7 +22,7 @@ class AnthropicStreamScanner(StreamScanner):
     __slots__ = ()
 
     END_MARKER = "message_stop"
-    FIRST_CONTENT = re.compile(rb"content_block_delta|message_stop")
+    CONTENT_MARKERS = (b"content_block_delta", b"message_stop")
 
     def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
         return error_event(error, request_id)

@@ -7,7 +7,6 @@ Errors use the gateway's own envelope, which is OpenAI's with a few fields more.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from runestone.errors import GatewayError
@@ -35,6 +34,8 @@ _FINAL_BYTES = 4096  # how far before [DONE] usage and the finish reason are loo
 _DONE_PREFIXES = (b"data: ", b"data:")
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _FINISH_MARKERS = (b'"finish_reason":"', b'"finish_reason": "')
+_TEXT_MARKERS = (b'"content":"', b'"content": "', b'"refusal":"', b'"refusal": "')
+_NO_TEXT = (b'"', b"")  # an empty string, or a read that ends before the text does
 
 
 def validate_chat(body: object) -> dict[str, object]:
@@ -63,10 +64,8 @@ class OpenAIStreamScanner(StreamScanner):
     __slots__ = ("_earlier", "_previous", "hide_usage")
 
     END_MARKER = "[DONE]"
-    # Text or tool-call deltas, a refusal, a finish, the end.
-    FIRST_CONTENT = re.compile(
-        rb'"content": ?"[^"]|"tool_calls"|"finish_reason": ?"|\[DONE\]|"refusal": ?"[^"]'
-    )
+    # A tool-call delta, a finish, the end; text and refusals are ``_TEXT_MARKERS``.
+    CONTENT_MARKERS = (b'"tool_calls"', *_FINISH_MARKERS, b"[DONE]")
 
     def __init__(self, provider: str, *, hide_usage: bool = False) -> None:
         super().__init__(provider)
@@ -78,6 +77,18 @@ class OpenAIStreamScanner(StreamScanner):
 
     def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
         return error.to_sse(request_id)
+
+    def has_content(self, data: bytes) -> bool:
+        # Text or a refusal counts once it is not empty: the first chunk's
+        # ``"content":""`` (with the role) is not content yet.
+        for marker in _TEXT_MARKERS:
+            at = data.find(marker)
+            while at >= 0:
+                at += len(marker)
+                if data[at : at + 1] not in _NO_TEXT:
+                    return True
+                at = data.find(marker, at)
+        return super().has_content(data)
 
     def _scan(self, complete: bytes) -> bytes:
         # Every search runs backwards: bytes.rfind is about three times faster than a

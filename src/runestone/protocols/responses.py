@@ -9,8 +9,6 @@ final response object. Errors before the stream are the gateway's OpenAI envelop
 
 from __future__ import annotations
 
-import re
-
 import orjson
 
 from runestone.errors import GatewayError, error_for
@@ -40,9 +38,12 @@ class ResponsesStreamScanner(StreamScanner):
     __slots__ = ("_events",)
 
     END_MARKER = "response.completed"
-    FIRST_CONTENT = re.compile(
-        rb"response\.output_text\.delta|response\.function_call_arguments\.delta"
-        rb"|response\.output_item\.added|response\.completed|response\.incomplete"
+    CONTENT_MARKERS = (
+        b"response.output_text.delta",
+        b"response.function_call_arguments.delta",
+        b"response.output_item.added",
+        b"response.completed",
+        b"response.incomplete",
     )
 
     def __init__(self, provider: str) -> None:

@@ -28,7 +28,6 @@ class Leg:
     async def prime(self) -> None:
         """Read up to the first content event; raise ``GatewayError`` if it never comes."""
         scanner = self.scanner
-        pattern = scanner.FIRST_CONTENT
         held: list[bytes] = []
         size = 0
         try:
@@ -44,7 +43,7 @@ class Leg:
                     if out:
                         held.append(out)
                         size += len(out)
-                        if pattern.search(out) or size > _PRIME_LIMIT:
+                        if scanner.has_content(out) or size > _PRIME_LIMIT:
                             self.primed = b"".join(held)
                             return
                     if scanner.summary.done:

@@ -105,8 +105,10 @@ class StreamScanner:
 
     #: How a clean end looks, for the message when a stream ends without it.
     END_MARKER = ""
-    #: What counts as the first content: until it arrives, a stream may still fail over.
-    FIRST_CONTENT: re.Pattern[bytes] = re.compile(rb"(?!)")
+    #: What counts as the first content: until one of these arrives, a stream may still
+    #: fail over. Literal bytes: a test with ``in`` runs at memchr speed, where a regex
+    #: tries every position of a read (a whole answer in one read is 10 KB and more).
+    CONTENT_MARKERS: tuple[bytes, ...] = ()
 
     def __init__(self, provider: str, *, limit: int = MAX_EVENT_BYTES) -> None:
         self.provider = provider
@@ -120,6 +122,13 @@ class StreamScanner:
         self._pending_size = 0
         #: The end marker the gateway adds to a stream that completed without its own.
         self.added_end = b""
+
+    def has_content(self, data: bytes) -> bool:
+        """Whether ``data`` (complete events) holds the stream's first content."""
+        for marker in self.CONTENT_MARKERS:  # noqa: SIM110  (any() is slower here)
+            if marker in data:
+                return True
+        return False
 
     @property
     def _tail(self) -> bytes:

@@ -20,16 +20,20 @@ def tokens(usage: object) -> tuple[int | None, int | None]:
 def from_body(body: bytes) -> tuple[int | None, int | None]:
     """Usage from a complete JSON answer; it sits at the end, so only that part is read."""
     at = body.rfind(b'"usage"')
-    if at < 0:
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start < 0:
         return None, None
-    start = body.find(b"{", at)
-    end = body.find(b"}", start)
-    # Usage may nest (prompt_tokens_details): widen to the next brace until it parses.
-    for _ in range(4):
-        if start < 0 or end < 0:
+    # Usage nests (prompt_tokens_details) but holds no strings with braces: it ends at
+    # the first closing brace that closes as many braces as were opened since ``start``.
+    end, closed = start, 0
+    while True:
+        end = body.find(b"}", end + 1)
+        if end < 0:
+            return None, None
+        closed += 1
+        if body.count(b"{", start, end) == closed:
             break
-        try:
-            return tokens(orjson.loads(body[start : end + 1]))
-        except orjson.JSONDecodeError:
-            end = body.find(b"}", end + 1)
-    return None, None
+    try:
+        return tokens(orjson.loads(body[start : end + 1]))
+    except orjson.JSONDecodeError:
+        return None, None

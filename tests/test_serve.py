@@ -30,7 +30,11 @@ class Served:
 
 
 def serve(
-    tmp_path: Path, *args: str, aliases: str = "aliases:\n  echo: mock:echo\n", **env: str
+    tmp_path: Path,
+    *args: str,
+    aliases: str = "aliases:\n  echo: mock:echo\n",
+    stdout: int = subprocess.DEVNULL,
+    **env: str,
 ) -> Served:
     alias_file = tmp_path / "aliases.yaml"
     alias_file.write_text(aliases)
@@ -44,7 +48,7 @@ def serve(
     process = subprocess.Popen(
         [sys.executable, "-m", "runestone", "serve", "--port", port, *args],
         env=full_env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -219,3 +223,16 @@ def test_serve_tunes_the_collector_in_each_worker_not_in_create_app(tmp_path: Pa
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_the_access_log_names_the_client_a_proxy_forwarded(
+    tmp_path: Path, processes: list[Served]
+) -> None:
+    # Proxy headers are read only for the access log (nothing else uses the address).
+    served = serve(tmp_path, "--access-log", stdout=subprocess.PIPE)  # uvicorn logs it there
+    processes.append(served)
+    answer = httpx.get(f"{served.url}/health/live", headers={"x-forwarded-for": "203.0.113.7"})
+    assert answer.status_code == 200
+    served.process.send_signal(signal.SIGTERM)
+    stdout, _ = served.process.communicate(timeout=20)
+    assert b'203.0.113.7:0 - "GET /health/live HTTP/1.1" 200' in stdout

@@ -189,6 +189,9 @@ def _serve(args: argparse.Namespace) -> int:
         http="runestone.http._server:BoundedHttpToolsProtocol",
         lifespan="on",
         access_log=args.access_log,
+        # X-Forwarded-For and -Proto rewrite the client address and scheme, which only
+        # uvicorn's access log reads: without it, a middleware per request for nothing.
+        proxy_headers=args.access_log,
         log_level=args.log_level,
         server_header=False,
         # uvicorn's own limit, a backstop: by then the gateway has ended every stream.

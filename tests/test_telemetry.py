@@ -208,6 +208,11 @@ def test_metrics_sum_over_two_workers(tmp_path: Any, fake: FakeProvider) -> None
                 client.post(f"{url}/v1/chat/completions", json={"model": "smart", "messages": HI})
         totals = [value(scrape(url), "runestone_requests_total", alias="smart") for _ in range(4)]
         assert totals == [20, 20, 20, 20]
+        samples = scrape(url)
+        assert value(samples, "runestone_request_duration_seconds_count", alias="smart") == 20
+        inf = value(samples, "runestone_request_duration_seconds_bucket", alias="smart", le="+Inf")
+        assert inf == 20
+        assert value(samples, "runestone_in_flight_requests") == 0
     finally:
         process.terminate()
         process.wait(20)
@@ -283,29 +288,40 @@ def test_in_flight_gauges_return_to_zero(gateway: Gateway) -> None:
     assert value(m, "runestone_in_flight_requests") == 0
 
 
-def test_local_metrics_expose_what_prometheus_client_would() -> None:
-    """One process keeps plain numbers; the exposition must match prometheus_client's."""
+def test_tallied_times_are_exported_as_prometheus_client_would_observe_them() -> None:
+    """Times counted in the tallies' buckets, added to a histogram of ours (one process)
+    and to prometheus_client's own (the one shared through files), expose exactly what
+    observing each time would."""
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
     from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
+    from runestone.telemetry.prometheus import _LATENCY_AT, _observed
+    from runestone.telemetry.tallies import LATENCY_BUCKETS, bucket
 
-    ours, theirs = CollectorRegistry(), CollectorRegistry()
-    buckets = (0.1, 0.5, 1.0)
-    local_h = LocalHistogram("h_seconds", "h", ["route"], ours, buckets)
+    ours, theirs, observed = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    local_h = LocalHistogram("h_seconds", "h", ["route"], ours, LATENCY_BUCKETS)
     local_c = LocalCounter("c", "c", ["route"], ours)
-    real_h = Histogram("h_seconds", "h", ["route"], buckets=buckets, registry=theirs)
-    real_c = Counter("c", "c", ["route"], registry=theirs)
-    for value in (0.05, 0.1, 0.3, 0.5, 0.9, 1.0, 7.0):  # bounds included: "le" is <=
-        local_h.labels("chat").observe(value)
-        real_h.labels("chat").observe(value)
-        local_c.labels("chat").inc(value)
-        real_c.labels("chat").inc(value)
+    added_h = Histogram("h_seconds", "h", ["route"], buckets=LATENCY_BUCKETS, registry=theirs)
+    added_c = Counter("c", "c", ["route"], registry=theirs)
+    real_h = Histogram("h_seconds", "h", ["route"], buckets=LATENCY_BUCKETS, registry=observed)
+    real_c = Counter("c", "c", ["route"], registry=observed)
+    times = (0.0001, 0.003, 0.005, 0.0051, 0.3, 1.0, 7.0, 300.0, 301.0, 5000.0)  # "le" is <=
+    tallied: dict[int, int] = {}
+    for seconds in times:
+        tallied[bucket(seconds)] = tallied.get(bucket(seconds), 0) + 1
+        real_h.labels("chat").observe(seconds)
+        real_c.labels("chat").inc(seconds)
+    _observed(local_h.labels("chat"), tallied, sum(times), _LATENCY_AT)
+    _observed(added_h.labels("chat"), tallied, sum(times), _LATENCY_AT)
+    local_c.labels("chat").inc(sum(times))
+    added_c.labels("chat").inc(sum(times))
 
     def samples(registry: CollectorRegistry) -> set[str]:
         lines = generate_latest(registry).decode().splitlines()
         return {line for line in lines if not line.startswith("#") and "_created" not in line}
 
-    assert samples(ours) == samples(theirs)
+    assert samples(ours) == samples(observed)
+    assert samples(theirs) == samples(observed)
 
 
 def test_usage_is_read_from_the_end_of_a_whole_answer() -> None:

@@ -1,33 +1,36 @@
 """The console's numbers: an hour of traffic in ten-second slots, kept in memory.
 
-A telemetry subscriber, like the Prometheus metrics, so no Prometheus server is needed
-to see the gateway at a glance. Each slot holds counts and sparse log-scale histograms
-(latency, time to first token, gateway overhead) per alias and provider. Each window
-(5, 15, 60 minutes) keeps running totals of its finished slots, adding a slot when it
-finishes and taking it away when it leaves the window, so a read costs the size of one
-slot, not of an hour. Percentiles come from the histograms, to within one bucket (19%).
+A reader of the telemetry's tallies, like the Prometheus metrics, so no Prometheus
+server is needed to see the gateway at a glance. Each slot holds counts and sparse
+log-scale histograms (latency, time to first token, gateway overhead) per alias and
+provider, taken from the tallies a kind of request at a time. Each window (5, 15, 60
+minutes) keeps running totals of its finished slots, adding a slot when it finishes and
+taking it away when it leaves the window, so a read costs the size of one slot, not of
+an hour. Percentiles come from the histograms, to within one bucket (19%).
 """
 
 from __future__ import annotations
 
-import time
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runestone.telemetry.events import Event, InFlight, RequestFinished
+from runestone.telemetry.tallies import (
+    BOUNDS,
+    FAILED_OUTCOMES,
+    SLOT_SECONDS,
+    Counts,
+    Failure,
+    Histogram,
+    Kind,
+    Tallies,
+)
 
-SLOT_SECONDS = 10
+__all__ = ["BOUNDS", "SLOT_SECONDS", "WINDOWS", "ConsoleStats", "Failure", "percentile"]
+
 WINDOWS = (5, 15, 60)  # minutes
 SLOTS = max(WINDOWS) * 60 // SLOT_SECONDS
-FAILURES_KEPT = 100
-
-#: Histogram bucket bounds in seconds: 0.1 ms to ~20 min, each 1.19 times the last.
-BOUNDS: tuple[float, ...] = tuple(0.0001 * 1.19**i for i in range(90))
-
-Histogram = dict[int, int]  # bucket index -> count, only buckets that have any
 
 
 @dataclass(slots=True)
@@ -113,47 +116,30 @@ class Slot:
     tally: Tally = field(default_factory=Tally)
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    at: float
-    request_id: str
-    route: str
-    alias: str
-    target: str
-    status: int
-    code: str
-    attempts: int
-    key: str
-
-
 class ConsoleStats:
-    """Subscribe it to the telemetry hook; read it with ``window``, ``timeline``,
-    ``failures``."""
+    """Reads the tallies; read it with ``window``, ``timeline``, ``failures``."""
 
-    EVENTS = (InFlight, RequestFinished)
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    def __init__(self, tallies: Tallies) -> None:
+        self._tallies = tallies
+        self._clock = tallies.clock
         self._slots: deque[Slot] = deque(maxlen=SLOTS)
-        self.failures: deque[Failure] = deque(maxlen=FAILURES_KEPT)
-        self.in_flight = 0
-        self.started = clock()
+        self.started = self._clock()
         # Per window: the totals of its finished slots, and which slots those are.
         self._totals = {minutes: Tally() for minutes in WINDOWS}
         self._included: dict[int, deque[Slot]] = {minutes: deque() for minutes in WINDOWS}
         self._added_up_to = {minutes: -1 for minutes in WINDOWS}
+        tallies.readers.append(self._take)
 
-    def __call__(self, event: Event) -> None:
-        if type(event) is InFlight:
-            if not event.stream:
-                self.in_flight += 1
-            return
-        if type(event) is RequestFinished:
-            self.in_flight -= 1
-            self._record(event)
+    @property
+    def failures(self) -> deque[Failure]:
+        return self._tallies.failures
 
-    def _slot(self, now: float) -> Slot:
-        index = int(now) // SLOT_SECONDS
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now, streams included."""
+        return sum(n for (_, stream), n in self._tallies.in_flight.items() if not stream)
+
+    def _slot(self, index: int) -> Slot:
         slots = self._slots
         if slots and slots[-1].index == index:
             return slots[-1]
@@ -175,50 +161,43 @@ class ConsoleStats:
             while included and included[0].index <= first:
                 totals.add(included.popleft().tally, -1)
 
-    def _record(self, e: RequestFinished) -> None:
-        now = self._clock()
-        tally = self._slot(now).tally
-        failed = e.status >= 400 or e.outcome in ("error", "truncated", "upstream_error")
-        tally.requests += 1
-        key = (e.alias, e.provider)
-        series = tally.series.get(key)
-        if series is None:
-            series = tally.series[key] = Series()
-        series.requests += 1
-        _count(series.latency, bisect_left(BOUNDS, e.duration))
-        _count(series.overhead, bisect_left(BOUNDS, e.overhead))
-        if e.ttft is not None:
-            _count(series.ttft, bisect_left(BOUNDS, e.ttft))
-        target = f"{e.provider}:{e.model}"
-        counts = tally.targets.get(target)
-        if counts is None:
-            counts = tally.targets[target] = [0, 0]
-        counts[0] += 1
-        if e.stream and e.outcome != "error":
-            _count(tally.outcomes, e.outcome)
-        if e.input_tokens or e.output_tokens or e.cost:
-            model = tally.models.get(target)
-            if model is None:
-                model = tally.models[target] = [0, 0, 0.0, 0]
-            model[0] += e.input_tokens or 0
-            model[1] += e.output_tokens or 0
-            model[2] += e.cost or 0.0
-            model[3] += 1
-        if failed:
-            tally.errors += 1
-            series.errors += 1
-            counts[1] += 1
-            code = e.code or "error"
-            _count(tally.codes, code)
-            self.failures.append(
-                Failure(
-                    now, e.request_id, e.route, e.alias, target, e.status, code, e.attempts, e.key
-                )
-            )
+    def _take(self, index: int, batch: dict[Kind, Counts]) -> None:
+        if not batch:
+            return
+        tally = self._slot(index).tally
+        for kind, counts in batch.items():
+            _, alias, provider, model, status, code, _, stream, outcome = kind
+            n = counts.requests
+            tally.requests += n
+            series = tally.series.get((alias, provider))
+            if series is None:
+                series = tally.series[(alias, provider)] = Series()
+            series.requests += n
+            _add_counts(series.latency, counts.duration, 1)
+            _add_counts(series.overhead, counts.overhead, 1)
+            _add_counts(series.ttft, counts.ttft, 1)
+            target = f"{provider}:{model}"
+            row = tally.targets.get(target)
+            if row is None:
+                row = tally.targets[target] = [0, 0]
+            row[0] += n
+            if stream and outcome != "error":
+                tally.outcomes[outcome] = tally.outcomes.get(outcome, 0) + n
+            if counts.priced:
+                numbers = [counts.input_tokens, counts.output_tokens, counts.cost, counts.priced]
+                _add_row(tally.models, target, numbers, 1, requests_at=3)
+            if status >= 400 or outcome in FAILED_OUTCOMES:
+                tally.errors += n
+                series.errors += n
+                row[1] += n
+                code = code or "error"
+                tally.codes[code] = tally.codes.get(code, 0) + n
 
     def window(self, minutes: int, now: float | None = None) -> Tally:
         """The sums of the last ``minutes`` (one of ``WINDOWS``), this slot included."""
-        current = int(self._clock() if now is None else now) // SLOT_SECONDS
+        now = self._clock() if now is None else now
+        self._tallies.catch_up(now)
+        current = int(now) // SLOT_SECONDS
         self._advance(current)
         made = self._totals[minutes].copy()
         if self._slots and self._slots[-1].index == current:
@@ -227,7 +206,9 @@ class ConsoleStats:
 
     def timeline(self, minutes: int, now: float | None = None) -> list[tuple[int, int, int]]:
         """(slot start, requests, errors) for every slot of the window, empty ones too."""
-        current = int(self._clock() if now is None else now) // SLOT_SECONDS
+        now = self._clock() if now is None else now
+        self._tallies.catch_up(now)
+        current = int(now) // SLOT_SECONDS
         by_index = {slot.index: slot.tally for slot in self._slots}
         points = []
         for index in range(current - minutes * 60 // SLOT_SECONDS + 1, current + 1):
@@ -236,10 +217,6 @@ class ConsoleStats:
                 (index * SLOT_SECONDS, tally.requests if tally else 0, tally.errors if tally else 0)
             )
         return points
-
-
-def _count(histogram: dict[Any, int], key: object) -> None:
-    histogram[key] = histogram.get(key, 0) + 1
 
 
 def percentile(histogram: Histogram, share: float) -> float | None:

@@ -58,11 +58,10 @@ class RunestoneApp:
         self.aliases = aliases
         self.telemetry = Telemetry()
         self.gateway = Gateway(settings, aliases, environ=environ, telemetry=self.telemetry)
-        self.metrics = PrometheusMetrics(self.gateway.breaker_states)
+        self.metrics = PrometheusMetrics(self.telemetry.tallies, self.gateway.breaker_states)
         self.telemetry.subscribe(self.metrics)
         self.telemetry.subscribe(RequestLog(json_lines=settings.log_json))
-        self.console = ConsoleStats()
-        self.telemetry.subscribe(self.console)
+        self.console = ConsoleStats(self.telemetry.tallies)
         if otel.configured(environ):
             try:
                 self.add_tracing(otel.from_environment())

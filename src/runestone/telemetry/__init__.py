@@ -1,20 +1,21 @@
 """One narrow telemetry hook: the gateway emits events, subscribers turn them into signals.
 
 The rest of the code never imports a metrics or tracing library: the HTTP layer opens a
-``RequestTrace`` per request, which emits the frozen events of ``events``; the router
-reports attempts through ``Telemetry.attempt_observer``. Subscribers (Prometheus, the
-request log, OpenTelemetry) live in this package, and a failing subscriber never fails
-a request.
+``RequestTrace`` per request, which counts it in the tallies and emits the frozen events
+of ``events`` to whoever listens; the router reports attempts through
+``Telemetry.attempt_observer``. Readers of the tallies (Prometheus, the console) and
+subscribers (the request log, OpenTelemetry) live in this package or the console's, and
+a failing subscriber never fails a request.
 
 Modules: ``events``, ``hub`` (the hook), ``trace`` (one request's accounting), ``usage``
-(tokens as providers report them), ``prometheus``, ``logs``, ``otel``.
+(tokens as providers report them), ``tallies`` (running totals per kind of request, read
+by the metrics and the console), ``prometheus``, ``logs``, ``otel``.
 """
 
 from runestone.telemetry.events import (
     AliasReload,
     AttemptFinished,
     Event,
-    InFlight,
     Outcome,
     RequestFinished,
     StoreFailed,
@@ -28,7 +29,6 @@ __all__ = [
     "AttemptFinished",
     "AttemptObserver",
     "Event",
-    "InFlight",
     "Outcome",
     "RequestFinished",
     "RequestTrace",

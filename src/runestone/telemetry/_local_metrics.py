@@ -1,16 +1,14 @@
 """Counters and histograms for one process, kept as plain numbers and exported at scrape.
 
-prometheus_client's metrics take a lock on every change (about as much as the rest of
-the telemetry put together, eight times a request). The gateway changes its metrics
-from one event-loop thread only, so one process keeps them as plain floats and lists
-and turns them into metric families when scraped. Under ``--workers N`` the real
+prometheus_client's metrics take a lock on every change. The gateway changes its
+metrics from one event-loop thread only, so one process keeps them as plain floats and
+lists and turns them into metric families when scraped. Under ``--workers N`` the real
 multi-process metrics are used instead: they must be shared through files.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -49,17 +47,19 @@ class LocalCounter(Collector):
         yield family
 
 
-class _HistogramChild:
-    __slots__ = ("bounds", "counts", "sum")
+class HistogramChild:
+    __slots__ = ("counts", "sum")
 
     def __init__(self, bounds: list[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def add(self, counts: Mapping[int, int], total: float, bucket_at: Sequence[int]) -> None:
+        """Add observations counted elsewhere: ``counts[i]`` fell in ``bucket_at[i]``."""
+        mine = self.counts
+        for at, count in counts.items():
+            mine[bucket_at[at]] += count
+        self.sum += total
 
 
 class LocalHistogram(Collector):
@@ -75,13 +75,13 @@ class LocalHistogram(Collector):
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self.bounds = [float(b) for b in buckets]
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> _HistogramChild:
+    def labels(self, *values: str) -> HistogramChild:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = _HistogramChild(self.bounds)
+            child = self._children[values] = HistogramChild(self.bounds)
         return child
 
     def collect(self) -> Iterable[Metric]:

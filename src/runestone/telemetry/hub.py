@@ -11,10 +11,10 @@ from runestone.telemetry.events import (
     AliasReload,
     AttemptFinished,
     Event,
-    InFlight,
     RequestFinished,
     StoreFailed,
 )
+from runestone.telemetry.tallies import Tallies
 
 log = logging.getLogger("runestone.telemetry")
 
@@ -24,7 +24,6 @@ AttemptObserver = Callable[[Call, int, str], None]
 
 
 _EVENT_TYPES: tuple[type[Event], ...] = (
-    InFlight,
     RequestFinished,
     AttemptFinished,
     AliasReload,
@@ -36,10 +35,13 @@ class Telemetry:
     """The hook. ``emit`` costs one dict lookup and a loop over that event's subscribers.
 
     A subscriber may say which event types it wants in an ``EVENTS`` tuple; without
-    one it hears every event.
+    one it hears every event. One that listens only at times (a log below its level)
+    says so with a ``listening()`` method, so that nobody builds an event for nobody.
+    Requests are counted in ``tallies``, which the metrics and the console read.
     """
 
     def __init__(self) -> None:
+        self.tallies = Tallies()
         self._by_type: dict[type, list[Subscriber]] = {kind: [] for kind in _EVENT_TYPES}
         self._failed: set[int] = set()
         #: Someone listens to attempts and traces: the request path then records them.
@@ -69,6 +71,14 @@ class Telemetry:
                 code=code,
             )
         )
+
+    def listening(self, kind: type[Event]) -> bool:
+        """Whether a subscriber would hear an event of ``kind`` now."""
+        for subscriber in self._by_type[kind]:
+            listening = getattr(subscriber, "listening", None)
+            if listening is None or listening():
+                return True
+        return False
 
     def emit(self, event: Event) -> None:
         for subscriber in self._by_type[type(event)]:

@@ -20,6 +20,10 @@ class RequestLog:
     def __init__(self, json_lines: bool) -> None:
         self.json_lines = json_lines
 
+    @staticmethod
+    def listening() -> bool:
+        return log.isEnabledFor(logging.INFO)
+
     def __call__(self, event: Event) -> None:
         if not isinstance(event, RequestFinished) or not log.isEnabledFor(logging.INFO):
             return

@@ -1,4 +1,8 @@
-"""Prometheus metrics, a subscriber of the telemetry hook; served at ``GET /metrics``.
+"""Prometheus metrics, read from the tallies and the telemetry hook; ``GET /metrics``.
+
+Requests are taken from the ``Tallies`` a kind at a time (when scraped, and when a slot
+of the tallies ends), not one event per request; alias reloads and store failures come
+through the hook.
 
 Under ``runestone serve --workers N`` every worker writes to ``PROMETHEUS_MULTIPROC_DIR``
 (the CLI creates one) and a scrape of any worker sums them all.
@@ -10,6 +14,7 @@ Labels stay bounded: no request ids, no raw user strings; a model label past the
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,20 +23,32 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
-from runestone.telemetry.events import AliasReload, Event, InFlight, RequestFinished, StoreFailed
+from runestone.telemetry._local_metrics import HistogramChild, LocalCounter, LocalHistogram
+from runestone.telemetry.events import AliasReload, Event, StoreFailed
+from runestone.telemetry.tallies import (
+    BOUNDS,
+    LATENCY_BUCKETS,
+    OVERHEAD_BUCKETS,
+    Counts,
+    Kind,
+    Tallies,
+)
+from runestone.telemetry.tallies import Histogram as Buckets
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_MODELS = 200
-_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
 class PrometheusMetrics:
-    EVENTS = (InFlight, RequestFinished, AliasReload, StoreFailed)
+    EVENTS = (AliasReload, StoreFailed)
 
-    def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]] | None = None) -> None:
+    def __init__(
+        self,
+        tallies: Tallies,
+        breakers: Callable[[], Iterable[dict[str, object]]] | None = None,
+    ) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.tallies = tallies
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         counter, histogram = self._kinds()
@@ -45,21 +62,21 @@ class PrometheusMetrics:
             "runestone_request_duration_seconds",
             "Whole request, received to last byte",
             ["route", "alias", "provider"],
-            buckets=_LATENCY,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.overhead = histogram(
             "runestone_gateway_overhead_seconds",
             "Time not spent waiting on the upstream",
             ["route"],
-            buckets=_OVERHEAD,
+            buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
         self.ttft = histogram(
             "runestone_time_to_first_token_seconds",
             "Streams: request to first content",
             ["route", "alias", "provider"],
-            buckets=_LATENCY,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.tokens = counter(
@@ -102,7 +119,7 @@ class PrometheusMetrics:
             ["store"],
             registry=r,
         )
-        self.in_flight = _InFlight(r, self.multiprocess)
+        self.in_flight = _InFlight(r, tallies, self.multiprocess)
         self.reloads = Counter(
             "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
         )
@@ -117,18 +134,18 @@ class PrometheusMetrics:
         # labels() costs microseconds (a lock, tuple checks); a child per label set is
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # What every request updates, per kind of request: one lookup, not one per metric.
-        self._series: dict[tuple[str, str, str, str, int, str, str], _Series] = {}
+        # What a kind of request updates: looked up once per kind, not once per metric.
+        self._series: dict[Kind, _Series] = {}
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
+        # Processes share the metrics through files: each request must reach them before
+        # another worker's scrape, so the tallies hand on every change at once.
+        tallies.eager = tallies.eager or self.multiprocess
+        tallies.readers.append(self._take)
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, InFlight):
-            self.in_flight.change(event.route, event.stream, 1)
-        elif isinstance(event, RequestFinished):
-            self._request(event)
-        elif isinstance(event, StoreFailed):
+        if isinstance(event, StoreFailed):
             self.child(self.store_errors, event.store).inc()
         elif isinstance(event, AliasReload):
             if not event.initial:  # a start-up load is not a reload
@@ -163,49 +180,31 @@ class PrometheusMetrics:
             return model
         return "other"
 
-    def _request(self, e: RequestFinished) -> None:
-        self.in_flight.change(e.route, False, -1)
-        if e.relayed:
-            self.in_flight.change(e.route, True, -1)
-        model = self._model(e.model)
-        kind = (e.route, e.alias, e.provider, model, e.status, e.code, e.key)
-        series = self._series.get(kind)
-        if series is None:
-            series = self._series[kind] = self._new_series(kind)
-        series.requests.inc()
-        series.duration.observe(e.duration)
-        series.overhead.observe(e.overhead)
-        child = self.child
-        if e.attempts > 1:
-            child(self.extra_attempts, e.route, e.alias).inc(e.attempts - 1)
-        if e.input_tokens:
-            (series.input or series.tokens("input", self)).inc(e.input_tokens)
-        if e.output_tokens:
-            (series.output or series.tokens("output", self)).inc(e.output_tokens)
-        if e.cost:
-            child(self.cost, e.provider, model).inc(e.cost)
-            if series.key_requests is not None:
-                child(self.key_cost, e.key).inc(e.cost)
-        if series.key_requests is not None:  # tokens per key are in the usage report
-            series.key_requests.inc()
-        if e.stream and e.outcome != "error":  # a stream that started, however it ended
-            child(self.streams, e.route, e.outcome).inc()
-            if e.ttft is not None:
-                child(self.ttft, e.route, e.alias, e.provider).observe(e.ttft)
+    def _take(self, slot: int, batch: dict[Kind, Counts]) -> None:
+        for kind, counts in batch.items():
+            series = self._series.get(kind)
+            if series is None:
+                series = self._series[kind] = self._new_series(kind)
+            series.add(counts, self)
+        if self.multiprocess:
+            self.in_flight.publish()
 
-    def _new_series(self, kind: tuple[str, str, str, str, int, str, str]) -> _Series:
-        route, alias, provider, model, status, code, key = kind
+    def _new_series(self, kind: Kind) -> _Series:
+        route, alias, provider, model, status, code, key, stream, outcome = kind
+        model = self._model(model)
         child = self.child
         return _Series(
-            provider,
-            model,
+            (route, alias, provider, model, key),
             child(self.requests, route, alias, provider, model, str(status), code),
             child(self.duration, route, alias, provider),
             child(self.overhead, route),
             child(self.key_requests, key, str(status), code) if key != "-" else None,
+            # A stream that started, however it ended.
+            child(self.streams, route, outcome) if stream and outcome != "error" else None,
         )
 
     def render(self) -> bytes:
+        self.tallies.drain()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -214,45 +213,77 @@ class PrometheusMetrics:
 
 
 class _Series:
-    """The children one kind of request (route, alias, target, status, code, key) updates.
+    """The children one kind of request updates.
 
-    Token counters are looked up on first use: a kind that never reports tokens (errors)
-    must not export a series of zeros.
+    Token, cost and attempt counters are looked up on first use: a kind that never
+    reports tokens (errors) must not export a series of zeros.
     """
 
-    __slots__ = (
-        "duration",
-        "input",
-        "key_requests",
-        "model",
-        "output",
-        "overhead",
-        "provider",
-        "requests",
-    )
+    __slots__ = ("duration", "key_requests", "labels", "overhead", "requests", "streams")
 
     def __init__(
         self,
-        provider: str,
-        model: str,
+        labels: tuple[str, str, str, str, str],
         requests: Any,
         duration: Any,
         overhead: Any,
         key_requests: Any,
+        streams: Any,
     ) -> None:
-        self.provider = provider
-        self.model = model
+        self.labels = labels  # route, alias, provider, bounded model, key
         self.requests = requests
         self.duration = duration
         self.overhead = overhead
         self.key_requests = key_requests
-        self.input: Any = None
-        self.output: Any = None
+        self.streams = streams
 
-    def tokens(self, direction: str, metrics: PrometheusMetrics) -> Any:
-        found = metrics.child(metrics.tokens, self.provider, self.model, direction)
-        setattr(self, direction, found)
-        return found
+    def add(self, counts: Counts, metrics: PrometheusMetrics) -> None:
+        route, alias, provider, model, key = self.labels
+        child = metrics.child
+        self.requests.inc(counts.requests)
+        _observed(self.duration, counts.duration, counts.duration_sum, _LATENCY_AT)
+        _observed(self.overhead, counts.overhead, counts.overhead_sum, _OVERHEAD_AT)
+        if self.key_requests is not None:  # tokens per key are in the usage report
+            self.key_requests.inc(counts.requests)
+        if self.streams is not None:
+            self.streams.inc(counts.requests)
+        if counts.ttft:
+            ttft = child(metrics.ttft, route, alias, provider)
+            _observed(ttft, counts.ttft, counts.ttft_sum, _LATENCY_AT)
+        if counts.extra_attempts:
+            child(metrics.extra_attempts, route, alias).inc(counts.extra_attempts)
+        if counts.input_tokens:
+            child(metrics.tokens, provider, model, "input").inc(counts.input_tokens)
+        if counts.output_tokens:
+            child(metrics.tokens, provider, model, "output").inc(counts.output_tokens)
+        if counts.cost:
+            child(metrics.cost, provider, model).inc(counts.cost)
+            if key != "-":
+                child(metrics.key_cost, key).inc(counts.cost)
+
+
+def _bucket_of_each_bound(buckets: tuple[float, ...]) -> list[int]:
+    """For each index of the tallies' BOUNDS (and +Inf), the metric's bucket it falls in.
+
+    Every metric bound is one of BOUNDS, so a tallied bucket lies inside one of its own.
+    """
+    return [bisect_left(buckets, bound) for bound in BOUNDS] + [len(buckets)]
+
+
+_LATENCY_AT = _bucket_of_each_bound(tuple(map(float, LATENCY_BUCKETS)))
+_OVERHEAD_AT = _bucket_of_each_bound(tuple(map(float, OVERHEAD_BUCKETS)))
+
+
+def _observed(child: Any, histogram: Buckets, total: float, bucket_at: list[int]) -> None:
+    """Add tallied observations to a histogram's child, bucket by bucket."""
+    if isinstance(child, HistogramChild):
+        child.add(histogram, total, bucket_at)
+        return
+    # prometheus_client's (files, under --workers N) has no public way to add counts:
+    # its per-bucket values (not cumulative) and its sum are what observe() changes.
+    for at, count in histogram.items():
+        child._buckets[bucket_at[at]].inc(count)
+    child._sum.inc(total)
 
 
 def _local_histogram(
@@ -273,18 +304,17 @@ _IN_FLIGHT = (
 
 
 class _InFlight(Collector):
-    """Requests and streams in flight, per route.
+    """Requests and streams in flight, per route, as the tallies count them.
 
-    In one process these are plain counts, read at scrape time: a prometheus_client
-    gauge takes a lock on every change, twice per request. Under ``--workers N`` they
-    are real gauges in the shared directory, summed over the live processes.
+    In one process they are read at scrape time. Under ``--workers N`` they are real
+    gauges in the shared directory, set from the tallies on every change and summed over
+    the live processes.
     """
 
-    def __init__(self, registry: CollectorRegistry, multiprocess: bool) -> None:
-        self._counts: dict[tuple[str, bool], int] = {}
-        self._gauges: dict[tuple[str, bool], Any] | None = None
+    def __init__(self, registry: CollectorRegistry, tallies: Tallies, multiprocess: bool) -> None:
+        self._tallies = tallies
+        self._gauges: dict[tuple[str, bool], Any] = {}
         if multiprocess:
-            self._gauges = {}
             self._metrics = [
                 Gauge(name, text, ["route"], registry=registry, multiprocess_mode="livesum")
                 for name, text in _IN_FLIGHT
@@ -292,20 +322,18 @@ class _InFlight(Collector):
         else:
             registry.register(self)
 
-    def change(self, route: str, stream: bool, by: int) -> None:
-        key = (route, stream)
-        if self._gauges is None:
-            self._counts[key] = self._counts.get(key, 0) + by
-            return
-        gauge = self._gauges.get(key)
-        if gauge is None:
-            gauge = self._gauges[key] = self._metrics[stream].labels(route)
-        gauge.inc(by)
+    def publish(self) -> None:
+        for key, count in self._tallies.in_flight.items():
+            gauge = self._gauges.get(key)
+            if gauge is None:
+                route, stream = key
+                gauge = self._gauges[key] = self._metrics[stream].labels(route)
+            gauge.set(count)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         for stream, (name, text) in enumerate(_IN_FLIGHT):
             family = GaugeMetricFamily(name, text, labels=["route"])
-            for (route, of_stream), count in sorted(self._counts.items()):
+            for (route, of_stream), count in sorted(self._tallies.in_flight.items()):
                 if of_stream == bool(stream):
                     family.add_metric([route], count)
             yield family

@@ -1,27 +1,29 @@
-"""One request's accounting, from its start to its ``RequestFinished`` event.
+"""One request's accounting, from its arrival to its count in the tallies.
 
 The HTTP layer opens a ``RequestTrace`` when a request arrives and tells it what
 happened (answered, failed, streamed); the trace works out usage, cost, overhead and
-the stream's outcome and emits the events, so no endpoint does accounting itself. Like
-httpcore's ``Trace``: the core reports, subscribers decide what becomes a signal.
+the stream's outcome, so no endpoint does accounting itself. Like httpcore's ``Trace``:
+the core reports, and what becomes a signal is decided elsewhere.
 
-Every trace emits ``InFlight`` when it opens (and when its stream starts) and exactly
-one ``RequestFinished`` when it closes, whatever path the request took, including a
-client that left early or a bug: the in-flight gauges always return to zero.
+Every trace counts its request in flight when it opens (and its stream when that
+starts), and counts it finished exactly once in the ``Tallies`` when it closes, whatever
+path the request took, including a client that left early or a bug: the in-flight
+gauges always return to zero. A ``RequestFinished`` event is built only when a
+subscriber listens for one (the request log at INFO, tracing).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from runestone.aliases import AliasTable, Target
 from runestone.errors import GatewayError
 from runestone.pricing import packaged_prices
 from runestone.telemetry import usage
-from runestone.telemetry.events import InFlight, Outcome, RequestFinished
+from runestone.telemetry.events import Outcome, RequestFinished
 from runestone.telemetry.hub import Telemetry
+from runestone.telemetry.tallies import FAILED_OUTCOMES, Failure
 
 
 @dataclass(slots=True)  # built per request: see Call
@@ -31,17 +33,6 @@ class Answer:
     overhead_ms: float
     upstream_ms: float
     cost: float | None
-
-
-_STARTS: dict[tuple[str, bool], InFlight] = {}
-
-
-def _started(route: str, stream: bool) -> InFlight:
-    # Events are immutable, and these few recur on every request: build each once.
-    event = _STARTS.get((route, stream))
-    if event is None:
-        event = _STARTS[(route, stream)] = InFlight(route=route, stream=stream)
-    return event
 
 
 class RequestTrace:
@@ -84,7 +75,7 @@ class RequestTrace:
         self._table = table
         self._relayed = False
         self._finished = False  # one RequestFinished per request, whatever happens
-        telemetry.emit(_started(route, False))
+        telemetry.tallies.started(route, False)
 
     def close(self, error: BaseException | None = None) -> None:
         """The request is over; if nothing was reported, report how it ended.
@@ -160,7 +151,7 @@ class RequestTrace:
     def stream_started(self) -> float:
         """The 200 of a stream is going out; return the seconds it took to get here."""
         self._relayed = True
-        self.telemetry.emit(_started(self.route, True))
+        self.telemetry.tallies.started(self.route, True)
         return time.perf_counter() - self.started
 
     def stream_ended(
@@ -211,19 +202,79 @@ class RequestTrace:
             rescued_from=str(rescued_from) if rescued_from is not None else None,
         )
 
-    def _finish(self, **fields: Any) -> None:
+    def _finish(
+        self,
+        *,
+        provider: str,
+        model: str,
+        status: int,
+        duration: float,
+        outcome: Outcome,
+        code: str = "",
+        stream: bool = False,
+        attempts: int = 1,
+        upstream: float = 0.0,
+        ttft: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost: float | None = None,
+        rescued_from: str | None = None,
+    ) -> None:
         self._finished = True
-        event = RequestFinished(
-            request_id=self.request_id,
-            route=self.route,
-            alias=self._alias(),
-            relayed=self._relayed,
-            started_ns=self.started_ns,
-            traceparent=self.traceparent,
-            key=self.key,
-            **fields,
+        alias = self._alias()
+        telemetry = self.telemetry
+        tallies = telemetry.tallies
+        now = tallies.finished(
+            (self.route, alias, provider, model, status, code, self.key, stream, outcome),
+            self._relayed,
+            duration,
+            max(duration - upstream, 0.0),
+            ttft,
+            input_tokens,
+            output_tokens,
+            cost,
+            attempts,
         )
+        if status >= 400 or outcome in FAILED_OUTCOMES:
+            tallies.failures.append(
+                Failure(
+                    now,
+                    self.request_id,
+                    self.route,
+                    alias,
+                    f"{provider}:{model}",
+                    status,
+                    code or "error",
+                    attempts,
+                    self.key,
+                )
+            )
         if self.key != "-":
-            target = f"{event.provider}:{event.model}" if event.provider != "-" else self.model
-            self.spent = (target, event.cost, event.input_tokens, event.output_tokens)
-        self.telemetry.emit(event)
+            target = f"{provider}:{model}" if provider != "-" else self.model
+            self.spent = (target, cost, input_tokens, output_tokens)
+        if telemetry.listening(RequestFinished):
+            telemetry.emit(
+                RequestFinished(
+                    request_id=self.request_id,
+                    route=self.route,
+                    alias=alias,
+                    provider=provider,
+                    model=model,
+                    status=status,
+                    duration=duration,
+                    outcome=outcome,
+                    code=code,
+                    stream=stream,
+                    relayed=self._relayed,
+                    attempts=attempts,
+                    upstream=upstream,
+                    ttft=ttft,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cost=cost,
+                    started_ns=self.started_ns,
+                    traceparent=self.traceparent,
+                    rescued_from=rescued_from,
+                    key=self.key,
+                )
+            )

@@ -203,6 +203,37 @@ def test_split_events_arrive_whole_end_to_end(gateway: Gateway, fake: FakeProvid
         assert piece.endswith(b"\n\n"), "every relayed piece ends on an event boundary"
 
 
+def test_a_whole_answer_in_one_write_reaches_the_client_without_its_usage_chunk(
+    gateway: Gateway, fake: FakeProvider
+) -> None:
+    # Relayed in one piece (no generator): still without the usage chunk the client did
+    # not ask for, still counted, and the upstream connection still goes back to the pool.
+    from tests.test_telemetry import scrape, value
+
+    events = [chunk("m", {"content": f"w{i}"}) for i in range(40)] + EVENTS[3:]
+    usage_event = events[-2]
+    assert b'"usage"' in usage_event
+
+    async def at_once(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, [b"".join(events)])
+
+    fake.on("gpt-4", at_once)
+    before = value(scrape(gateway.url), "runestone_tokens_total", direction="output")
+    for _ in range(3):
+        with httpx.stream(
+            "POST",
+            f"{gateway.base_url}/chat/completions",
+            json={"model": "smart", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        ) as response:
+            received = b"".join(response.iter_raw())
+        assert received == b"".join(events).replace(usage_event, b"")
+    metrics = scrape(gateway.url)
+    assert value(metrics, "runestone_tokens_total", direction="output") == before + 3 * 2
+    assert value(metrics, "runestone_stream_outcomes_total", outcome="complete") >= 3
+    streams = [seen for seen in fake.seen if seen.body.get("stream")]
+    assert len({seen.peer for seen in streams}) == 1  # read to its end: the connection reused
+
+
 def test_upstream_refusal_before_the_stream_is_a_normal_http_error(
     gateway: Gateway, fake: FakeProvider
 ) -> None:

@@ -187,10 +187,15 @@ async def relay_to_client(
     if headers:
         start += headers
     await send({"type": "http.response.start", "status": 200, "headers": start})
-    events = routed.events()
+    # A whole answer is one piece: no generator to start (each one started is registered
+    # with the event loop, and unregistered when collected).
+    events = None if whole else routed.events()
     try:
-        if whole:
-            await _pump(events, state, send)
+        if events is None:
+            answer = routed.whole_answer()
+            if not state.client_gone:
+                await send({"type": "http.response.body", "body": answer, "more_body": True})
+                state.sent += 1
         else:
             # Relayed by a task of its own: each upstream read then resumes only the
             # relay's few frames, not the request's whole stack (server, middleware,
@@ -201,7 +206,8 @@ async def relay_to_client(
         raise
     finally:
         watch.stop()
-        await events.aclose()
+        if events is not None:
+            await events.aclose()
         on_end(state)
     if state.left():
         routed.cancel()

@@ -203,6 +203,15 @@ class RoutedStream:
             return self._relay_with_rescue(leg, first)
         return relay_stream(leg.chunks, leg.scanner, self.request_id, first, pace=self._pace())
 
+    def whole_answer(self) -> bytes:
+        """The answer that came whole with its first content (``summary.done``): what
+        ``events`` would yield, in one piece."""
+        if self._state is not StreamState.STREAMING or not self.summary.done:
+            raise IllegalTransition(f"{self!r} has no whole answer")
+        leg = self._accepted()
+        answer, leg.primed = leg.primed, b""
+        return answer
+
     def _watch_silence(self, leg: Leg) -> None:
         """Bound the upstream's silence with one timer per stream, not one per read: an
         upstream stream that can drop its transport's read timer (re-armed on every read)

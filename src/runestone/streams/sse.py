@@ -40,6 +40,8 @@ class StreamSummary:
 def _last_boundary(data: bytes) -> int:
     """Index just past the last complete event in ``data``, or 0 when there is none."""
     lf = data.rfind(b"\n\n")
+    if b"\r" not in data:  # memchr: far cheaper than a search for CRLF CRLF that misses
+        return lf + 2 if lf >= 0 else 0
     crlf = data.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +58,7 @@ class Counts:
         "overhead",
         "overhead_sum",
         "priced",
+        "relayed",
         "requests",
         "ttft",
         "ttft_sum",
@@ -65,11 +66,12 @@ class Counts:
 
     def __init__(self) -> None:
         self.requests = 0
-        self.duration: Histogram = {}
+        self.relayed = 0  # requests whose stream's 200 went out
+        self.duration: Histogram = defaultdict(int)
         self.duration_sum = 0.0
-        self.overhead: Histogram = {}
+        self.overhead: Histogram = defaultdict(int)
         self.overhead_sum = 0.0
-        self.ttft: Histogram = {}
+        self.ttft: Histogram = defaultdict(int)
         self.ttft_sum = 0.0
         self.extra_attempts = 0
         self.input_tokens = 0
@@ -99,16 +101,34 @@ class Tallies:
         self.readers: list[Reader] = []
         #: Hand every change to the readers at once (metrics shared between processes).
         self.eager = False
-        #: Requests (stream False) and relayed streams (True) in flight, per route.
-        self.in_flight: dict[tuple[str, bool], int] = {}
+        # Started per (route, relayed stream); finished, of what was handed on.
+        self._started: dict[tuple[str, bool], int] = {}
+        self._ended: dict[tuple[str, bool], int] = {}
         self.failures: deque[Failure] = deque(maxlen=FAILURES_KEPT)
         self._counts: dict[Kind, Counts] = {}
         self._slot = int(clock()) // SLOT_SECONDS
         self._slot_ends = (self._slot + 1) * SLOT_SECONDS
 
+    @property
+    def in_flight(self) -> dict[tuple[str, bool], int]:
+        """Requests (False) and relayed streams (True) in flight, per route."""
+        now = self._started.copy()
+        for finished in (self._ended, self._pending_ends()):
+            for key, count in finished.items():
+                now[key] = now.get(key, 0) - count
+        return now
+
+    def _pending_ends(self) -> dict[tuple[str, bool], int]:
+        ends: dict[tuple[str, bool], int] = defaultdict(int)
+        for kind, counts in self._counts.items():
+            ends[(kind[0], False)] += counts.requests
+            if counts.relayed:
+                ends[(kind[0], True)] += counts.relayed
+        return ends
+
     def started(self, route: str, stream: bool) -> None:
         key = (route, stream)
-        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        self._started[key] = self._started.get(key, 0) + 1
         if self.eager:
             self.drain()
 
@@ -128,28 +148,17 @@ class Tallies:
         now = self.clock()
         if now >= self._slot_ends:
             self._next_slot(now)
-        in_flight = self.in_flight
-        key = (kind[0], False)
-        in_flight[key] = in_flight.get(key, 0) - 1
-        if relayed:
-            key = (kind[0], True)
-            in_flight[key] = in_flight.get(key, 0) - 1
         counts = self._counts.get(kind)
         if counts is None:
             counts = self._counts[kind] = Counts()
         counts.requests += 1
-        histogram = counts.duration
-        at = bisect_left(BOUNDS, duration)
-        histogram[at] = histogram.get(at, 0) + 1
+        counts.relayed += relayed
+        counts.duration[bisect_left(BOUNDS, duration)] += 1
         counts.duration_sum += duration
-        histogram = counts.overhead
-        at = bisect_left(BOUNDS, overhead)
-        histogram[at] = histogram.get(at, 0) + 1
+        counts.overhead[bisect_left(BOUNDS, overhead)] += 1
         counts.overhead_sum += overhead
         if ttft is not None:
-            histogram = counts.ttft
-            at = bisect_left(BOUNDS, ttft)
-            histogram[at] = histogram.get(at, 0) + 1
+            counts.ttft[bisect_left(BOUNDS, ttft)] += 1
             counts.ttft_sum += ttft
         if attempts > 1:
             counts.extra_attempts += attempts - 1
@@ -164,6 +173,8 @@ class Tallies:
 
     def drain(self) -> None:
         """Hand what was counted since the last drain to the readers; start afresh."""
+        for key, count in self._pending_ends().items():
+            self._ended[key] = self._ended.get(key, 0) + count
         counts, self._counts = self._counts, {}
         for reader in self.readers:
             reader(self._slot, counts)

@@ -38,6 +38,9 @@ class ProxyEndpoint:
         self.gateway = gateway
         self._max_body = gateway.settings.max_body_bytes
         self._heartbeat = gateway.settings.heartbeat_seconds
+        # The request headers read here: most of a client's (an SDK sends a dozen and
+        # more) are passed over with one test each.
+        self._read = protocol.forward_headers | {b"content-length", b"user-agent", b"traceparent"}
 
     def __repr__(self) -> str:
         return f"<ProxyEndpoint {self.protocol.operation}>"
@@ -107,10 +110,12 @@ class ProxyEndpoint:
         its query string, and its user-agent with Runestone's product token appended, so
         that a provider's logs still say which application called.
         """
-        wanted = self.protocol.forward_headers
+        read = self._read
         declared = traceparent = None
         headers = {"user-agent": _PRODUCT_AGENT}
         for name, value in scope["headers"]:
+            if name not in read:
+                continue
             if name == b"content-length":
                 with contextlib.suppress(ValueError):
                     declared = int(value)
@@ -118,7 +123,7 @@ class ProxyEndpoint:
                 headers["user-agent"] = value.decode("latin-1") + _PRODUCT
             elif name == b"traceparent":
                 traceparent = value.decode("latin-1")
-            elif name in wanted:
+            else:
                 headers[name.decode()] = value.decode("latin-1")
         query: bytes = scope.get("query_string", b"")
         return declared, Forwarded(headers, query.decode("latin-1")), traceparent
@@ -135,16 +140,14 @@ class ProxyEndpoint:
             upstream=routed.upstream,
             body=reply.body,
         )
+        overhead, upstream = b"%.3f" % answer.overhead_ms, answer.upstream_ms
         headers = [
             (b"content-type", reply.content_type),
             (b"x-request-id", request_id.encode()),
             (b"x-runestone-target", header_value(str(routed.target))),
             (b"x-runestone-attempts", str(routed.attempts).encode()),
-            (b"x-runestone-overhead-ms", b"%.3f" % answer.overhead_ms),
-            (
-                b"server-timing",
-                b"gateway;dur=%.3f, upstream;dur=%.3f" % (answer.overhead_ms, answer.upstream_ms),
-            ),
+            (b"x-runestone-overhead-ms", overhead),
+            (b"server-timing", b"gateway;dur=%s, upstream;dur=%.3f" % (overhead, upstream)),
         ]
         if answer.cost is not None:
             headers.append((b"x-runestone-cost-usd", b"%.8f" % answer.cost))

@@ -36,8 +36,12 @@ def scrape(
     headers = {"authorization": f"Bearer {token}"} if token else {}
     response = httpx.get(f"{url}/metrics", headers=headers)
     assert response.status_code == 200, response.text
+    return samples_of(response.text)
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -339,3 +343,21 @@ def test_usage_is_read_from_the_end_of_a_whole_answer() -> None:
     assert from_body(b'{"usage":null}') == (None, None)
     assert from_body(b'{"usage":{"prompt_tokens":1') == (None, None)  # cut short
     assert from_body(b'{"usage":{"prompt_tokens":"many"}}') == (None, None)
+
+
+def test_model_labels_stay_bounded_whatever_models_clients_name() -> None:
+    from runestone.telemetry.prometheus import MAX_MODELS, PrometheusMetrics
+    from runestone.telemetry.tallies import Tallies
+
+    tallies = Tallies()
+    metrics = PrometheusMetrics(tallies)
+    for n in range(MAX_MODELS + 50):  # provider:model names a client made up
+        tallies.started("chat", False)
+        kind = ("chat", "-", "openai", f"made-up-{n}", 404, "model_not_found", "-", False, "error")
+        tallies.finished(kind, False, 0.01, 0.001, None, None, None, None, 1)
+    samples = samples_of(metrics.render().decode())
+    requests = [dict(labels) for name, labels in samples if name == "runestone_requests_total"]
+    models = {labels["model"] for labels in requests}
+    assert len(models) == MAX_MODELS + 1 and "other" in models
+    assert value(samples, "runestone_requests_total", model="other") == 50
+    assert len(metrics._series) == MAX_MODELS + 1

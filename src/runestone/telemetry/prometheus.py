@@ -134,7 +134,7 @@ class PrometheusMetrics:
         # labels() costs microseconds (a lock, tuple checks); a child per label set is
         # looked up once and kept.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # What a kind of request updates: looked up once per kind, not once per metric.
+        # What a kind of request (its labels) updates: one lookup, not one per metric.
         self._series: dict[Kind, _Series] = {}
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
@@ -182,16 +182,17 @@ class PrometheusMetrics:
 
     def _take(self, slot: int, batch: dict[Kind, Counts]) -> None:
         for kind, counts in batch.items():
-            series = self._series.get(kind)
+            # Keyed by its labels, the model bounded: a client's model names are not.
+            labels = (*kind[:3], self._model(kind[3]), *kind[4:])
+            series = self._series.get(labels)
             if series is None:
-                series = self._series[kind] = self._new_series(kind)
+                series = self._series[labels] = self._new_series(labels)
             series.add(counts, self)
         if self.multiprocess:
             self.in_flight.publish()
 
     def _new_series(self, kind: Kind) -> _Series:
         route, alias, provider, model, status, code, key, stream, outcome = kind
-        model = self._model(model)
         child = self.child
         return _Series(
             (route, alias, provider, model, key),

@@ -296,11 +296,13 @@ def test_tallied_times_are_exported_as_prometheus_client_would_observe_them() ->
     """Times counted in the tallies' buckets, added to a histogram of ours (one process)
     and to prometheus_client's own (the one shared through files), expose exactly what
     observing each time would."""
+    from bisect import bisect_left
+
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
     from runestone.telemetry._local_metrics import LocalCounter, LocalHistogram
     from runestone.telemetry.prometheus import _LATENCY_AT, _observed
-    from runestone.telemetry.tallies import LATENCY_BUCKETS, bucket
+    from runestone.telemetry.tallies import BOUNDS, LATENCY_BUCKETS
 
     ours, theirs, observed = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     local_h = LocalHistogram("h_seconds", "h", ["route"], ours, LATENCY_BUCKETS)
@@ -312,7 +314,8 @@ def test_tallied_times_are_exported_as_prometheus_client_would_observe_them() ->
     times = (0.0001, 0.003, 0.005, 0.0051, 0.3, 1.0, 7.0, 300.0, 301.0, 5000.0)  # "le" is <=
     tallied: dict[int, int] = {}
     for seconds in times:
-        tallied[bucket(seconds)] = tallied.get(bucket(seconds), 0) + 1
+        at = bisect_left(BOUNDS, seconds)
+        tallied[at] = tallied.get(at, 0) + 1
         real_h.labels("chat").observe(seconds)
         real_c.labels("chat").inc(seconds)
     _observed(local_h.labels("chat"), tallied, sum(times), _LATENCY_AT)

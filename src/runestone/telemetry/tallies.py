@@ -41,10 +41,6 @@ Reader = Callable[[int, "dict[Kind, Counts]"], None]
 FAILED_OUTCOMES = ("error", "truncated", "upstream_error")
 
 
-def bucket(seconds: float) -> int:
-    return bisect_left(BOUNDS, seconds)
-
-
 class Counts:
     """The requests of one kind: how many, their times in buckets, tokens and cost."""
 
@@ -96,6 +92,12 @@ class Failure:
 
 
 class Tallies:
+    """What was counted since the last ``drain``, per kind, in ten-second slots.
+
+    Readers (``readers``) are handed each slot's counts when it ends, and whatever was
+    counted so far when one of them reads (``catch_up``, ``drain``).
+    """
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.readers: list[Reader] = []

@@ -74,7 +74,7 @@ class RequestTrace:
         self.started_ns = time.time_ns()
         self._table = table
         self._relayed = False
-        self._finished = False  # one RequestFinished per request, whatever happens
+        self._finished = False  # counted once per request, whatever happens
         telemetry.tallies.started(route, False)
 
     def close(self, error: BaseException | None = None) -> None:

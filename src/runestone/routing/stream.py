@@ -169,8 +169,8 @@ class RoutedStream:
         self.remaining = done.remaining
         self.upstream = time.perf_counter() - started
         self._move(StreamState.STREAMING)
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(self.deadline.at, self._expire)
+        if not self._leg.scanner.summary.done:  # a whole answer leaves nothing to cut
+            self._expiry = asyncio.get_running_loop().call_at(self.deadline.at, self._expire)
 
     async def _open_leg(self, candidate: Candidate, call: Call | None = None) -> Leg:
         call = candidate.call if call is None else call

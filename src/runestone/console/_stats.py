@@ -18,13 +18,13 @@ from typing import Any
 
 from runestone.telemetry.tallies import (
     BOUNDS,
-    FAILED_OUTCOMES,
     SLOT_SECONDS,
     Counts,
     Failure,
     Histogram,
     Kind,
     Tallies,
+    is_failure,
 )
 
 __all__ = ["BOUNDS", "SLOT_SECONDS", "WINDOWS", "ConsoleStats", "Failure", "percentile"]
@@ -186,7 +186,7 @@ class ConsoleStats:
             if counts.priced:
                 numbers = [counts.input_tokens, counts.output_tokens, counts.cost, counts.priced]
                 _add_row(tally.models, target, numbers, 1, requests_at=3)
-            if status >= 400 or outcome in FAILED_OUTCOMES:
+            if is_failure(status, outcome):
                 tally.errors += n
                 series.errors += n
                 row[1] += n

@@ -38,7 +38,12 @@ Kind = tuple[str, str, str, str, int, str, str, bool, str]
 #: Called with the slot the requests finished in and their counts per kind.
 Reader = Callable[[int, "dict[Kind, Counts]"], None]
 
-FAILED_OUTCOMES = ("error", "truncated", "upstream_error")
+_FAILED_OUTCOMES = ("error", "truncated", "upstream_error")
+
+
+def is_failure(status: int, outcome: str) -> bool:
+    """Whether a request counts as failed: an error status, or a stream that broke."""
+    return status >= 400 or outcome in _FAILED_OUTCOMES
 
 
 class Counts:

@@ -23,7 +23,7 @@ from runestone.pricing import packaged_prices
 from runestone.telemetry import usage
 from runestone.telemetry.events import Outcome, RequestFinished
 from runestone.telemetry.hub import Telemetry
-from runestone.telemetry.tallies import FAILED_OUTCOMES, Failure
+from runestone.telemetry.tallies import Failure, is_failure
 
 
 @dataclass(slots=True)  # built per request: see Call
@@ -235,7 +235,7 @@ class RequestTrace:
             cost,
             attempts,
         )
-        if status >= 400 or outcome in FAILED_OUTCOMES:
+        if is_failure(status, outcome):
             tallies.failures.append(
                 Failure(
                     now,

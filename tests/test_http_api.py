@@ -11,6 +11,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+import runestone.routing.router
 from tests.conftest import TEST_ALIASES, MakeGateway
 from tests.servers import (
     FakeProvider,
@@ -318,6 +319,38 @@ def test_custom_provider_from_the_file_with_hot_reload(
     assert seen.headers["Authorization"] == "Bearer k-123"
     assert seen.headers["X-Title"] == "runestone-tests"
     assert seen.body["model"] == "tiny-1"
+
+
+def test_routes_are_worked_out_once_per_table(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model name is resolved once per alias table: after a reload it goes where the
+    new table says; names a client makes up do not grow the kept routes without end; a
+    target that cannot be called fails alike every time (its error is not kept)."""
+    monkeypatch.setattr(runestone.routing.router, "_ROUTES_KEPT", 4)
+    gateway = make_gateway()
+    routes = gateway.app.router._routes  # type: ignore[union-attr]
+    assert chat(gateway, {**HELLO, "model": "fast"}).headers["x-runestone-target"] == (
+        "groq:llama3-8b-8192"
+    )
+    path = Path(gateway.app.aliases.path)
+    path.write_text(TEST_ALIASES.replace("groq:llama3-8b-8192", "openai:gpt-4o-mini"))
+    deadline = time.monotonic() + 3
+    while str(gateway.app.aliases.get("fast").targets[0]) != "openai:gpt-4o-mini":  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the alias file was not reloaded"
+        time.sleep(0.02)
+    assert chat(gateway, {**HELLO, "model": "fast"}).headers["x-runestone-target"] == (
+        "openai:gpt-4o-mini"
+    )
+    for i in range(10):
+        answered = chat(gateway, {**HELLO, "model": f"openai:made-up-{i}"})
+        assert answered.headers["x-runestone-target"] == f"openai:made-up-{i}"
+    assert len(gateway.app.router._routes) == 4  # type: ignore[union-attr]
+    assert routes is not gateway.app.router._routes  # type: ignore[union-attr]
+    unconfigured = [chat(gateway, {**HELLO, "model": "mistral:small"}) for _ in range(2)]
+    assert [r.status_code for r in unconfigured] == [500, 500]
+    first, second = (error_of(r) for r in unconfigured)
+    assert first == second and first["code"] == "provider_not_configured"
 
 
 # --- models and health -----------------------------------------------------------------------

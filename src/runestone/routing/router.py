@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from runestone.aliases import AliasStore, AliasTable, Policy, Target
 from runestone.errors import GatewayError, error_for
@@ -23,6 +24,7 @@ from runestone.providers import (
     Adapter,
     AdapterContext,
     Call,
+    Endpoint,
     Forwarded,
     Operation,
     ProviderRegistry,
@@ -38,6 +40,27 @@ from runestone.routing.resolve import resolve, unusable
 from runestone.routing.stream import RoutedStream
 from runestone.streams.sse import MAX_EVENT_BYTES
 from runestone.telemetry import Telemetry
+
+#: Model names whose routes a table keeps: clients naming ``provider:model`` strings of
+#: their own make names without end.
+_ROUTES_KEPT = 1024
+
+
+class _Destination(NamedTuple):
+    """A usable target, its endpoint, and the key of its circuit breaker."""
+
+    target: Target
+    endpoint: Endpoint
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a model name resolves to under one alias table."""
+
+    policy: Policy
+    targets: tuple[_Destination, ...]
+    fallback: tuple[_Destination, ...]
 
 
 @dataclass(slots=True)
@@ -74,6 +97,8 @@ class Router:
         self._environ = dict(os.environ if environ is None else environ)
         self._base_registry = default_registry(self._environ)
         self._registry_for: tuple[AliasTable, ProviderRegistry] | None = None
+        self._routes: dict[str, _Route] = {}
+        self._routes_for: AliasTable | None = None
         self._adapters: dict[tuple[Operation, str], Adapter] = {
             pair: factory(context) for pair, factory in registered_adapters().items()
         }
@@ -101,59 +126,81 @@ class Router:
         """The usable targets for this request, each with its breaker, the policy, and the
         targets for a prompt too long for them (the alias's ``context_fallback``)."""
         table = self.aliases.table  # read once: the whole request uses this snapshot
-        registry = self.registry(table)
+        if self._routes_for is not table:
+            self._routes, self._routes_for = {}, table
         model = str(body["model"])
-        alias = table.match(model)
-        policy = alias.policy if alias is not None else table.defaults
-        targets = alias.targets if alias is not None else resolve(model, table)
+        route = self._routes.get(model)
+        if route is None:
+            route = self._route(model, table)
+        policy = route.policy
         read_timeout = policy.idle_timeout if streaming else None
         wants_usage = streaming and protocol.add_stream_usage(body)
-        errors: list[GatewayError] = []
-        context = (registry, body, request_id, protocol, forward, read_timeout, wants_usage)
-        candidates = self._candidates(targets, context, errors)
-        if not candidates:
-            raise errors[0]
-        fallback: list[Candidate] = []
-        if alias is not None and alias.context_fallback:
-            fallback = self._candidates(alias.context_fallback, context, errors)
+        context = (body, request_id, protocol.operation, forward, read_timeout, wants_usage)
+        candidates = self._candidates(route.targets, context)
+        fallback = self._candidates(route.fallback, context) if route.fallback else []
         return candidates, policy, fallback
 
-    def _candidates(
-        self,
-        targets: tuple[Target, ...],
-        context: tuple[
-            ProviderRegistry,
-            dict[str, object],
-            str,
-            ClientProtocol,
-            Forwarded,
-            float | None,
-            bool,
-        ],
-        errors: list[GatewayError],
-    ) -> list[Candidate]:
-        """The targets ready to try; why the others cannot be, appended to ``errors``."""
-        registry, body, request_id, protocol, forward, read_timeout, wants_usage = context
+    def _route(self, model: str, table: AliasTable) -> _Route:
+        """What ``model`` resolves to under ``table``: targets with their endpoints.
+
+        Kept for the table's lifetime when every target is usable (a reload starts a new
+        table, so a new cache); a name with an unusable target is worked out per
+        request, so that its error is a fresh one each time.
+        """
+        registry = self.registry(table)
+        alias = table.match(model)
+        targets = alias.targets if alias is not None else resolve(model, table)
+        fallback = alias.context_fallback if alias is not None else ()
+        errors: list[GatewayError] = []
+        usable = self._usable(targets, registry, errors)
+        if not usable:
+            raise errors[0]
+        route = _Route(
+            alias.policy if alias is not None else table.defaults,
+            usable,
+            self._usable(fallback, registry, errors),
+        )
+        if not errors and len(self._routes) < _ROUTES_KEPT:
+            self._routes[model] = route
+        return route
+
+    @staticmethod
+    def _usable(
+        targets: tuple[Target, ...], registry: ProviderRegistry, errors: list[GatewayError]
+    ) -> tuple[_Destination, ...]:
+        """The targets that can be called; why the others cannot, appended to ``errors``."""
         found = []
-        for target in targets:  # a plain loop: this runs for every request
+        for target in targets:
             endpoint = registry.endpoint(target.provider)
             error = unusable(target, endpoint, registry)
             if error is not None:
                 errors.append(error)
                 continue
             assert endpoint is not None
+            found.append(_Destination(target, endpoint, f"{target}@{endpoint.public_url}"))
+        return tuple(found)
+
+    def _candidates(
+        self,
+        destinations: tuple[_Destination, ...],
+        context: tuple[dict[str, object], str, Operation, Forwarded, float | None, bool],
+    ) -> list[Candidate]:
+        """This request's attempt at each destination, with the destination's breaker."""
+        body, request_id, operation, forward, read_timeout, wants_usage = context
+        breaker = self.breakers.get
+        found = []
+        for target, endpoint, key in destinations:  # a plain loop: this runs per request
             call = Call(
                 endpoint,
                 target.model,
                 body,
                 request_id,
-                protocol.operation,
+                operation,
                 forward,
                 read_timeout,
                 wants_usage and endpoint.spec.stream_usage,
             )
-            breaker = self.breakers.get(f"{target}@{endpoint.public_url}")
-            found.append(Candidate(target, call, breaker))
+            found.append(Candidate(target, call, breaker(key)))
         return found
 
     def _adapter(self, call: Call) -> Adapter:

@@ -9,14 +9,15 @@ answer, whole or streamed, back (``translate.responses_answer``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import orjson
 
 from runestone.providers.adapter import Adapter, Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import event_data, loads_object, one_event_each
+from runestone.providers.translated import Translate, TranslatedStream
+from runestone.streams.sse import loads_object
 from runestone.translate.responses_answer import ResponsesEvents, response_object
 from runestone.translate.responses_request import chat_request
 
@@ -45,39 +46,28 @@ class ResponsesAdapter:
         if self._native is not None and call.endpoint.spec.responses:
             return await self._native.open_stream(call)
         chat = await self._chat.open_stream(self._bridged(call, stream=True))
-        return BridgedStream(chat, ResponsesEvents({**call.body, "model": call.model}), call)
+        events = ResponsesEvents({**call.body, "model": call.model})
+        translate, at_end = _bridge(events, call.provider)
+        return TranslatedStream(chat, translate, call.provider, at_end)
 
 
-class BridgedStream:
-    """A chat-completions stream, read as Responses events."""
+def _bridge(events: ResponsesEvents, provider: str) -> tuple[Translate, Callable[[], bytes]]:
+    """Chat-completion events in, Responses events out; and the end of a chat stream that
+    completed (a finish reason came) without its ``[DONE]``."""
 
-    def __init__(self, chat: UpstreamStream, events: ResponsesEvents, call: Call) -> None:
-        self._chat = chat
-        self._events = events
-        self._provider = call.provider
+    def translate(kind: str | None, data: bytes) -> bytes:
+        if events.finished:  # nothing after the end is part of the answer
+            return b""
+        if data == b"[DONE]":
+            return events.end()
+        payload = loads_object(data)
+        if payload is None:
+            return b""
+        if payload.get("error"):
+            raise map_stream_error_event(provider, payload["error"])
+        return events.chunk(payload)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        translator = self._events
-        async for event in one_event_each(self._chat.chunks()):
-            data = event_data(event)
-            if data is None:
-                continue
-            if data.strip() == b"[DONE]":
-                yield translator.end()
-                return
-            payload = loads_object(data)
-            if payload is None:
-                continue
-            if payload.get("error"):
-                raise map_stream_error_event(self._provider, payload["error"])
-            out = translator.chunk(payload)
-            if out:
-                yield out
-        if translator.saw_finish:  # a complete chat stream that lacked its [DONE]
-            yield translator.end()
+    def at_end() -> bytes:
+        return events.end() if events.saw_finish and not events.finished else b""
 
-    def close(self) -> None:
-        self._chat.close()
-
-    async def finish(self) -> None:
-        await self._chat.finish()
+    return translate, at_end

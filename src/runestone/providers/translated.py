@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from runestone.errors import error_for
+from runestone.errors import GatewayError, error_for
 from runestone.providers.adapter import Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.openai_compat import SessionAdapter
@@ -152,17 +152,28 @@ class MessagesToOpenAIAdapter(_TranslatingAdapter):
 
 
 class TranslatedStream:
-    """An upstream SSE stream read event by event, as the client's protocol."""
+    """An upstream SSE stream read event by event, as the client's protocol.
 
-    __slots__ = ("_provider", "_translate", "_upstream")
+    Each read's complete events are translated together and go out as one piece. An
+    in-band error ends the stream after what the events before it produced; ``at_end``
+    may add the client's ending to an upstream that ended without its own.
+    """
 
-    def __init__(self, upstream: UpstreamStream, translate: Translate, provider: str) -> None:
+    __slots__ = ("_at_end", "_provider", "_translate", "_upstream")
+
+    def __init__(
+        self,
+        upstream: UpstreamStream,
+        translate: Translate,
+        provider: str,
+        at_end: Callable[[], bytes] | None = None,
+    ) -> None:
         self._upstream = upstream
         self._translate = translate
         self._provider = provider
+        self._at_end = at_end
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        translate = self._translate
         tail = b""
         async for piece in self._upstream.chunks():
             data = tail + piece if tail else piece
@@ -173,17 +184,35 @@ class TranslatedStream:
                 tail = data
                 continue
             tail = data[end + 2 :]
-            out = []
-            for event in data[:end].split(b"\n\n"):
+            out: list[bytes] = []
+            try:
+                self._translate_into(out, data[:end].split(b"\n\n"))
+            except GatewayError:
+                if out:
+                    yield b"".join(out)
+                raise
+            if out:
+                yield b"".join(out)
+        out = []
+        if tail.strip():  # a last event without its blank line is still an event
+            self._translate_into(out, [tail])
+        if self._at_end is not None:
+            out.append(self._at_end())
+        if any(out):
+            yield b"".join(out)
+
+    def _translate_into(self, out: list[bytes], events: list[bytes]) -> None:
+        translate = self._translate
+        try:  # one handler for the whole read: a context manager per event costs more
+            for event in events:
                 kind, payload = _parse(event)
                 if payload is None:
                     continue
-                with _upstream_shapes(self._provider):
-                    produced = translate(kind, payload)
+                produced = translate(kind, payload)
                 if produced:
                     out.append(produced)
-            if out:
-                yield b"".join(out)
+        except _SHAPE_ERRORS as exc:
+            raise _unreadable(self._provider, exc) from None
 
     def close(self) -> None:
         self._upstream.close()
@@ -227,8 +256,12 @@ def _upstream_shapes(provider: str) -> Iterator[None]:
     try:
         yield
     except _SHAPE_ERRORS as exc:
-        raise error_for(
-            "upstream_invalid_response",
-            f"{provider}'s answer could not be translated ({type(exc).__name__}: {exc})",
-            provider=provider,
-        ) from None
+        raise _unreadable(provider, exc) from None
+
+
+def _unreadable(provider: str, exc: Exception) -> GatewayError:
+    return error_for(
+        "upstream_invalid_response",
+        f"{provider}'s answer could not be translated ({type(exc).__name__}: {exc})",
+        provider=provider,
+    )

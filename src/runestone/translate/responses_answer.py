@@ -135,6 +135,12 @@ def response_object(request: Mapping[str, object], completion: Mapping[str, obje
     return response
 
 
+_DELTA_START = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"sequence_number":'
+)
+
+
 class ResponsesEvents:
     """Chat-completion chunks in, Responses events out (bytes of SSE)."""
 
@@ -149,6 +155,9 @@ class ResponsesEvents:
         self._output: list[dict[str, object]] = []
         self._finish_reason: object = None
         self._usage: object = None
+        self._pieces: list[str] = []  # the open message's text so far
+        self._arguments: dict[int, list[str]] = {}  # each open call's arguments so far
+        self._delta_between = b""
 
     @property
     def saw_finish(self) -> bool:
@@ -202,25 +211,28 @@ class ResponsesEvents:
                 )
             )
             self._text["_index"] = index
-            self._text["_text"] = ""
-        self._text["_text"] = str(self._text["_text"]) + text
+            self._pieces = []
+            # The delta event's bytes around its sequence number and text, made once per
+            # item: every event but the text's is a template (what _event would write).
+            fields = orjson.dumps({"item_id": self._text["id"], "output_index": index})
+            self._delta_between = b"," + fields[1:-1] + b',"content_index":0,"delta":'
+        self._pieces.append(text)
         out.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=self._text["id"],
-                output_index=self._text["_index"],
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
+            _DELTA_START
+            + str(self.sequence).encode()
+            + self._delta_between
+            + orjson.dumps(text)
+            + b',"logprobs":[]}\n\n'
         )
+        self.sequence += 1
         return out
 
     def _close_text(self) -> list[bytes]:
         item, self._text = self._text, None
         if item is None:
             return []
-        index, text = item.pop("_index"), str(item.pop("_text"))
+        index, text = item.pop("_index"), "".join(self._pieces)
+        self._pieces = []
         part = {"type": "output_text", "text": text, "annotations": []}
         item.update(status="completed", content=[part])
         common = {"item_id": item["id"], "output_index": index, "content_index": 0}
@@ -250,7 +262,7 @@ class ResponsesEvents:
             )
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            found["arguments"] = str(found["arguments"]) + arguments
+            self._arguments.setdefault(index, []).append(arguments)  # joined once, at the end
             out.append(
                 self._event(
                     "response.function_call_arguments.delta",
@@ -265,9 +277,10 @@ class ResponsesEvents:
         """The chat stream completed: close every item and complete the response."""
         out = [] if self.started else self._start()
         out.extend(self._close_text())
-        for found in self._calls.values():
+        for at, found in self._calls.items():
             index = found.pop("_index")
             found["status"] = "completed"
+            found["arguments"] = "".join(self._arguments.get(at, ()))
             common = {"item_id": found["id"], "output_index": index}
             out.append(
                 self._event(

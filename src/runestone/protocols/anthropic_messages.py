@@ -30,12 +30,12 @@ class AnthropicStreamScanner(StreamScanner):
     def _scan(self, complete: bytes) -> bytes:
         # Content deltas are most of a stream and carry none of these words as event types.
         for marker in _MARKERS:
-            if marker in complete:
+            if complete.rfind(marker) >= 0:  # a miss: rfind is cheaper than ``in``
                 return self._inspect(complete)
         return complete
 
     def _inspect(self, complete: bytes) -> bytes:
-        for start, end, payload in self._payloads(complete):
+        for start, end, payload in self._payloads(complete, _MARKERS):
             kind = payload.get("type")
             if kind == "error":
                 self.summary.error = map_stream_error_event(self.provider, payload.get("error"))

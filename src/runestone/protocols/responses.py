@@ -56,12 +56,12 @@ class ResponsesStreamScanner(StreamScanner):
     def _scan(self, complete: bytes) -> bytes:
         self._events += complete.count(b"\n\n")
         for marker in _MARKERS:
-            if marker in complete:
+            if complete.rfind(marker) >= 0:  # a miss: rfind is cheaper than ``in``
                 return self._inspect(complete)
         return complete
 
     def _inspect(self, complete: bytes) -> bytes:
-        for start, end, payload in self._payloads(complete):
+        for start, end, payload in self._payloads(complete, _MARKERS):
             kind = payload.get("type")
             if kind in ("response.completed", "response.incomplete"):
                 response = payload.get("response")

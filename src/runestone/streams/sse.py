@@ -185,14 +185,21 @@ class StreamScanner:
         raise NotImplementedError
 
     @staticmethod
-    def _payloads(complete: bytes) -> Iterator[tuple[int, int, dict[str, object]]]:
-        """(start, end, decoded data) of each complete event whose data is a JSON object."""
+    def _payloads(
+        complete: bytes, markers: tuple[bytes, ...]
+    ) -> Iterator[tuple[int, int, dict[str, object]]]:
+        """(start, end, decoded data) of each complete event that holds one of ``markers``
+        and whose data is a JSON object: a read that holds a whole answer decodes only the
+        few events that can matter, not every delta."""
         end = 0
         for event in split_events(complete):
             start, end = end, end + len(event)
-            payload = loads_object(event_data(event) or b"")
-            if payload is not None:
-                yield start, end, payload
+            for marker in markers:
+                if marker in event:
+                    payload = loads_object(event_data(event) or b"")
+                    if payload is not None:
+                        yield start, end, payload
+                    break
 
     def _completed_without_marker(self) -> bool:
         """Whether a stream that ended without its end marker is complete all the same

@@ -15,9 +15,10 @@ Scenarios:
 - ``stream_coalesced``: the same, the upstream writing every event at once (many events
   per read); ``stream_spaced``: a write every 2 ms, as a model produces tokens;
 - ``stream_tools``: a tool call whose arguments come in 50 pieces;
-- ``translated_*``: an OpenAI-format client on an Anthropic-format upstream, and an
-  Anthropic-format client (Claude Code) on an OpenAI-format one: Runestone only, next to
-  its own pass-through.
+- ``translated_*``: an OpenAI-format client on an Anthropic-format upstream, an
+  Anthropic-format client (Claude Code) on an OpenAI-format one, and a Responses client
+  (Codex, the Agents SDK) on a target that serves chat completions only (the bridge):
+  Runestone only, next to its own pass-through.
 
     python bench/cpu.py [--seconds 5] [--rounds 3] [--json out.json]
 """
@@ -38,12 +39,15 @@ from run import CHUNKS, TOKEN, bare_forwarder, stop, wait_port, wait_ready, wrk
 
 HERE = Path(__file__).resolve().parent
 ALIASES = """
+providers:
+  chatonly: {base_url: 'http://127.0.0.1:MOCK_PORT/v1', responses: bridge}
 aliases:
   bench: openai:bench-model
   bench-coalesced: openai:bench-coalesced
   bench-spaced: openai:bench-spaced
   bench-tools: openai:bench-tools
   bench-claude: anthropic:bench-model
+  bench-bridged: chatonly:bench-model
 """
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 
@@ -57,6 +61,14 @@ def _chat(model: str, stream: bool) -> str:
 
 def _messages(model: str, stream: bool) -> str:
     body: dict[str, object] = {"model": model, "max_tokens": 256, "messages": HELLO}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+def _responses(stream: bool) -> str:
+    """A Responses request to a target that serves chat completions only (the bridge)."""
+    body: dict[str, object] = {"model": "bench-bridged", "input": "Hello, how are you?"}
     if stream:
         body["stream"] = True
     return json.dumps(body)
@@ -88,6 +100,8 @@ SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
         False,
         True,
     ),
+    "translated_responses_to_chat": ("/v1/responses", _responses(False), False, False),
+    "translated_responses_to_chat_stream": ("/v1/responses", _responses(True), False, True),
 }
 
 
@@ -126,7 +140,7 @@ def main() -> int:
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     mock_port, gateway_port, bare_port = 9110, 9111, 9112
     workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-cpu-"))
-    (workdir / "aliases.yaml").write_text(ALIASES)
+    (workdir / "aliases.yaml").write_text(ALIASES.replace("MOCK_PORT", str(mock_port)))
     mock_base = f"http://127.0.0.1:{mock_port}"
     env = {
         **os.environ,

@@ -8,7 +8,8 @@ the mock upstream (bench/mock_upstream.py) and wrk share the other. CPU time is 
 
 Scenarios:
 
-- ``request``: a non-streamed chat completion;
+- ``request``: a non-streamed chat completion; ``request_long_context``: the same with
+  an agent's context of about 100 KB (forty turns), which the gateway reads and checks;
 - ``stream``: 50 chunks, the client not asking for usage: Runestone asks the upstream
   for the usage chunk (to count tokens and cost) and hides it from the client, as it does
   in production; the bare forwarder passes through what it gets;
@@ -59,6 +60,18 @@ def _chat(model: str, stream: bool) -> str:
     return json.dumps(body)
 
 
+def _long_chat() -> str:
+    """A chat completion with an agent's context: forty turns, about 100 KB of JSON."""
+    turn = "Here is what the tool returned, line by line, for the next step. " * 40
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"{i}: {turn}"}
+        for i in range(40)
+    ]
+    body = json.dumps({"model": "bench", "messages": messages})
+    assert "]]" not in body  # wrk's script holds the body in a Lua long string
+    return body
+
+
 def _messages(model: str, stream: bool) -> str:
     body: dict[str, object] = {"model": model, "max_tokens": 256, "messages": HELLO}
     if stream:
@@ -77,6 +90,7 @@ def _responses(stream: bool) -> str:
 #: name -> (path, body, also through the bare forwarder, units of CHUNKS chunks)
 SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
     "request": ("/v1/chat/completions", _chat("bench", False), True, False),
+    "request_long_context": ("/v1/chat/completions", _long_chat(), True, False),
     "stream": ("/v1/chat/completions", _chat("bench", True), True, True),
     "stream_coalesced": ("/v1/chat/completions", _chat("bench-coalesced", True), True, True),
     "stream_spaced": ("/v1/chat/completions", _chat("bench-spaced", True), True, True),

@@ -119,6 +119,25 @@ SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
 }
 
 
+def bench_env(mock_port: int, gateway_port: int) -> dict[str, str]:
+    """The environment of the gateway and the bare forwarder: the bench's aliases and
+    token, every upstream the mock on ``mock_port``."""
+    workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-"))
+    (workdir / "aliases.yaml").write_text(ALIASES.replace("MOCK_PORT", str(mock_port)))
+    mock_base = f"http://127.0.0.1:{mock_port}"
+    return {
+        **os.environ,
+        "RUNESTONE_ALIASES_PATH": str(workdir / "aliases.yaml"),
+        "RUNESTONE_SERVICE_TOKEN": TOKEN,
+        "RUNESTONE_PORT": str(gateway_port),
+        "OPENAI_BASE_URL": f"{mock_base}/v1",
+        "OPENAI_API_KEY": "sk-bench",
+        "ANTHROPIC_BASE_URL": mock_base,
+        "ANTHROPIC_API_KEY": "sk-ant-bench",
+        "BARE_UPSTREAM": f"{mock_base}/v1/chat/completions",
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -153,20 +172,7 @@ def main() -> int:
     args = parser.parse_args()
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     mock_port, gateway_port, bare_port = 9110, 9111, 9112
-    workdir = Path(tempfile.mkdtemp(prefix="runestone-bench-cpu-"))
-    (workdir / "aliases.yaml").write_text(ALIASES.replace("MOCK_PORT", str(mock_port)))
-    mock_base = f"http://127.0.0.1:{mock_port}"
-    env = {
-        **os.environ,
-        "RUNESTONE_ALIASES_PATH": str(workdir / "aliases.yaml"),
-        "RUNESTONE_SERVICE_TOKEN": TOKEN,
-        "RUNESTONE_PORT": str(gateway_port),
-        "OPENAI_BASE_URL": f"{mock_base}/v1",
-        "OPENAI_API_KEY": "sk-bench",
-        "ANTHROPIC_BASE_URL": mock_base,
-        "ANTHROPIC_API_KEY": "sk-ant-bench",
-        "BARE_UPSTREAM": f"{mock_base}/v1/chat/completions",
-    }
+    env = bench_env(mock_port, gateway_port)
     pin = ["taskset", "-c"]
     load, core = str(args.load_cpu), str(args.gateway_cpu)
     mock = subprocess.Popen(

@@ -65,7 +65,7 @@ class _Sweeper:
     def _sweep(self) -> None:
         now = self.loop.time()
         for protocol in list(self.watched):
-            deadline = protocol.deadline
+            deadline = protocol.deadline()
             if deadline is not None and now > deadline:
                 protocol.too_slow()
         self._handle = self.loop.call_later(_SWEEP_SECONDS, self._sweep) if self.watched else None
@@ -76,69 +76,84 @@ _SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = (
 )
 
 
+_IDLE, _HEADERS, _BODY = "idle", "headers", "body"
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header limits and read timeouts."""
+    """uvicorn's httptools protocol with header limits and read timeouts.
+
+    A request in progress notes only when its phase's clock started (``_since``): its
+    deadline is worked out by the sweep, four times a second, not on every read.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_bytes, self._max_headers, self._header_timeout, self._body_timeout = _limits()
-        self._phase = "idle"  # idle -> headers -> body -> idle
+        self._phase = _IDLE  # idle -> headers -> body -> idle
         self._header_bytes = 0
+        self._since = 0.0  # headers: their first byte; body: the last read
+        self._refused = False
         self._clock = self.loop.time
-        #: When the request in progress must have made progress by (loop time), or None.
-        self.deadline: float | None = None
         sweeper = _SWEEPERS.get(self.loop)
         if sweeper is None:
             sweeper = _SWEEPERS[self.loop] = _Sweeper(self.loop)
         sweeper.add(self)
 
+    def deadline(self) -> float | None:
+        """When the request in progress must have made progress by (loop time), or None."""
+        if self._phase is _HEADERS:
+            return self._since + self._header_timeout
+        if self._phase is _BODY:
+            return self._since + self._body_timeout
+        return None
+
     def too_slow(self) -> None:
-        self.deadline = None
+        phase, self._phase = self._phase, _IDLE
+        self._refused = True
         if not self.transport.is_closing():
-            if self._phase == "headers":
+            if phase is _HEADERS:
                 self.transport.write(_reply(b"408 Request Timeout", b"headers too slow"))
             self.transport.close()
 
     def _refuse(self, reason: bytes) -> None:
-        self.deadline = None
+        self._phase = _IDLE
+        self._refused = True
         if not self.transport.is_closing():
             self.transport.write(_reply(b"431 Request Header Fields Too Large", reason))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.deadline = None
+        self._phase = _IDLE
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            return  # refused already: nothing more is parsed or held
-        if self._phase == "idle":  # the first bytes of a request: headers must come in time
-            self._phase = "headers"
+        if self._refused:
+            return  # nothing more is parsed or held
+        phase = self._phase
+        if phase is _BODY:  # the body is still coming: its clock starts again
+            self._since = self._clock()
+        elif phase is _IDLE:  # the first bytes of a request: headers must come in time
+            self._phase = _HEADERS
             self._header_bytes = len(data)
-            self.deadline = self._clock() + self._header_timeout
-        elif self._phase == "headers":
+            self._since = self._clock()
+        else:
             # Counted as they arrive: the parser holds an unfinished header itself, so
             # waiting for its callbacks would let one huge header fill memory.
             self._header_bytes += len(data)
-        super().data_received(data)
-        if self._phase == "headers" and self._header_bytes > self._max_bytes:
+        HttpToolsProtocol.data_received(self, data)
+        if self._phase is _HEADERS and self._header_bytes > self._max_bytes:
             self._refuse(b"request headers too large")
 
     def on_headers_complete(self) -> None:
-        if self.transport.is_closing():
+        if self._refused:
             return
         if len(self.headers) > self._max_headers:  # their bytes were bounded already
             self._refuse(b"too many request headers")
             return
-        self._phase = "body"
-        self.deadline = self._clock() + self._body_timeout  # the body must keep coming
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self.deadline = self._clock() + self._body_timeout
-        super().on_body(body)
+        self._phase = _BODY
+        self._since = self._clock()  # the body must keep coming
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        self._phase = "idle"
-        self.deadline = None
-        super().on_message_complete()
+        self._phase = _IDLE
+        HttpToolsProtocol.on_message_complete(self)

@@ -212,8 +212,8 @@ class ResponsesEvents:
             )
             self._text["_index"] = index
             self._pieces = []
-            # The delta event's bytes around its sequence number and text, made once per
-            # item: every event but the text's is a template (what _event would write).
+            # Text deltas are most of a stream's events: each is written from these bytes,
+            # made once per item, around its sequence number and text (what _event writes).
             fields = orjson.dumps({"item_id": self._text["id"], "output_index": index})
             self._delta_between = b"," + fields[1:-1] + b',"content_index":0,"delta":'
         self._pieces.append(text)

@@ -183,3 +183,19 @@ def test_nothing_after_the_end_is_translated() -> None:
     events, _ = bridged([CHAT + chunk({"content": "late"})])
     assert events[-1]["type"] == "response.completed"
     assert all(e.get("delta") != "late" for e in events)
+
+
+def test_a_chunk_of_the_wrong_shape_is_the_upstreams_error() -> None:
+    first = chunk({"role": "assistant", "content": ""}) + chunk({"content": "Hal"})
+    events = ResponsesEvents({"model": "m", "input": "Hi"})
+    translate, at_end = _bridge(events, "chatonly")
+    odd = b'data: {"id":"c","choices":5}\n\n'
+    stream = TranslatedStream(Upstream([first, odd]), translate, "chatonly", at_end)
+
+    async def read() -> list[bytes]:
+        return [piece async for piece in stream.chunks()]
+
+    with pytest.raises(GatewayError) as caught:
+        asyncio.run(read())
+    assert caught.value.code == "upstream_invalid_response"
+    assert "chatonly's answer could not be translated" in caught.value.message

@@ -270,5 +270,5 @@ async def test_a_failing_store_never_leaves_a_request_waiting(tmp_path: Path) ->
     table = parse_alias_file(b"aliases:\n  echo: mock:echo\n", "x")
     key = KeySpec("k", "0" * 64, Limits(rpm=5))
     with pytest.raises(RuntimeError):
-        await asyncio.wait_for(access.admit(key, table, "echo", {}, 10, "r1"), 2)
+        await asyncio.wait_for(access.admit(key, table, "echo", {}, b"{}"), 2)
     await access.aclose()

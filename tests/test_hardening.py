@@ -529,7 +529,7 @@ def test_route_stream_yields_one_event_per_item(
             return [
                 event
                 async for event in runestone.route_stream(
-                    {"model": "words", "max_tokens": 30, "messages": HI}
+                    {"model": "words", "max_tokens": 30, "messages": HI}, raw=True
                 )
             ]
         finally:

@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import runestone
+from runestone.access import digest
 from runestone.config import Settings
 from runestone.http import create_app
 from tests.conftest import TEST_ALIASES, MakeGateway, provider_env
-from tests.servers import FakeProvider, ServerThread, free_socket
+from tests.servers import (
+    FakeProvider,
+    ServerThread,
+    free_socket,
+    send_stream,
+    stream_events,
+)
 
 HELLO = [{"role": "user", "content": "hello library"}]
 
@@ -56,6 +65,10 @@ async def collect(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([event async for event in stream])
 
 
+async def chunks(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [chunk async for chunk in stream]
+
+
 @pytest.mark.usefixtures("in_process")
 async def test_route_chat_in_process(fake: FakeProvider) -> None:
     answer = await runestone.route_chat({"model": "smart", "messages": HELLO})
@@ -65,9 +78,33 @@ async def test_route_chat_in_process(fake: FakeProvider) -> None:
 
 @pytest.mark.usefixtures("in_process")
 async def test_route_stream_in_process() -> None:
-    out = await collect(runestone.route_stream({"model": "echo", "messages": HELLO}))
+    out = await collect(runestone.route_stream({"model": "echo", "messages": HELLO}, raw=True))
     assert out.endswith(b"data: [DONE]\n\n")
     assert b'"content":" library"' in out
+    decoded = await chunks(runestone.route_stream({"model": "echo", "messages": HELLO}))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in decoded if c["choices"])
+    assert text == "hello library"
+
+
+@pytest.mark.usefixtures("in_process")
+async def test_route_stream_raises_when_the_stream_breaks(fake: FakeProvider) -> None:
+    async def cut(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        events = stream_events(body["model"], ["Hello", " there"])
+        return await send_stream(request, events[:3], then="drop")
+
+    fake.on("gpt-4", cut)
+    received: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async for chunk in runestone.route_stream({"model": "smart", "messages": HELLO}):
+            received.append(chunk)
+
+    with pytest.raises(runestone.UpstreamError) as caught:
+        await read()
+    assert caught.value.code == "upstream_stream_interrupted"
+    assert [c["choices"][0]["delta"].get("content") for c in received] == ["", "Hello", " there"]
+    with pytest.raises(runestone.UpstreamError):
+        await collect(runestone.route_stream({"model": "smart", "messages": HELLO}, raw=True))
 
 
 @pytest.mark.usefixtures("in_process")
@@ -103,7 +140,7 @@ async def test_gateway_mode_chat_goes_to_the_central_gateway(fake: FakeProvider)
 
 @pytest.mark.usefixtures("remote_mode")
 async def test_gateway_mode_stream() -> None:
-    out = await collect(runestone.route_stream({"model": "smart", "messages": HELLO}))
+    out = await collect(runestone.route_stream({"model": "smart", "messages": HELLO}, raw=True))
     assert out.endswith(b"data: [DONE]\n\n")
     assert b"Hello" in out
 
@@ -114,7 +151,7 @@ async def test_gateway_mode_errors_keep_their_code() -> None:
         await runestone.route_chat({"model": "nope", "messages": HELLO})
     assert caught.value.code == "model_not_found"
     with pytest.raises(runestone.ClientError) as streamed:
-        await collect(runestone.route_stream({"model": "nope", "messages": HELLO}))
+        await chunks(runestone.route_stream({"model": "nope", "messages": HELLO}))
     assert streamed.value.code == "model_not_found"
 
 
@@ -178,3 +215,64 @@ def test_mounted_in_a_starlette_app(
         server_thread.run(asyncio.wait_for(task, 10))
         server_thread.run(gateway_app.shutdown())
         sock.close()
+
+
+LIBRARY_KEY = "rsk-library-key-0123456789"
+KEYED_ALIASES = (
+    TEST_ALIASES
+    + 'prices:\n  "openai:gpt-4": {input: 10, output: 1000}\n'
+    + f"keys:\n  app:\n    hash: sha256:{digest(LIBRARY_KEY)}\n    rpm: 2\n"
+    + "    budgets: [{usd: 1, per: day}]\n"
+)
+
+
+@pytest.fixture
+async def keyed(
+    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    path = tmp_path / "aliases.yaml"
+    path.write_text(KEYED_ALIASES)
+    monkeypatch.setenv("RUNESTONE_ALIASES_PATH", str(path))
+    monkeypatch.setenv("RUNESTONE_STATE_PATH", str(tmp_path / "state.sqlite3"))
+    monkeypatch.delenv("RUNESTONE_GATEWAY_MODE", raising=False)
+    for name, value in provider_env(fake).items():
+        monkeypatch.setenv(name, value)
+    yield
+    await runestone.aclose()
+
+
+async def _spend() -> dict[str, Any]:
+    from runestone._library import LocalBackend, default_backend
+
+    backend = await default_backend()
+    assert isinstance(backend, LocalBackend)
+    gateway = backend.gateway
+    await asyncio.sleep(0.1)  # settlements are written in a later turn of the loop
+    return await gateway.access.report(gateway.aliases.table, "app")
+
+
+@pytest.mark.usefixtures("keyed")
+async def test_the_library_applies_a_keys_limits_and_books_its_spend() -> None:
+    await runestone.route_chat({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
+    streamed = runestone.route_stream({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
+    assert [c async for c in streamed]
+    with pytest.raises(runestone.ClientError) as caught:
+        await runestone.route_chat({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
+    assert caught.value.code == "rate_limited"
+    report = await _spend()
+    (row,) = report["spend"]["today"]
+    # 5 in and 7 out for the answer, 5 in and 3 out for the stream, as the fake said.
+    assert (row["requests"], row["input_tokens"], row["output_tokens"]) == (2, 10, 10)
+    assert row["usd"] == pytest.approx(0.00705 + 0.00305)
+    # The service's own calls, without a key, are not limited.
+    await runestone.route_chat({"model": "smart", "messages": HELLO})
+
+
+@pytest.mark.usefixtures("keyed")
+async def test_the_library_refuses_an_unknown_key() -> None:
+    with pytest.raises(runestone.ClientError) as caught:
+        await runestone.route_chat({"model": "smart", "messages": HELLO}, key="rsk-not-a-key")
+    assert caught.value.code == "unauthorized"
+    assert "route_chat" in caught.value.message and "/v1" not in caught.value.message
+    with pytest.raises(runestone.ClientError):
+        await chunks(runestone.route_stream({"model": "echo", "messages": HELLO}, key="nope"))

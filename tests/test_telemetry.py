@@ -331,21 +331,33 @@ def test_tallied_times_are_exported_as_prometheus_client_would_observe_them() ->
     assert samples(theirs) == samples(observed)
 
 
-def test_usage_is_read_from_the_end_of_a_whole_answer() -> None:
-    from runestone.telemetry.usage import from_body
+def test_usage_is_the_answers_own_and_only_counts() -> None:
+    from runestone.telemetry.usage import UNKNOWN, Usage, from_body
 
     nested = (
         b'{"id":"x","choices":[{"message":{"content":"{\\"usage\\": 1}"}}],"usage":'
         b'{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14,'
-        b'"prompt_tokens_details":{"cached_tokens":0},'
+        b'"prompt_tokens_details":{"cached_tokens":4},'
         b'"completion_tokens_details":{"reasoning_tokens":0,"x":{"y":{}}}}}'
     )
-    assert from_body(nested) == (9, 5)
-    assert from_body(b'{"usage": {"input_tokens": 3, "output_tokens": 4}}') == (3, 4)
-    assert from_body(b'{"choices":[]}') == (None, None)
-    assert from_body(b'{"usage":null}') == (None, None)
-    assert from_body(b'{"usage":{"prompt_tokens":1') == (None, None)  # cut short
-    assert from_body(b'{"usage":{"prompt_tokens":"many"}}') == (None, None)
+    assert from_body(nested) == Usage(9, 5, 4)
+    assert from_body(b'{"usage": {"input_tokens": 3, "output_tokens": 4}}') == Usage(3, 4)
+    # Anthropic's cache reads and writes are input too, apart from its input_tokens.
+    cached = b'{"usage": {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 10,'
+    cached += b' "cache_creation_input_tokens": 5}}'
+    assert from_body(cached) == Usage(18, 4, 10)
+    # A usage object anywhere but at the top is a client's or a model's, not the answer's.
+    echoed = b'{"usage": {"input_tokens": 3, "output_tokens": 4}, "metadata": {"usage":'
+    echoed += b' {"input_tokens": 0, "output_tokens": 0}}}'
+    assert from_body(echoed) == Usage(3, 4)
+    assert from_body(b'{"choices":[]}') == UNKNOWN
+    assert from_body(b'{"usage":null}') == UNKNOWN
+    assert from_body(b'{"usage":{"prompt_tokens":1') == UNKNOWN  # cut short
+    for bad in (b'"many"', b"-1", b"1.5", b"true", str(2**63).encode(), b"100000001"):
+        assert (
+            from_body(b'{"usage":{"prompt_tokens":' + bad + b',"completion_tokens":1}}') == UNKNOWN
+        )
+    assert from_body(b'{"usage":{"prompt_tokens":7,"total_tokens":7}}', output=False) == Usage(7, 0)
 
 
 def test_model_labels_stay_bounded_whatever_models_clients_name() -> None:

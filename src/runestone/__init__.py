@@ -7,8 +7,11 @@ As a library, the same two calls the server makes::
     answer = await runestone.route_chat(
         {"model": "fast", "messages": [{"role": "user", "content": "Hello"}]}
     )
-    async for event in runestone.route_stream({"model": "fast", "messages": [...]}):
-        ...  # SSE event bytes, ending with data: [DONE] or an in-band error event
+    async for chunk in runestone.route_stream({"model": "fast", "messages": [...]}):
+        ...  # decoded chunks; a failure mid-stream raises GatewayError
+
+``key=`` (a client key of the alias file) applies that key's models, limits and
+budgets, and books its spend, as the server does.
 
 With ``RUNESTONE_GATEWAY_MODE=true`` and ``RUNESTONE_URL`` they go to a central
 Runestone server instead. As a server: ``runestone serve``, or mount

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from runestone.access import Access, open_store
+from runestone.access import Access, open_store, store_name
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.errors import error_for
@@ -56,6 +56,7 @@ class Gateway:
         self.access = Access(
             lambda: open_store(environ),
             lambda store: self.telemetry.emit(StoreFailed(store=store)),
+            store_name=store_name(environ),
         )
         aliases.on_reload = self._reloaded
 

@@ -1,51 +1,104 @@
 """The backend behind the library calls ``route_chat`` and ``route_stream``.
 
 One backend per event loop (an aiohttp session belongs to one loop): an in-process
-``Gateway``, or with ``RUNESTONE_GATEWAY_MODE=true`` a client of a central Runestone
-server.
+``Gateway``, whose requests go through an ``Exchange`` as the server's do (the same
+admission, limits, accounting and telemetry), or with ``RUNESTONE_GATEWAY_MODE=true`` a
+client of a central Runestone server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
+import orjson
+
 from runestone._gateway import Gateway
-from runestone.aliases import AliasStore
+from runestone.access import digest
+from runestone.aliases import AliasStore, KeySpec
 from runestone.config import Settings
+from runestone.errors import GatewayError, error_for
+from runestone.exchange import Exchange
+from runestone.protocols import CHAT
 from runestone.providers import known_provider_names
 from runestone.providers._session import make_session
 from runestone.remote import RemoteBackend
-from runestone.routing import Router
+from runestone.routing import RoutedStream
 
 
 class Backend(Protocol):
-    async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes: ...
+    async def chat_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> bytes: ...
 
-    def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]: ...
+    def stream_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> AsyncGenerator[bytes, None]: ...
 
     async def aclose(self) -> None: ...
 
 
 class LocalBackend:
-    def __init__(self, gateway: Gateway, router: Router) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.router = router
 
-    async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
-        return (await self.router.chat(body, request_id)).reply.body
-
-    async def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]:
-        routed = await self.router.open_stream(body, request_id)
+    async def chat_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> bytes:
+        exchange = Exchange(self.gateway, CHAT, request_id)
+        escaped: BaseException | None = None
         try:
-            async for event in routed.events():
-                yield event
-        except BaseException:
-            routed.close()
+            if key is not None:
+                exchange.use_key(client_key(exchange, key))
+            await exchange.admit(body, orjson.dumps(body))
+            routed = await exchange.complete(body)
+            exchange.answered(routed)
+            return routed.reply.body
+        except GatewayError as exc:
+            exchange.failed(exc)
             raise
-        await routed.aclose()
+        except BaseException as exc:
+            escaped = exc
+            raise
+        finally:
+            exchange.close(escaped)
+
+    async def stream_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        exchange = Exchange(self.gateway, CHAT, request_id)
+        escaped: BaseException | None = None
+        stream = False
+        try:
+            if key is not None:
+                exchange.use_key(client_key(exchange, key))
+            await exchange.admit(body, orjson.dumps(body))
+            routed = await exchange.open_stream(body)
+            stream = True
+            setup = exchange.trace.stream_started()
+            events = routed.events()
+            try:
+                async for event in events:
+                    yield event
+            except BaseException:
+                routed.client_gone = True  # the caller stopped reading: cut short
+                routed.cancel()
+                raise
+            finally:
+                await events.aclose()
+                _ended(exchange, routed, setup)
+            await routed.aclose()
+        except GatewayError as exc:
+            exchange.failed(exc, stream=stream)
+            raise
+        except BaseException as exc:
+            escaped = exc
+            raise
+        finally:
+            exchange.close(escaped)
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
@@ -72,11 +125,15 @@ class _Remote:
         )
         self._remote = RemoteBackend(settings.gateway_url, settings.service_token, self._session)
 
-    async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
-        return await self._remote.chat_bytes(body, request_id)
+    async def chat_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> bytes:
+        return await self._remote.chat_bytes(body, request_id, key)
 
-    def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]:
-        return self._remote.stream_bytes(body, request_id)
+    def stream_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        return self._remote.stream_bytes(body, request_id, key)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -86,7 +143,40 @@ async def _create(settings: Settings) -> Backend:
     if settings.gateway_mode:
         return _Remote(settings)
     gateway = Gateway(settings, AliasStore.from_env(known_providers=known_provider_names()))
-    return LocalBackend(gateway, await gateway.start())
+    await gateway.start()
+    return LocalBackend(gateway)
+
+
+def client_key(exchange: Exchange, secret: str) -> KeySpec:
+    """The alias file's key for ``secret`` (as the server looks one up), or the error."""
+    key = exchange.table.access.keys.get(digest(secret))
+    if key is None:
+        raise error_for(
+            "unauthorized",
+            "the key given to route_chat/route_stream (key=...) is not one of the alias "
+            "file's keys: pass a key that 'runestone keys create' made, or no key",
+        )
+    if key.expired(dt.datetime.now(dt.UTC).date()):
+        raise error_for(
+            "key_expired", f"key {key.id!r} expired on {key.expires}: ask for a new one"
+        )
+    return key
+
+
+def _ended(exchange: Exchange, routed: RoutedStream, setup: float) -> None:
+    """The stream's end, as its trace counts it."""
+    summary = routed.summary
+    exchange.trace.stream_ended(
+        target=routed.target,
+        attempts=routed.attempts,
+        connecting=routed.upstream,
+        setup=setup,
+        summary_usage=summary.usage,
+        done=summary.done,
+        error=summary.error,
+        client_gone=routed.client_gone,
+        rescued_from=routed.rescued_from,
+    )
 
 
 async def aclose() -> None:

@@ -39,6 +39,9 @@ class Settings:
     graceful_timeout: float = 30.0
     max_upstream_body_bytes: int = 64 * 1024 * 1024
     max_event_bytes: int = 4 * 1024 * 1024
+    #: Seconds a stream whose use is booked (a client key's) is read on after its
+    #: client left, to learn the usage that comes at its end; 0 cuts it at once.
+    usage_drain_seconds: float = 5.0
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -85,6 +88,9 @@ class Settings:
                 _number(env, "RUNESTONE_MAX_UPSTREAM_BODY_BYTES", cls.max_upstream_body_bytes)
             ),
             max_event_bytes=int(_number(env, "RUNESTONE_MAX_EVENT_BYTES", cls.max_event_bytes)),
+            usage_drain_seconds=_number(
+                env, "RUNESTONE_USAGE_DRAIN_SECONDS", cls.usage_drain_seconds, zero=True
+            ),
         )
 
 
@@ -104,7 +110,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -112,6 +118,6 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {raw!r}")
+    if value < 0 or (value == 0 and not zero) or value != value:
+        raise ConfigError(f"{name} must be {'0 or more' if zero else 'positive'}, not {raw!r}")
     return value

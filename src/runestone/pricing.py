@@ -6,6 +6,7 @@ alias file's ``prices:`` section overrides or adds entries, hot-reloaded with it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -38,7 +39,9 @@ def price_from(value: Mapping[str, object]) -> Price | None:
         raw = value.get(key)
         if raw is None and key == "cached_input":
             continue
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            return None
+        if not 0 <= raw < math.inf:  # a price of inf or nan would poison every sum
             return None
         numbers[key] = float(raw)
     return Price(**numbers)

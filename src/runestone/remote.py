@@ -8,7 +8,7 @@ central gateway by environment alone. Errors come back as the same ``GatewayErro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 import orjson
@@ -39,13 +39,18 @@ class RemoteBackend:
     def __repr__(self) -> str:
         return f"<RemoteBackend {self.url}>"
 
-    def _headers_for(self, request_id: str) -> dict[str, str]:
-        return {**self._headers, "x-request-id": request_id}
+    def _headers_for(self, request_id: str, key: str | None) -> dict[str, str]:
+        headers = {**self._headers, "x-request-id": request_id}
+        if key is not None:  # the client key's own limits, instead of the service token
+            headers["authorization"] = f"Bearer {key}"
+        return headers
 
-    async def chat_bytes(self, body: dict[str, object], request_id: str) -> bytes:
+    async def chat_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> bytes:
         with map_transport_errors("runestone"):
             async with self._session.post(
-                self.url, data=orjson.dumps(body), headers=self._headers_for(request_id)
+                self.url, data=orjson.dumps(body), headers=self._headers_for(request_id, key)
             ) as resp:
                 data = await resp.read()
                 status, headers = resp.status, resp.headers
@@ -53,10 +58,12 @@ class RemoteBackend:
             raise error_from_envelope(data, status, headers)
         return data
 
-    async def stream_bytes(self, body: dict[str, object], request_id: str) -> AsyncIterator[bytes]:
+    async def stream_bytes(
+        self, body: dict[str, object], request_id: str, key: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
         with map_transport_errors("runestone"):
             resp = await self._session.post(
-                self.url, data=orjson.dumps(body), headers=self._headers_for(request_id)
+                self.url, data=orjson.dumps(body), headers=self._headers_for(request_id, key)
             )
         try:
             if resp.status >= 400:

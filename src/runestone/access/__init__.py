@@ -1,13 +1,15 @@
 """Keys, rate limits and budgets for many teams, exact across processes and replicas.
 
-The HTTP layer calls one pair: ``Access.admit`` before a request goes upstream and
+The exchange calls one pair: ``Access.admit`` before a request goes upstream and
 ``Access.settle`` when it is over. The keys and limits come from the alias file
 (``runestone.aliases``); the counters from a ``Store``: SQLite on one host
 (``RUNESTONE_STATE_PATH``), Redis for several (``RUNESTONE_REDIS_URL``).
 
-Modules: ``_limits`` (limits as checks, worst-case cost), ``_windows`` (calendar and
-rolling windows), ``_store`` (the store interface), ``_sqlite`` and ``_redis`` (the two
-stores), ``_gate`` (admit and settle), ``_report`` (usage), ``_keygen`` (new keys).
+Modules: ``_limits`` (limits as checks), ``_worst_case`` (the most a request
+can use), ``_windows`` (calendar and rolling windows), ``_store`` (the store interface),
+``_sqlite`` and ``_redis`` (the two stores), ``_gate`` (admit and settle), ``_booking``
+(what a settled request books), ``_refusals`` (the errors and rate headers), ``_report``
+(usage), ``_keygen`` (new keys).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from runestone.access._gate import Access, Admission, rate_headers
+from runestone.access._booking import Spent
+from runestone.access._gate import Access, Admission, rate_headers_for
 from runestone.access._keygen import digest, new_key
+from runestone.access._refusals import rate_headers
 from runestone.access._report import usage_report
 from runestone.access._store import StateError, Store
 
@@ -25,6 +29,12 @@ from runestone.access._store import StateError, Store
 def default_state_path(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
     return Path(base) / "runestone" / "state.sqlite3"
+
+
+def store_name(environ: Mapping[str, str] | None = None) -> str:
+    """The kind of store the environment names: ``redis`` or ``sqlite``."""
+    env = os.environ if environ is None else environ
+    return "redis" if env.get("RUNESTONE_REDIS_URL") else "sqlite"
 
 
 def open_store(environ: Mapping[str, str] | None = None) -> Store:
@@ -45,11 +55,14 @@ def open_store(environ: Mapping[str, str] | None = None) -> Store:
 __all__ = [
     "Access",
     "Admission",
+    "Spent",
     "StateError",
     "Store",
     "digest",
     "new_key",
     "open_store",
     "rate_headers",
+    "rate_headers_for",
+    "store_name",
     "usage_report",
 ]

@@ -1,29 +1,39 @@
-"""The HTTP layer's one pair of calls: ``admit`` before anything goes upstream, ``settle``
+"""The exchange's one pair of calls: ``admit`` before anything goes upstream, ``settle``
 when the request is over, whatever happened to it.
 
 ``admit`` refuses (model not allowed, rate limited, budget spent) or returns an
 ``Admission`` holding what the request took: its place in the rate windows, a parallel
-slot, its budget reservation. ``settle`` gives the slot and the reservation back and
-books what the request really used. Both go to the store in batches: one ``sync`` for
+slot, its budget reservation, all under a lease id the gateway makes (unguessable, never
+anything a client sent). ``settle`` gives the slot and the reservation back and books
+what the request used (``_booking``). Both go to the store in batches: one ``sync`` for
 every request that arrived or finished in the same turn of the event loop, so that a
 busy gateway makes one transaction (or one Redis round trip) for many requests. Until a
 settlement is written its reservations still stand: a batch can only overcount.
+
+No request waits on the store longer than ``STORE_TIMEOUT``: past it, the request is
+handled by ``on_state_error``, and if the store admitted it after all, what it took is
+given back with the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
-import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runestone.access._limits import Plan, reservation, worst_price
+from runestone.access._booking import NOTHING, LedgerNames, Spent, booking
+from runestone.access._limits import Plan
+from runestone.access._refusals import rate_headers, refusal
 from runestone.access._report import usage_report
 from runestone.access._store import (
+    MAX_AMOUNT,
+    STORE_TIMEOUT,
     Addition,
     Check,
     Decision,
@@ -33,9 +43,10 @@ from runestone.access._store import (
     StateError,
     Store,
 )
-from runestone.access._windows import iso, window
-from runestone.aliases import AccessTable, AliasTable, KeySpec, TeamSpec
-from runestone.errors import GatewayError, error_for
+from runestone.access._windows import window
+from runestone.access._worst_case import Bound, worst_case, worst_price
+from runestone.aliases import AliasTable, KeySpec, TeamSpec
+from runestone.errors import error_for
 from runestone.pricing import Price
 
 log = logging.getLogger("runestone.access")
@@ -45,6 +56,15 @@ MAX_PENDING = 100_000
 _RETRY_SECONDS = 1.0
 _PRICES_KEPT = 1000
 
+# Lease ids: a secret per-process prefix and a counter. Request ids are public (a client
+# may even choose its own): a lease named by one could be shared, replayed or guessed.
+_LEASE_PREFIX = "l" + os.urandom(12).hex()
+_leases = itertools.count(1)
+
+
+def new_lease() -> str:
+    return f"{_LEASE_PREFIX}{next(_leases):x}"
+
 
 @dataclass(slots=True)
 class Admission:
@@ -52,10 +72,14 @@ class Admission:
 
     key: KeySpec
     team: TeamSpec | None
+    table: AliasTable
     lease: str
     plan: Plan
     checks: tuple[Check, ...]
     used: Mapping[str, float]
+    #: The most the request can use, and the highest price it can be charged at.
+    bound: Bound
+    price: Price | None
 
 
 class Access:
@@ -65,12 +89,18 @@ class Access:
         self,
         store_factory: Callable[[], Store],
         on_state_error: Callable[[str], None] = lambda store: None,
+        *,
+        store_name: str = "sqlite",
     ) -> None:
         self._factory = store_factory
+        #: The kind of store the factory opens ("sqlite", "redis").
+        self.store_name = store_name
         self._on_state_error = on_state_error
         #: The clock of windows and expiries (epoch seconds, UTC).
         self.clock: Callable[[], float] = time.time
         self._store: Store | None = None
+        #: Why the store could not be opened, and when to try again.
+        self._open_error: tuple[str, float] | None = None
         self._pending: list[Settlement] = []
         self._waiting: list[tuple[Request, asyncio.Future[Decision]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -80,21 +110,29 @@ class Access:
         self._table: AliasTable | None = None
         self._plans: dict[int, Plan] = {}
         self._prices: dict[str, Price | None] = {}
+        self._ledger_name = LedgerNames()
         self._day: tuple[float, float, str] = (0.0, 0.0, "")
 
     @property
     def in_use(self) -> bool:
-        """Whether a store has been opened (a key with limits has been seen)."""
-        return self._store is not None
+        """Whether a store has been opened, or tried (a key with limits has been seen)."""
+        return self._store is not None or self._open_error is not None
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = self._factory()  # opened on first use: keys may arrive by reload
+            if self._open_error is not None and time.monotonic() < self._open_error[1]:
+                raise StateError(self._open_error[0])
+            try:
+                self._store = self._factory()  # on first use: keys may arrive by reload
+            except StateError as exc:
+                self._open_error = (str(exc), time.monotonic() + _RETRY_SECONDS)
+                raise
+            self._open_error = None
         return self._store
 
     def _state_failed(self, exc: StateError) -> None:
-        self._on_state_error(self._store.name if self._store is not None else "-")
+        self._on_state_error(self.store_name)
         if self.last_state_error != str(exc):
             log.warning("limits store: %s", exc)
         self.last_state_error = str(exc)
@@ -105,8 +143,7 @@ class Access:
         table: AliasTable,
         model: str,
         body: Mapping[str, object],
-        body_bytes: int,
-        request_id: str,
+        raw: bytes,
     ) -> Admission:
         """Check the key's model list and every limit of the key and its team; take what
         the request needs, or raise the client's error."""
@@ -123,42 +160,49 @@ class Access:
         plan = self._plans.get(id(key))
         if plan is None:
             plan = self._plans[id(key)] = Plan.of(key, team)
+        bound = worst_case(body, raw)
+        price = self._price(model, table)
+        lease = new_lease()
         if not plan.limits:
-            return Admission(key, team, request_id, plan, (), {})
+            return Admission(key, team, table, lease, plan, (), {}, bound, price)
         now = self.clock()
-        reserve = 0.0
-        if plan.budgets:
-            if model in self._prices:
-                price = self._prices[model]
-            else:
-                if len(self._prices) >= _PRICES_KEPT:  # names are the clients' to choose
-                    self._prices.clear()
-                price = self._prices[model] = worst_price(model, table)
-            default = access.settings.default_reservation_usd
-            reserve = reservation(price, body_bytes, body, default)
-        checks = plan.checks(now, reserve)
-        request = Request(checks, request_id, now + access.settings.reservation_ttl)
+        reserve = bound.cost(price, access.settings.default_reservation_usd)
+        checks = plan.checks(now, min(reserve, MAX_AMOUNT) if plan.budgets else 0.0)
+        request = Request(checks, lease, now + access.settings.reservation_ttl)
         decided = asyncio.get_running_loop().create_future()
         self._waiting.append((request, decided))
         self._kick()
         try:
-            decision = await decided
-        except StateError as exc:  # counted once per batch, where the sync failed
-            return self._without_store(key, team, request_id, plan, access, exc)
+            # A store that hangs must not hold the request: past the timeout the future
+            # is cancelled, and an admission that comes after all is given back.
+            decision = await asyncio.wait_for(decided, STORE_TIMEOUT)
+        except (StateError, TimeoutError) as exc:  # a failure is counted once per batch
+            error = exc if isinstance(exc, StateError) else _no_answer(self._store)
+            return self._without_store(key, team, table, lease, plan, bound, price, error)
         if decision.refused is not None:
-            raise _refusal(decision, key, team, now)
-        return Admission(key, team, request_id, plan, checks, decision.used)
+            raise refusal(decision, key, team, now)
+        return Admission(key, team, table, lease, plan, checks, decision.used, bound, price)
+
+    def _price(self, model: str, table: AliasTable) -> Price | None:
+        if model in self._prices:
+            return self._prices[model]
+        if len(self._prices) >= _PRICES_KEPT:  # names are the clients' to choose
+            self._prices.clear()
+        price = self._prices[model] = worst_price(model, table)
+        return price
 
     def _without_store(
         self,
         key: KeySpec,
         team: TeamSpec | None,
-        request_id: str,
+        table: AliasTable,
+        lease: str,
         plan: Plan,
-        access: AccessTable,
+        bound: Bound,
+        price: Price | None,
         exc: StateError,
     ) -> Admission:
-        settings = access.settings
+        settings = table.access.settings
         budgets = plan.budgets
         limits = any(limit.kind != "budget" for limit in plan.limits)
         if (budgets and settings.budgets_on_state_error == "closed") or (
@@ -166,45 +210,55 @@ class Access:
         ):
             raise error_for(
                 "state_unavailable",
-                "the store of limits and budgets cannot be reached, and this key's limits "
-                "are configured to refuse requests then (access: on_state_error)",
+                f"the store of limits and budgets cannot be used ({exc}), and this key's "
+                "limits are configured to refuse requests then (access: on_state_error)",
                 retry_after=_RETRY_SECONDS,
             ) from exc
-        return Admission(key, team, request_id, plan, (), {})  # admitted without the store
+        # Admitted without the store: it holds nothing, and still books what it uses.
+        return Admission(key, team, table, lease, plan, (), {}, bound, price)
 
-    def settle(
-        self,
-        admission: Admission,
-        model: str,
-        cost: float | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-    ) -> None:
+    def settle(self, admission: Admission, spent: Spent = NOTHING) -> None:
         """Book what the request used and release what it held (written soon, batched)."""
+        settings = admission.table.access.settings
+        booked = booking(spent, admission.bound, admission.price, settings.default_reservation_usd)
+        plan = admission.plan
+        holds = plan.holds if admission.checks else ()
+        if booked is None:  # nothing was charged: only what it held goes back
+            if holds:
+                self._pending.append(Settlement(admission.lease, holds))
+                self._kick()
+            return
         now = self.clock()
         additions = []
-        tokens = (input_tokens or 0) + (output_tokens or 0)
-        if admission.checks:
-            plan = admission.plan
-            # What was used goes to the window it is used in, maybe a new one.
-            if tokens:
-                for limit in plan.token_limits:
-                    span = window(limit.period, limit.rolling, now)
-                    additions.append(Addition(limit.counter, span.bucket, tokens, span.keep))
-            if cost:
-                for limit in plan.budget_limits:
-                    span = window(limit.period, limit.rolling, now)
-                    additions.append(Addition(limit.counter, span.bucket, cost, span.keep))
+        tokens = min(booked.tokens, MAX_AMOUNT)
+        usd = min(booked.usd, MAX_AMOUNT)
+        # What was used goes to the window it is used in, maybe a new one; a request
+        # admitted without the store books its use all the same.
+        if tokens:
+            for limit in plan.token_limits:
+                span = window(limit.period, limit.rolling, now)
+                additions.append(Addition(limit.counter, span.bucket, tokens, span.keep))
+        if usd:
+            for limit in plan.budget_limits:
+                span = window(limit.period, limit.rolling, now)
+                additions.append(Addition(limit.counter, span.bucket, usd, span.keep))
+        if booked.estimated:
+            log.info(
+                "key %s: no usable usage from %s; booked the worst case, $%.6f",
+                admission.key.id,
+                spent.target,
+                usd,
+            )
         ledger = LedgerEntry(
             self._today(now),
             admission.key.id,
             admission.team.id if admission.team else "",
-            model,
-            input_tokens or 0,
-            output_tokens or 0,
-            cost or 0.0,
+            self._ledger_name(spent.target, admission.table),
+            min(booked.input_tokens, MAX_AMOUNT),
+            min(booked.output_tokens, MAX_AMOUNT),
+            usd,
+            int(booked.estimated),
         )
-        holds = admission.plan.holds if admission.checks else ()
         self._pending.append(Settlement(admission.lease, holds, additions, ledger))
         self._kick()
 
@@ -226,10 +280,9 @@ class Access:
             while self._pending or self._waiting:
                 settling, self._pending = self._pending, []
                 waiting, self._waiting = self._waiting, []
+                requests = [request for request, _ in waiting]
                 try:
-                    decisions = await self.store.sync(
-                        settling, [request for request, _ in waiting], self.clock()
-                    )
+                    decisions = await self.store.sync(settling, requests, self.clock())
                 except StateError as exc:
                     self._state_failed(exc)
                     for _, decided in waiting:
@@ -242,19 +295,31 @@ class Access:
                         return
                     continue
                 except Exception as exc:  # a bug: no request may wait for ever on it
-                    log.exception("limits store: %d settlements lost", len(settling))
+                    log.exception("limits store: a batch of %d settlements failed", len(settling))
                     for _, decided in waiting:
                         if not decided.done():
                             decided.set_exception(exc)
+                    await self._one_by_one(settling)
                     continue
                 for (request, decided), decision in zip(waiting, decisions, strict=True):
                     if not decided.done():
                         decided.set_result(decision)
-                    elif decision.refused is None:  # its client left while it waited
+                    elif decision.refused is None:  # it stopped waiting: give it back
                         holds = tuple(c.counter for c in request.checks if c.mode == "lease")
                         self._pending.append(Settlement(request.lease, holds))
         finally:
             self._flushing = None
+
+    async def _one_by_one(self, settling: list[Settlement]) -> None:
+        """After a batch failed for no reason the store knows: each settlement alone, so
+        that one that cannot be written costs no other its booking or its release."""
+        for settlement in settling:
+            try:
+                await self.store.sync([settlement], [], self.clock())
+            except StateError:
+                self._keep([settlement])
+            except Exception:
+                log.exception("limits store: settlement of key %s lost", _owner(settlement))
 
     def _keep(self, settling: list[Settlement]) -> None:
         """Settlements the store did not take: tried again with the next batch."""
@@ -264,20 +329,22 @@ class Access:
             del self._pending[:dropped]
             log.error("limits store down: %d settlements given up", dropped)
 
-    async def report(self, table: AliasTable, only: str | None = None) -> dict[str, Any]:
+    async def report(
+        self, table: AliasTable, only: str | None = None, **page: Any
+    ) -> dict[str, Any]:
         """Usage per key, team and model, from the store (see ``usage_report``)."""
         try:
-            return await usage_report(table.access, self.store, only, self.clock())
+            return await usage_report(table.access, self.store, only, self.clock(), **page)
         except StateError as exc:
             self._state_failed(exc)
             raise error_for("state_unavailable", f"cannot read usage: {exc}") from None
 
     async def check_store(self) -> str | None:
-        """None if the store answers (or none is in use yet), else why not."""
+        """None if the store can be written (or none is in use yet), else why not."""
         if self._store is None:
-            return None
+            return self._open_error[0] if self._open_error is not None else None
         try:
-            await self._store.ping()
+            await self._store.check()
         except StateError as exc:
             return str(exc)
         return None
@@ -295,60 +362,17 @@ class Access:
             self._store = None
 
 
-def _refusal(decision: Decision, key: KeySpec, team: TeamSpec | None, now: float) -> GatewayError:
-    check = decision.refused
-    assert check is not None
-    owner = f"key {key.id!r}"
-    if check.counter.startswith("t:") and team is not None:
-        owner = f"team {team.id!r} (of key {key.id!r})"
-    limit = check.counter.rpartition(":")[2]
-    wait = max(check.resets - now, 0.0)
-    used = decision.used.get(check.counter, 0.0)
-    if limit.startswith("usd/"):
-        error = error_for(
-            "budget_exceeded",
-            f"{owner} has spent ${used:.4f} of its ${check.limit:g} budget per "
-            f"{limit[4:].rstrip('~')}{' (rolling)' if limit.endswith('~') else ''}, with "
-            f"this request's reservation of ${check.amount:.4f} it would go over; the "
-            f"budget resets at {iso(check.resets)}",
-            retry_after=math.ceil(wait),
-        )
-        return error
-    what = {"rpm": "requests per minute", "tpm": "tokens per minute"}.get(
-        limit, "requests in flight"
-    )
-    error = error_for(
-        "rate_limited",
-        f"{owner} is at its limit of {check.limit:g} {what}; retry after {math.ceil(wait)}s",
-        retry_after=max(math.ceil(wait), 1),
-    )
-    error.headers = rate_headers(decision.used, (check,), now, refused=True)
-    return error
+def _no_answer(store: Store | None) -> StateError:
+    name = store.name if store is not None else "store"
+    return StateError(f"the {name} store gave no answer within {STORE_TIMEOUT:g}s")
 
 
-def rate_headers(
-    used: Mapping[str, float], checks: tuple[Check, ...], now: float, *, refused: bool = False
-) -> list[tuple[bytes, bytes]]:
-    """OpenAI's ``x-ratelimit-*`` headers for the tightest requests and tokens limits."""
-    requests: tuple[float, Check] | None = None
-    tokens: tuple[float, Check] | None = None
-    for check in checks:
-        mode = check.mode
-        if mode == "count":  # requests per minute: this one is counted already
-            left = check.limit - used.get(check.counter, 0.0) - (0 if refused else 1)
-            if requests is None or left < requests[0]:
-                requests = (left, check)
-        elif mode == "level":  # tokens per minute
-            left = check.limit - used.get(check.counter, 0.0)
-            if tokens is None or left < tokens[0]:
-                tokens = (left, check)
-    headers: list[tuple[bytes, bytes]] = []
-    for name, tightest in ((b"requests", requests), (b"tokens", tokens)):
-        if tightest is not None:
-            left, check = tightest
-            headers += (
-                (b"x-ratelimit-limit-" + name, b"%d" % check.limit),
-                (b"x-ratelimit-remaining-" + name, b"%d" % max(left, 0)),
-                (b"x-ratelimit-reset-" + name, b"%ds" % math.ceil(max(check.resets - now, 0))),
-            )
-    return headers
+def _owner(settlement: Settlement) -> str:
+    return settlement.ledger.key if settlement.ledger is not None else "-"
+
+
+def rate_headers_for(admission: Admission | None, now: float) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of an admitted request (none without limits)."""
+    if admission is None or not admission.checks:
+        return []
+    return rate_headers(admission.used, admission.checks, now)

@@ -1,4 +1,4 @@
-"""A request's limits as store checks, and its worst-case cost (pure functions).
+"""A request's limits as store checks (pure functions).
 
 Every key and team limit becomes one ``Check``; the counters are named
 ``k:<key id>:<limit>`` and ``t:<team id>:<limit>``, so a key's and its team's limits
@@ -7,23 +7,13 @@ are checked together, in one atomic step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from runestone.access._store import Check, Mode
 from runestone.access._windows import window
-from runestone.aliases import (
-    AliasTable,
-    KeySpec,
-    Limits,
-    SpecError,
-    Target,
-    TeamSpec,
-    parse_spec,
-)
+from runestone.aliases import KeySpec, Limits, TeamSpec
 from runestone.aliases._keys import Period
-from runestone.pricing import Price, packaged_prices
 
 #: A parallel-slot refusal: one in flight will soon end.
 PARALLEL_RETRY_SECONDS = 1.0
@@ -132,52 +122,3 @@ def _check(limit: Limit, now: float, reserve: float) -> Check:
 def checks_for(scope: str, limits: Limits, now: float, reserve: float) -> list[Check]:
     """The checks for one key's or team's limits (``scope`` is ``k:id`` or ``t:id``)."""
     return [_check(limit, now, reserve) for limit in _limits(scope, limits)]
-
-
-def worst_price(model: str, table: AliasTable) -> Price | None:
-    """The highest input and output rates among the targets the name may be sent to."""
-    alias = table.match(model)
-    targets: Iterable[Target]
-    if alias is not None:
-        targets = (*alias.targets, *alias.context_fallback)
-    else:
-        try:
-            targets = (parse_spec(model),)
-        except SpecError:
-            return None
-    prices = [price_of(str(target), table.prices) for target in targets]
-    if not prices or any(price is None for price in prices):
-        return None  # a target without a price: its spend cannot be bounded
-    known = [price for price in prices if price is not None]
-    return Price(max(p.input for p in known), max(p.output for p in known))
-
-
-def price_of(spec: str, prices: Mapping[str, Price]) -> Price | None:
-    return prices.get(spec) or packaged_prices().get(spec)
-
-
-def output_cap(body: Mapping[str, object]) -> int | None:
-    """The most output tokens the request allows, in any of the three formats."""
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def reservation(
-    price: Price | None, body_bytes: int, body: Mapping[str, object], default: float
-) -> float:
-    """The request's worst-case cost: every byte of the body an input token (no tokenizer
-    makes more tokens than bytes of text), and every allowed output token.
-
-    Without a price, or without a cap on output, the configured default stands in for
-    the part that cannot be bounded.
-    """
-    if price is None:
-        return default
-    cap = output_cap(body)
-    input_cost = body_bytes * price.input / 1_000_000
-    if cap is None:
-        return input_cost + default
-    return input_cost + cap * price.output / 1_000_000

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runestone.access._store import (
+    STORE_TIMEOUT,
     Check,
     Decision,
     Request,
@@ -158,7 +159,9 @@ class _Script:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "runestone", timeout: float = 0.25) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "runestone", timeout: float = STORE_TIMEOUT / 2
+    ) -> None:
         try:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -219,6 +222,8 @@ class RedisStore:
                 script.add(name, f"{row}\tinput_tokens", entry.input_tokens, _LEDGER_SECONDS)
                 script.add(name, f"{row}\toutput_tokens", entry.output_tokens, _LEDGER_SECONDS)
                 script.add(name, f"{row}\tusd", entry.usd, _LEDGER_SECONDS)
+                if entry.estimated:
+                    script.add(name, f"{row}\testimated", entry.estimated, _LEDGER_SECONDS)
         for request in requests:
             script.args += ("Q", request.lease, repr(request.expires), str(len(request.checks)))
             script.checks(request.checks)
@@ -240,7 +245,8 @@ class RedisStore:
         ((_, used),) = await self._run(script)
         return {check.counter: float(value) for check, value in zip(checks, used, strict=True)}
 
-    async def usage(self, since_day: str) -> list[UsageRow]:
+    async def usage(self, since_day: str, keys: Sequence[str] | None = None) -> list[UsageRow]:
+        wanted = None if keys is None else set(keys)
         first = dt.date.fromisoformat(since_day)
         today = dt.datetime.now(dt.UTC).date()
         days = [str(first + dt.timedelta(days=n)) for n in range((today - first).days + 1)]
@@ -253,6 +259,8 @@ class RedisStore:
             table: dict[tuple[str, str, str], dict[str, float]] = {}
             for name, value in fields.items():
                 key, team, model, field = name.split("\t")
+                if wanted is not None and key not in wanted:
+                    continue
                 table.setdefault((key, team, model), {})[field] = float(value)
             for (key, team, model), numbers in sorted(table.items()):
                 rows.append(
@@ -265,12 +273,14 @@ class RedisStore:
                         int(numbers.get("input_tokens", 0)),
                         int(numbers.get("output_tokens", 0)),
                         numbers.get("usd", 0.0),
+                        int(numbers.get("estimated", 0)),
                     )
                 )
         return rows
 
-    async def ping(self) -> None:
-        await self._call(self._client.ping())
+    async def check(self) -> None:
+        # A write, not a PING: a read-only replica answers PING and refuses every sync.
+        await self._call(self._client.set(f"{self._tag}:probe", "1", ex=60))
 
     async def aclose(self) -> None:
         await self._client.aclose()

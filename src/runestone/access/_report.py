@@ -1,62 +1,94 @@
 """Usage per key, team and model, read from the store (``GET /admin/usage``,
-``runestone keys usage``): every limit's use in its current window, and the spend
-booked per UTC day, summed for today and this month."""
+``runestone keys usage``, the console): every limit's use in its current window, and the
+spend booked per UTC day, summed for today and this month.
+
+A report is one page of keys, in order of id (``limit`` of them after the id ``after``;
+``next`` names the page that follows), so that its cost and size do not grow with the
+number of keys: the store is read twice for the page's limits and once for its ledger.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 from runestone.access._limits import checks_for
 from runestone.access._store import Check, Store, UsageRow
 from runestone.access._windows import iso
-from runestone.aliases import AccessTable, Limits
+from runestone.aliases import AccessTable, KeySpec
+
+#: Keys per page unless asked otherwise, and the most a page may hold.
+PAGE = 100
+MAX_PAGE = 1000
 
 
 async def usage_report(
-    access: AccessTable, store: Store, only: str | None = None, now: float | None = None
+    access: AccessTable,
+    store: Store,
+    only: str | None = None,
+    now: float | None = None,
+    *,
+    limit: int = PAGE,
+    after: str | None = None,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-    rows = await store.usage(today.replace(day=1).isoformat())
-    keys = [k for k in access.keys.values() if only is None or k.id == only]
-    teams = {k.team for k in keys if k.team} if only is not None else set(access.teams)
-    report: dict[str, Any] = {"generated_at": iso(now), "store": store.name}
-    report["keys"] = [
-        {
-            "id": key.id,
-            "team": key.team,
-            "expires": key.expires.isoformat() if key.expires else None,
-            "models": list(key.models) or "all",
-            "limits": await _limits(store, f"k:{key.id}", key.limits, now),
-        }
-        for key in sorted(keys, key=lambda k: k.id)
-    ]
-    report["teams"] = [
-        {"id": team, "limits": await _limits(store, f"t:{team}", access.teams[team].limits, now)}
-        for team in sorted(teams)
-    ]
-    wanted = {k.id for k in keys}
-    mine = [row for row in rows if row.key in wanted]
+    every = sorted(access.keys.values(), key=lambda k: k.id)
+    if only is not None:
+        keys = [k for k in every if k.id == only]
+        following = None
+    else:
+        later = [k for k in every if after is None or k.id > after]
+        keys = later[: max(1, min(limit, MAX_PAGE))]
+        following = keys[-1].id if len(later) > len(keys) else None
+    if only is not None:
+        teams = sorted({k.team for k in keys if k.team})
+    else:
+        teams = sorted(access.teams) if after is None else []  # the first page has them
+    owners = [(f"k:{key.id}", key.limits) for key in keys]
+    owners += [(f"t:{team}", access.teams[team].limits) for team in teams]
+    limits = await _limits(store, owners, now)
+    rows = await store.usage(today.replace(day=1).isoformat(), [k.id for k in keys])
+    report: dict[str, Any] = {
+        "generated_at": iso(now),
+        "store": store.name,
+        "total_keys": len(every),
+        "next": following,
+    }
+    report["keys"] = [_key(key, limits[f"k:{key.id}"]) for key in keys]
+    report["teams"] = [{"id": team, "limits": limits[f"t:{team}"]} for team in teams]
     report["spend"] = {
-        "today": _totals(row for row in mine if row.day == today.isoformat()),
-        "month": _totals(mine),
+        "today": _totals(row for row in rows if row.day == today.isoformat()),
+        "month": _totals(rows),
     }
     return report
 
 
-async def _limits(store: Store, scope: str, limits: Limits, now: float) -> list[dict[str, Any]]:
-    checks = checks_for(scope, limits, now, 0.0)
-    if not checks:
-        return []
-    # Spent (buckets) and reserved or held (leases), apart: one dry read for both.
-    booked = [replace(c, leases=False) for c in checks]
-    held = [replace(c, since=None) for c in checks if c.leases]
-    used = await store.used(booked, now)
+def _key(key: KeySpec, limits: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "team": key.team,
+        "expires": key.expires.isoformat() if key.expires else None,
+        "models": list(key.models) or "all",
+        "limits": limits,
+    }
+
+
+async def _limits(
+    store: Store, owners: list[tuple[str, Any]], now: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Each owner's limits in their current windows: spent (buckets) and reserved or
+    held (leases) apart, in two reads for every owner of the page."""
+    checks = {scope: checks_for(scope, limits, now, 0.0) for scope, limits in owners}
+    every = [check for found in checks.values() for check in found]
+    booked = [replace(c, leases=False) for c in every]
+    held = [replace(c, since=None) for c in every if c.leases]
+    used = await store.used(booked, now) if booked else {}
     holding = await store.used(held, now) if held else {}
-    return [_limit(check, used, holding) for check in checks]
+    return {scope: [_limit(c, used, holding) for c in found] for scope, found in checks.items()}
 
 
 def _limit(check: Check, used: dict[str, float], holding: dict[str, float]) -> dict[str, Any]:
@@ -72,15 +104,15 @@ def _limit(check: Check, used: dict[str, float], holding: dict[str, float]) -> d
     return entry
 
 
-def _totals(rows: Any) -> list[dict[str, Any]]:
+def _totals(rows: Iterable[UsageRow]) -> list[dict[str, Any]]:
     summed: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
-        assert isinstance(row, UsageRow)
-        numbers = summed.setdefault((row.key, row.team, row.model), [0, 0, 0, 0.0])
+        numbers = summed.setdefault((row.key, row.team, row.model), [0, 0, 0, 0.0, 0])
         numbers[0] += row.requests
         numbers[1] += row.input_tokens
         numbers[2] += row.output_tokens
         numbers[3] += row.usd
+        numbers[4] += row.estimated
     return [
         {
             "key": key,
@@ -90,6 +122,7 @@ def _totals(rows: Any) -> list[dict[str, Any]]:
             "input_tokens": int(n[1]),
             "output_tokens": int(n[2]),
             "usd": round(n[3], 8),
+            "estimated": int(n[4]),
         }
         for (key, team, model), n in sorted(summed.items())
     ]

@@ -13,20 +13,32 @@ the sum its requests in flight hold, expiring with the latest of them (so a proc
 dies frees what it held after ``reservation_ttl``). Which request holds what is known
 only to its own process, which is all that releasing needs.
 
-The calls are synchronous on the event loop: a transaction takes tens of microseconds,
-less than a hop to a thread and back would cost; a lock held too long by another
-process fails after ``busy_timeout`` rather than hang the request.
+Every call runs on one thread of the store's own, never on the event loop: a write lock
+held by another process (a backup, a ``sqlite3`` shell) makes the store wait up to
+``busy_timeout`` and then fail, and meanwhile the gateway serves everything else. One
+thread also keeps the mirror's reads and writes in order without a lock.
+
+The WAL index (the ``-shm`` file) is memory-mapped by SQLite: if something else cuts
+that file short, the next access to the mapping would kill the process with SIGBUS.
+Before each transaction the store checks the file's size and, if it shrank, restores it
+(SQLite then rebuilds the index from the WAL), so a damaged index costs a rebuild, not
+the gateway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from runestone.access._store import (
+    STORE_TIMEOUT,
     Check,
     Decision,
     Request,
@@ -34,6 +46,8 @@ from runestone.access._store import (
     StateError,
     UsageRow,
 )
+
+T = TypeVar("T")
 
 _SCHEMA = """
 create table if not exists buckets (
@@ -45,7 +59,8 @@ create table if not exists holds (
 create table if not exists ledger (
     day text not null, key text not null, team text not null, model text not null,
     requests integer not null, input_tokens integer not null, output_tokens integer not null,
-    usd real not null, primary key (day, key, team, model)) without rowid;
+    usd real not null, estimated integer not null default 0,
+    primary key (day, key, team, model)) without rowid;
 """
 
 _ADD = (
@@ -57,10 +72,15 @@ _HOLD = (
     "amount = excluded.amount, expires = max(expires, excluded.expires)"
 )
 _LEDGER = (
-    "insert into ledger values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do update set "
+    "insert into ledger values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do update set "
     "requests = requests + excluded.requests, "
     "input_tokens = input_tokens + excluded.input_tokens, "
-    "output_tokens = output_tokens + excluded.output_tokens, usd = usd + excluded.usd"
+    "output_tokens = output_tokens + excluded.output_tokens, usd = usd + excluded.usd, "
+    "estimated = estimated + excluded.estimated"
+)
+_USAGE = (
+    "select day, key, team, model, requests, input_tokens, output_tokens, usd, estimated "
+    "from ledger where day >= ?"
 )
 _SWEEP_EVERY = 60.0
 
@@ -70,8 +90,10 @@ Parts = tuple[tuple[str, float], ...]
 class SQLiteStore:
     name = "sqlite"
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 0.25) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout: float = STORE_TIMEOUT / 2) -> None:
         self.path = Path(path)
+        self._shm = Path(f"{self.path}-shm")
+        self._shm_size = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -82,8 +104,15 @@ class SQLiteStore:
             # commits, which reservations' expiry then makes good.
             self._db.execute("pragma synchronous = normal")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("pragma table_info(ledger)")}
+            if "estimated" not in columns:  # a state file of an earlier version
+                self._db.execute(
+                    "alter table ledger add column estimated integer not null default 0"
+                )
+            self._identity = _identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the state file {self.path}: {exc}") from None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="runestone-state")
         self._swept = 0.0
         self._process = uuid.uuid4().hex  # this process's rows in ``holds``
         # The mirror: valid while the file's data_version is the one read with it.
@@ -99,7 +128,22 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
 
-    def _error(self, exc: sqlite3.Error) -> StateError:
+    async def _call(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` on the store's thread; the event loop waits without blocking."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    def _keep_shm(self) -> None:
+        """Restore the WAL index's size if something cut it short (see the docstring)."""
+        try:
+            size = os.stat(self._shm).st_size
+        except OSError:
+            return  # not made yet, or gone: an unlinked file stays mapped and valid
+        if size < self._shm_size:
+            os.truncate(self._shm, self._shm_size)
+        else:
+            self._shm_size = size
+
+    def _error(self, exc: sqlite3.Error | OSError) -> StateError:
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("rollback")
@@ -158,10 +202,16 @@ class SQLiteStore:
     async def sync(
         self, settlements: Sequence[Settlement], requests: Sequence[Request], now: float
     ) -> list[Decision]:
+        return await self._call(self._sync, settlements, requests, now)
+
+    def _sync(
+        self, settlements: Sequence[Settlement], requests: Sequence[Request], now: float
+    ) -> list[Decision]:
         db = self._db
         released: list[tuple[str, Parts]] = []
         taken: list[str] = []
         try:
+            self._keep_shm()
             db.execute("begin immediate")
             self._refresh(now)
             adds: dict[tuple[str, float], list[float]] = {}
@@ -180,11 +230,12 @@ class SQLiteStore:
                 entry = settled.ledger
                 if entry is not None:
                     where = (entry.day, entry.key, entry.team, entry.model)
-                    row = ledger.setdefault(where, [0, 0, 0, 0.0])
+                    row = ledger.setdefault(where, [0, 0, 0, 0.0, 0])
                     row[0] += 1
                     row[1] += entry.input_tokens
                     row[2] += entry.output_tokens
                     row[3] += entry.usd
+                    row[4] += entry.estimated
             decisions = [self._admit(request, adds, changed, taken) for request in requests]
             if changed:
                 process, expiry = self._process, self._mine_expires
@@ -199,7 +250,7 @@ class SQLiteStore:
                 db.execute("delete from holds where expires < ?", (now,))
             db.execute("commit")
             return decisions
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._undo(released, taken)
             raise self._error(exc) from None
 
@@ -261,31 +312,68 @@ class SQLiteStore:
         return Decision(None, used)
 
     async def used(self, checks: Sequence[Check], now: float) -> dict[str, float]:
+        return await self._call(self._read_used, checks, now)
+
+    def _read_used(self, checks: Sequence[Check], now: float) -> dict[str, float]:
         db = self._db
         try:
+            self._keep_shm()
             db.execute("begin")
             try:
                 self._refresh(now)
                 return {check.counter: self._used(check) for check in checks}
             finally:
                 db.execute("commit")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise self._error(exc) from None
 
-    async def usage(self, since_day: str) -> list[UsageRow]:
+    async def usage(self, since_day: str, keys: Sequence[str] | None = None) -> list[UsageRow]:
+        return await self._call(self._read_usage, since_day, keys)
+
+    def _read_usage(self, since_day: str, keys: Sequence[str] | None) -> list[UsageRow]:
+        query, parameters = _USAGE, [since_day]
+        if keys is not None:
+            query += f" and key in ({', '.join('?' * len(keys))})"
+            parameters += keys
         try:
-            rows = self._db.execute(
-                "select * from ledger where day >= ? order by day, key, model", (since_day,)
-            ).fetchall()
-        except sqlite3.Error as exc:
+            self._keep_shm()
+            rows = self._db.execute(query + " order by day, key, model", parameters).fetchall()
+        except (sqlite3.Error, OSError) as exc:
             raise self._error(exc) from None
         return [UsageRow(*row) for row in rows]
 
-    async def ping(self) -> None:
+    async def check(self) -> None:
         try:
-            self._db.execute("select 1").fetchone()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
+            await asyncio.wait_for(self._call(self._check), STORE_TIMEOUT)
+        except TimeoutError:
+            raise StateError(
+                f"state file {self.path}: no answer within {STORE_TIMEOUT:g}s"
+            ) from None
+
+    def _check(self) -> None:
+        """The file is the one opened, and a write transaction can begin."""
+        try:
+            identity = _identity(self.path)
+        except FileNotFoundError:
+            identity = None
+        if identity != self._identity:
+            what = "deleted" if identity is None else "replaced by another file"
+            raise StateError(
+                f"the state file {self.path} was {what} while the gateway was using it: "
+                "what it counts now is lost at restart; restore the file or restart"
+            )
+        try:
+            self._keep_shm()
+            self._db.execute("begin immediate")
+            self._db.execute("rollback")
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"state file {self.path} cannot be written: {exc}") from None
 
     async def aclose(self) -> None:
-        self._db.close()
+        await self._call(self._db.close)
+        self._thread.shutdown(wait=False)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino

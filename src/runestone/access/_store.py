@@ -25,6 +25,14 @@ from typing import Literal, Protocol
 
 Mode = Literal["count", "lease", "level"]
 
+#: The most one store call may take, in seconds, however the store fails (a lock held by
+#: another process, a server that accepts and never answers): the call is then a
+#: ``StateError``, and the request is handled by ``on_state_error``.
+STORE_TIMEOUT = 0.5
+#: What one settlement may add to a counter or the ledger: a bound that no request
+#: reaches and every store holds exactly (a float's integers, SQLite's integers).
+MAX_AMOUNT = 2**50
+
 
 @dataclass(slots=True)
 class Check:
@@ -65,7 +73,11 @@ class Addition:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One request's use, for the usage report: per UTC day, key, team and model."""
+    """One request's use, for the usage report: per UTC day, key, team and model.
+
+    ``estimated`` is 1 when the provider never said what the request used, and its
+    worst case was booked instead.
+    """
 
     day: str
     key: str
@@ -74,6 +86,7 @@ class LedgerEntry:
     input_tokens: int
     output_tokens: int
     usd: float
+    estimated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,7 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     usd: float
+    estimated: int = 0
 
 
 class StateError(Exception):
@@ -123,8 +137,12 @@ class Store(Protocol):
         """Each counter's use now, as ``admit`` would see it (for reports)."""
         ...
 
-    async def usage(self, since_day: str) -> list[UsageRow]: ...
+    async def usage(self, since_day: str, keys: Sequence[str] | None = None) -> list[UsageRow]:
+        """The ledger's rows from ``since_day`` on, of ``keys`` only when given."""
+        ...
 
-    async def ping(self) -> None: ...
+    async def check(self) -> None:
+        """Raise ``StateError`` unless the store can be written now."""
+        ...
 
     async def aclose(self) -> None: ...

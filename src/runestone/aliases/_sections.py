@@ -9,7 +9,9 @@ from runestone.aliases._yaml_nodes import Located
 from runestone.pricing import Price, price_from
 from runestone.providers import ProviderSpec
 
-PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "headers", "prefill", "responses"})
+PROVIDER_KEYS = frozenset(
+    {"base_url", "api_key_env", "headers", "prefill", "responses", "stream_usage"}
+)
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -130,6 +132,15 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 problems.append(
                     Problem(raw_prefill.line, f"{where}: prefill must be true or false")
                 )
+        stream_usage = True  # asked of every server unless it says it refuses the option
+        if "stream_usage" in entry.value:
+            raw_usage = entry.value["stream_usage"]
+            if isinstance(raw_usage.value, bool):
+                stream_usage = raw_usage.value
+            else:
+                problems.append(
+                    Problem(raw_usage.line, f"{where}: stream_usage must be true or false")
+                )
         responses = False
         if "responses" in entry.value:
             raw_responses = entry.value["responses"]
@@ -152,6 +163,7 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 docs=f"declared in the alias file, line {entry.line}",
                 prefill=prefill,
                 responses=responses,
+                stream_usage=stream_usage,
             )
         )
     return specs

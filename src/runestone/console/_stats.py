@@ -116,10 +116,16 @@ class Slot:
     tally: Tally = field(default_factory=Tally)
 
 
+#: Targets counted under their own name; any more (clients name ``provider:model``
+#: strings freely) are counted as ``other``, so the stats stay bounded.
+MAX_TARGETS = 200
+
+
 class ConsoleStats:
     """Reads the tallies; read it with ``window``, ``timeline``, ``failures``."""
 
     def __init__(self, tallies: Tallies) -> None:
+        self._targets: set[str] = set()
         self._tallies = tallies
         self._clock = tallies.clock
         self._slots: deque[Slot] = deque(maxlen=SLOTS)
@@ -176,7 +182,7 @@ class ConsoleStats:
             _add_counts(series.latency, counts.duration, 1)
             _add_counts(series.overhead, counts.overhead, 1)
             _add_counts(series.ttft, counts.ttft, 1)
-            target = f"{provider}:{model}"
+            target = self._bounded(f"{provider}:{model}")
             row = tally.targets.get(target)
             if row is None:
                 row = tally.targets[target] = [0, 0]
@@ -192,6 +198,14 @@ class ConsoleStats:
                 row[1] += n
                 code = code or "error"
                 tally.codes[code] = tally.codes.get(code, 0) + n
+
+    def _bounded(self, target: str) -> str:
+        if target in self._targets:
+            return target
+        if len(self._targets) >= MAX_TARGETS:
+            return "other"
+        self._targets.add(target)
+        return target
 
     def window(self, minutes: int, now: float | None = None) -> Tally:
         """The sums of the last ``minutes`` (one of ``WINDOWS``), this slot included."""

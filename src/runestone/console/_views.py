@@ -20,6 +20,20 @@ REFUSALS = frozenset(
 )
 
 
+#: Models listed by cost; the rest are summed as ``other``.
+MODELS_SHOWN = 20
+
+
+def _top(models: dict[str, list[float]], count: int) -> list[tuple[str, list[float]]]:
+    """The ``count`` costliest models, and the rest summed as ``other``."""
+    ranked = sorted(models.items(), key=lambda item: (-item[1][2], -item[1][3]))
+    shown = [(name, n) for name, n in ranked[:count] if name != "other"]
+    rest = [n for name, n in ranked if (name, n) not in shown]
+    if rest:
+        shown.append(("other", [sum(column) for column in zip(*rest, strict=True)]))
+    return shown
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -63,7 +77,7 @@ def traffic(stats: ConsoleStats, minutes: int, streams_in_flight: int) -> dict[s
                 "output_tokens": int(n[1]),
                 "cost_usd": round(n[2], 6),
             }
-            for model, n in sorted(tally.models.items(), key=lambda i: -i[1][2])
+            for model, n in _top(tally.models, MODELS_SHOWN)
         ],
         # [slot start, requests/s, error ratio] per slot of the window, empty ones too.
         "timeline": [

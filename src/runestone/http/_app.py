@@ -20,6 +20,7 @@ from runestone._gateway import Gateway
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.console import ConsoleStats
+from runestone.errors import GatewayError
 from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 from runestone.http._signals import hook_exit_signals
 from runestone.http.endpoints import (
@@ -33,10 +34,11 @@ from runestone.http.endpoints import (
 from runestone.http.endpoints.console import ConsoleApi, ConsoleFiles
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
 from runestone.http.middleware.auth import CLIENT, METRICS, OPERATOR
+from runestone.http.middleware.errors import PROTOCOL
 from runestone.http.routing import Dispatcher, Mount, Route
 from runestone.protocols import CHAT, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from runestone.routing import Router
-from runestone.telemetry import Subscriber, Telemetry, otel
+from runestone.telemetry import RequestTrace, Subscriber, Telemetry, otel
 from runestone.telemetry.logs import RequestLog
 from runestone.telemetry.prometheus import PrometheusMetrics
 
@@ -115,7 +117,19 @@ class RunestoneApp:
             keys=lambda: aliases.table.access.keys,
             admin_token=self.settings.admin_token,
         )
-        return ErrorMiddleware(AuthenticationMiddleware(Dispatcher(self.routes), backend))
+        return ErrorMiddleware(
+            AuthenticationMiddleware(Dispatcher(self.routes), backend), self._count_refusal
+        )
+
+    def _count_refusal(self, scope: Scope, request_id: str, error: GatewayError) -> None:
+        """A request refused before an endpoint counted it (a missing key, say): counted
+        as a failed request of its route, without anything it presented."""
+        protocol = scope.get(PROTOCOL)
+        route = protocol.operation if protocol is not None else "other"
+        trace = RequestTrace(
+            self.telemetry, request_id=request_id, route=route, table=self.aliases.table
+        )
+        trace.failed(error, stream=False)
 
     def add_tracing(self, traces: Subscriber) -> None:
         """Subscribe a trace exporter (``runestone.telemetry.otel.OTelTraces``).

@@ -95,10 +95,11 @@ def error_headers(exc: GatewayError, request_id: bytes) -> list[tuple[bytes, byt
     ]
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(math.ceil(exc.retry_after)).encode()))
-    if exc.attempts:
-        headers.append((b"x-runestone-attempts", str(exc.attempts).encode()))
-    if exc.target is not None:
+    if exc.target is not None:  # an error that had a target says which, and how many tries
         headers.append((b"x-runestone-target", header_value(exc.target)))
+        headers.append((b"x-runestone-attempts", str(exc.attempts).encode()))
+    elif exc.attempts:
+        headers.append((b"x-runestone-attempts", str(exc.attempts).encode()))
     headers += exc.headers
     return headers
 

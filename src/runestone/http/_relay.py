@@ -162,7 +162,7 @@ class ClientWatch:
             if message["type"] == "http.disconnect":
                 self.state.client_gone = True
                 if self._routed is not None:
-                    self._routed.cancel()
+                    self._routed.client_left()  # cut now, or once its usage is in
                 elif self._connecting is not None:
                     self._connecting.cancel()
                 return
@@ -219,6 +219,8 @@ async def relay_to_client(
 async def _pump(events: AsyncIterator[bytes], state: StreamState, send: Send) -> None:
     async for piece in events:
         if state.client_gone:  # set by the watch, in another task
-            break
+            # Read on to the end, sending nothing: the routed stream was cut (the relay
+            # ends at once) or is being read for its usage, for a bounded time.
+            continue
         await send({"type": "http.response.body", "body": piece, "more_body": True})
         state.sent += 1

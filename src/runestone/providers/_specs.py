@@ -36,8 +36,9 @@ class ProviderSpec:
     origin_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     docs: str = ""
-    #: Accepts stream_options.include_usage: the gateway asks for usage on every stream
-    #: and hides the usage chunk from clients that did not ask for it.
+    #: Its streams can report usage (OpenAI-compatible: it accepts
+    #: ``stream_options.include_usage``): the gateway asks for usage on every stream and
+    #: hides the usage chunk from clients that did not ask for it.
     stream_usage: bool = False
     #: A server of one's own (vLLM, Ollama): used only once its base URL variable is set
     #: (or it is declared in the alias file), never at a default address by surprise.

@@ -224,8 +224,8 @@ class AnyLLMChatAdapter(_TranslatingAdapter):
 
     def _stream(self, call: Call, events: Any) -> _SdkStream:
         options = call.body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        render = _OpenAIChunks(include_usage)
+        asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        render = _OpenAIChunks(asked or call.add_stream_usage)  # hidden again if not asked
         return _SdkStream(call.provider, events, render, b"data: [DONE]\n\n")
 
 

@@ -85,8 +85,11 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         base_url_env="ANTHROPIC_BASE_URL",
         headers=(("anthropic-version", "2023-06-01"),),
         prefill=True,
+        stream_usage=True,  # translated streams always carry Anthropic's usage
     ),
-    ProviderSpec(name="mock", wire_format="mock", base_url="", key_required=False),
+    ProviderSpec(
+        name="mock", wire_format="mock", base_url="", key_required=False, stream_usage=True
+    ),
 )
 
 #: Reached through any-llm, which reads their keys and settings from the variables its
@@ -108,7 +111,9 @@ ANYLLM_ONLY = (
     "sagemaker",
 )
 BUILTIN += tuple(
-    ProviderSpec(name=name, wire_format="anyllm", base_url="", key_required=False)
+    ProviderSpec(
+        name=name, wire_format="anyllm", base_url="", key_required=False, stream_usage=True
+    )
     for name in ANYLLM_ONLY
 )
 

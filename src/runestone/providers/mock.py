@@ -101,7 +101,8 @@ class MockStream:
             finish = b'"tool_calls"'
         yield b"data: " + head + b'[{"index":0,"delta":{},"finish_reason":' + finish + b"}]}\n\n"
         options = call.body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        asked = isinstance(options, dict) and options.get("include_usage")
+        if asked or call.add_stream_usage:  # hidden again from a client that did not ask
             usage = orjson.dumps(_usage(found))
             yield b"data: " + head + b'[],"usage":' + usage + b"}\n\n"
         yield b"data: [DONE]\n\n"

@@ -30,7 +30,7 @@ class ResponsesAdapter:
     def _bridged(self, call: Call, stream: bool) -> Call:
         body = chat_request(call.target_body(), call.provider)
         body["stream"] = stream
-        if not stream:
+        if not stream or not call.endpoint.spec.stream_usage:
             body.pop("stream_options", None)
         return replace(call, body=body, operation="chat", add_stream_usage=False)
 

@@ -103,8 +103,10 @@ class ChatToAnthropicAdapter(_TranslatingAdapter):
 
     def _translator(self, call: Call) -> Translate:
         options = call.body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        chunks = ChatChunks(call.model, include_usage)
+        asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        # Anthropic always reports usage: the chunk is made whether the client asked or
+        # not (``add_stream_usage``), and the scanner hides it from a client that did not.
+        chunks = ChatChunks(call.model, asked or call.add_stream_usage)
         provider = call.provider
 
         def translate(kind: str | None, data: bytes) -> bytes:
@@ -127,7 +129,10 @@ class MessagesToOpenAIAdapter(_TranslatingAdapter):
 
     def _request(self, call: Call) -> object:
         arguments = messages_arguments(call.target_body(), call.provider)
-        return chat_request(arguments, call.model)
+        request = chat_request(arguments, call.model)
+        if not call.endpoint.spec.stream_usage:  # a server that refuses stream_options
+            request.pop("stream_options", None)
+        return request
 
     def _answer(self, data: object) -> dict[str, Any] | None:
         if not isinstance(data, dict) or "choices" not in data:

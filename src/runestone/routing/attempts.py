@@ -147,6 +147,7 @@ async def run_attempts(
     last: GatewayError | None = None
     tried: Candidate | None = None
     refused: list[CircuitBreaker] = []
+    paused_first: Candidate | None = None
     started = time.perf_counter()
     queue = deque(order(policy.strategy, candidates))
     fallback = context_fallback
@@ -157,6 +158,7 @@ async def run_attempts(
         for retry in range(policy.retries + 1):
             if not breaker.allow():
                 refused.append(breaker)
+                paused_first = paused_first or candidate
                 break
             remaining = deadline.remaining()
             if remaining <= 0:
@@ -237,7 +239,8 @@ async def run_attempts(
             + ", ".join(b.key for b in refused),
             retry_after=max(retry_in, 1.0),
         )
-        raise _ending(paused, attempts, tried, started)
+        # Where it would have gone: no attempt was made, but the target is known.
+        raise _ending(paused, attempts, tried or paused_first, started)
     assert last is not None
     raise _ending(last, attempts, tried, started)
 

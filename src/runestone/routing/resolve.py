@@ -47,7 +47,7 @@ def resolve(model: str, table: AliasTable) -> tuple[Target, ...]:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?"
     raise error_for(
         "model_not_found",
-        f"unknown model {model!r}: name an alias (GET /v1/models lists them) or "
+        f"unknown model {model!r}: name an alias of the alias file or "
         f"provider:model, e.g. openai:gpt-4o-mini or mock:echo.{hint}",
         param="model",
     )

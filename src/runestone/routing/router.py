@@ -120,12 +120,18 @@ class Router:
         body: dict[str, object],
         request_id: str,
         forward: Forwarded,
+        table: AliasTable | None,
         *,
         streaming: bool = False,
     ) -> tuple[list[Candidate], Policy, list[Candidate]]:
         """The usable targets for this request, each with its breaker, the policy, and the
-        targets for a prompt too long for them (the alias's ``context_fallback``)."""
-        table = self.aliases.table  # read once: the whole request uses this snapshot
+        targets for a prompt too long for them (the alias's ``context_fallback``).
+
+        ``table`` is the snapshot the request read when it started (its exchange's): a
+        reload while it is admitted must not send it by another table's routes.
+        """
+        if table is None:
+            table = self.aliases.table
         if self._routes_for is not table:
             self._routes, self._routes_for = {}, table
         model = str(body["model"])
@@ -154,7 +160,9 @@ class Router:
         errors: list[GatewayError] = []
         usable = self._usable(targets, registry, errors)
         if not usable:
-            raise errors[0]
+            first = errors[0]
+            first.target = str(targets[0])  # where it would have gone, for its headers
+            raise first
         route = _Route(
             alias.policy if alias is not None else table.defaults,
             usable,
@@ -224,9 +232,10 @@ class Router:
         body: dict[str, object],
         request_id: str,
         forward: Forwarded = NOTHING_FORWARDED,
+        table: AliasTable | None = None,
     ) -> Routed:
         """Answer one non-streamed request; raise ``GatewayError`` on failure."""
-        candidates, policy, fallback = self._plan(protocol, body, request_id, forward)
+        candidates, policy, fallback = self._plan(protocol, body, request_id, forward, table)
         started = time.perf_counter()
         done = await run_attempts(
             candidates,
@@ -253,10 +262,16 @@ class Router:
         request_id: str,
         protocol: ClientProtocol = CHAT,
         forward: Forwarded = NOTHING_FORWARDED,
+        table: AliasTable | None = None,
+        *,
+        drain_for: float = 0.0,
     ) -> RoutedStream:
-        """Open a streamed request; return once an upstream sent its first content."""
+        """Open a streamed request; return once an upstream sent its first content.
+
+        ``drain_for``: seconds the upstream is read on after the client left, for usage.
+        """
         candidates, policy, fallback = self._plan(
-            protocol, body, request_id, forward, streaming=True
+            protocol, body, request_id, forward, table, streaming=True
         )
         routed = RoutedStream(
             request_id=request_id,
@@ -268,6 +283,7 @@ class Router:
             observe=self.telemetry.attempt_observer,
             max_event_bytes=self.max_event_bytes,
             read_timeout=self.read_timeout,
+            drain_for=drain_for,
         )
         await routed.connect()
         return routed

@@ -64,6 +64,7 @@ class RoutedStream:
     """
 
     __slots__ = (
+        "_drain",
         "_expiry",
         "_leg",
         "_observe",
@@ -72,8 +73,10 @@ class RoutedStream:
         "_state",
         "attempts",
         "candidates",
+        "client_gone",
         "context_fallback",
         "deadline",
+        "drain_for",
         "max_event_bytes",
         "policy",
         "protocol",
@@ -96,6 +99,7 @@ class RoutedStream:
         observe: Observer | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
         read_timeout: float | None = None,
+        drain_for: float = 0.0,
     ) -> None:
         self.request_id = request_id
         self.protocol = protocol
@@ -118,6 +122,11 @@ class RoutedStream:
         self.remaining: tuple[Candidate, ...] = ()
         #: The target whose stream broke and was completed from another (on_stream_cut).
         self.rescued_from: Target | None = None
+        #: Seconds the upstream is read on after the client left, to learn the usage that
+        #: comes at a stream's end (0: cut at once).
+        self.drain_for = drain_for
+        self.client_gone = False
+        self._drain: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         target = f" {self.target}" if self._leg is not None else ""
@@ -246,7 +255,8 @@ class RoutedStream:
         error = leg.scanner.summary.error
         if error is None:
             return
-        if error.code not in _NOT_RESCUED and self.deadline.remaining() > 0:
+        rescuable = error.code not in _NOT_RESCUED and not self.client_gone
+        if rescuable and self.deadline.remaining() > 0:
             transcript = continuation_for(self.protocol.operation, b"".join(sent))
             if transcript is not None and transcript.possible:
                 async for piece in self._continue(leg, transcript):
@@ -321,6 +331,18 @@ class RoutedStream:
         self.rescued_from = broken.candidate.target
         self._leg = leg
 
+    def client_left(self) -> None:
+        """The client went away mid-stream. The usage comes at a stream's end: with
+        ``drain_for`` the upstream is read on (its events relayed to no one) until it
+        ends or that many seconds pass, then cut; without, it is cut now."""
+        self.client_gone = True
+        leg = self._leg
+        summary = leg.scanner.summary if leg is not None else None
+        if summary is None or summary.done or self.drain_for <= 0:  # usage is final at the end
+            self.cancel()
+        elif self._drain is None:
+            self._drain = asyncio.get_running_loop().call_later(self.drain_for, self.cancel)
+
     def cancel(self) -> None:
         """The client went away: end the answer as its fault, not the upstream's."""
         leg = self._leg
@@ -361,6 +383,8 @@ class RoutedStream:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._drain is not None:
+            self._drain.cancel()
         if self._silence is not None:
             self._silence.stop()
             self._silence = None

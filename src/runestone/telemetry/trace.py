@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from runestone.aliases import AliasTable, Target
 from runestone.errors import GatewayError
@@ -24,6 +25,20 @@ from runestone.telemetry import usage
 from runestone.telemetry.events import Outcome, RequestFinished
 from runestone.telemetry.hub import Telemetry
 from runestone.telemetry.tallies import Failure, is_failure
+from runestone.telemetry.usage import UNKNOWN, Usage
+
+
+class Account(NamedTuple):
+    """What a finished request used, worked out once for telemetry and for limits."""
+
+    #: The target that answered (``provider:model``), or the name the client asked for.
+    target: str
+    usage: Usage
+    cost: float | None
+    #: Whether an upstream answered (whole or streamed): what it used costs money.
+    charged: bool
+    #: The answer came from two targets: the first one's usage is never reported.
+    partial: bool = False
 
 
 @dataclass(slots=True)  # built per request: see Call
@@ -42,11 +57,11 @@ class RequestTrace:
         "_finished",
         "_relayed",
         "_table",
+        "account",
         "key",
         "model",
         "request_id",
         "route",
-        "spent",
         "started",
         "started_ns",
         "telemetry",
@@ -67,8 +82,8 @@ class RequestTrace:
         self.route = route
         self.model = ""  # the requested name, once the body has been read
         self.key = "-"  # the client key's id, once authenticated by one
-        #: (target, cost, input tokens, output tokens), once finished: what limits book.
-        self.spent: tuple[str, float | None, int | None, int | None] | None = None
+        #: What the request used, once finished (what limits and budgets book).
+        self.account: Account | None = None
         self.traceparent = traceparent
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
@@ -104,18 +119,25 @@ class RequestTrace:
         alias = self._table.match(self.model) if self._table.patterns else None
         return alias.name if alias is not None else "-"
 
-    def _cost(self, target: Target, given: int | None, taken: int | None) -> float | None:
-        if given is None and taken is None:
+    def _cost(self, target: Target, used: Usage) -> float | None:
+        if used.input is None or used.output is None:
             return None
         spec = str(target)
         price = self._table.prices.get(spec) or packaged_prices().get(spec)
-        return None if price is None else price.cost(given, taken)
+        return None if price is None else price.cost(used.input, used.output, used.cached)
 
     def answered(self, *, target: Target, attempts: int, upstream: float, body: bytes) -> Answer:
         """A non-streamed answer is about to be sent: emit its event, return its figures."""
         elapsed = time.perf_counter() - self.started
-        given, taken = usage.from_body(body)
-        cost = self._cost(target, given, taken)
+        route = self.route
+        if route == "count_tokens":  # a count costs nothing and uses no tokens
+            used, charged = UNKNOWN, False
+        else:
+            used = usage.from_body(body, target.provider, output=route != "embeddings")
+            charged = True
+        cost = self._cost(target, used)
+        self.account = Account(str(target), used, cost, charged)
+        given, taken = used.input, used.output
         self._finish(
             provider=target.provider,
             model=target.model,
@@ -181,7 +203,10 @@ class RequestTrace:
             outcome = "truncated"
         else:
             outcome = "upstream_error"
-        given, taken = usage.tokens(summary_usage)
+        used = usage.read(summary_usage, target.provider)
+        cost = self._cost(target, used)
+        self.account = Account(str(target), used, cost, True, rescued_from is not None)
+        given, taken = used.input, used.output
         duration = time.perf_counter() - self.started
         code = "client_disconnected" if client_gone else error.code if error is not None else ""
         self._finish(
@@ -198,7 +223,7 @@ class RequestTrace:
             input_tokens=given,
             output_tokens=taken,
             outcome=outcome,
-            cost=self._cost(target, given, taken),
+            cost=cost,
             rescued_from=str(rescued_from) if rescued_from is not None else None,
         )
 
@@ -249,9 +274,6 @@ class RequestTrace:
                     self.key,
                 )
             )
-        if self.key != "-":
-            target = f"{provider}:{model}" if provider != "-" else self.model
-            self.spent = (target, cost, input_tokens, output_tokens)
         if telemetry.listening(RequestFinished):
             telemetry.emit(
                 RequestFinished(

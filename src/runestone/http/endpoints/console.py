@@ -16,6 +16,8 @@ from runestone.console import _views as views
 from runestone.errors import GatewayError, error_for
 from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
 
+#: Keys the console shows (the first, by id); ``/admin/usage`` pages through them all.
+CONSOLE_KEYS = 50
 _TYPES = {".html": b"text/html; charset=utf-8", ".css": b"text/css", ".js": b"text/javascript"}
 _HEADERS = [
     # Everything the page loads is its own: no inline script, no other origin.
@@ -83,8 +85,8 @@ class ConsoleApi:
         if not table.access.keys:
             return {"configured": False}
         refusals = [f for f in failures if f["code"] in views.REFUSALS][:20]
-        try:
-            report = await self.gateway.access.report(table)
+        try:  # the first page of keys: the console's answer stays small however many
+            report = await self.gateway.access.report(table, limit=CONSOLE_KEYS)
         except GatewayError as exc:
             return {"configured": True, "error": exc.message, "refusals": refusals}
         return {"configured": True, **report, "refusals": refusals}

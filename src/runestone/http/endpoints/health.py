@@ -33,7 +33,7 @@ class ReadyEndpoint:
         store_error: str | None = None
         if access.in_use:
             store_error = await access.check_store()
-            store = {"name": access.store.name, "ok": store_error is None}
+            store = {"name": access.store_name, "ok": store_error is None}
         if principal is not None and OPERATOR in principal.scopes:
             details: dict[str, object] = {
                 "status": state,

@@ -1,7 +1,8 @@
 """The model API endpoints: one ``ProxyEndpoint`` per client protocol.
 
-Reads and checks the body in the route's protocol, hands it to the router, and sends
-the answer (JSON) or relays the stream; a ``RequestTrace`` does the accounting.
+HTTP in, an ``Exchange`` (the request's life: admission, routing, accounting), HTTP
+out: reads and checks the body in the route's protocol, and sends the answer (JSON) or
+relays the stream.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import contextlib
 
 from runestone._gateway import Gateway
 from runestone._version import __version__
-from runestone.access import Admission, rate_headers
 from runestone.errors import GatewayError
+from runestone.exchange import Exchange
 from runestone.http._asgi import (
     Receive,
     Scope,
@@ -22,11 +23,10 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.http._relay import ClientWatch, StreamState, relay_to_client
-from runestone.http.middleware.errors import REQUEST_ID, STARTED
+from runestone.http.middleware.errors import COUNTED, REQUEST_ID, STARTED
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
 from runestone.routing import Routed, RoutedStream
-from runestone.telemetry import RequestTrace
 
 _PRODUCT = f" runestone/{__version__}"
 _PRODUCT_AGENT = _PRODUCT[1:]
@@ -46,62 +46,47 @@ class ProxyEndpoint:
         return f"<ProxyEndpoint {self.protocol.operation}>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway = self.gateway
-        router = gateway.router
-        assert router is not None, "the gateway starts before its first request"
         protocol = self.protocol
         request_id: str = scope[REQUEST_ID]
         declared, forward, traceparent = self._read_headers(scope)
-        trace = RequestTrace(
-            gateway.telemetry,
-            request_id=request_id,
-            route=protocol.operation,
-            table=gateway.aliases.table,
+        exchange = Exchange(
+            self.gateway,
+            protocol,
+            request_id,
+            key=scope["auth"].key,
+            forward=forward,
             traceparent=traceparent,
         )
+        scope[COUNTED] = True  # the exchange's trace counts it, whatever happens
         stream = False
         escaped: BaseException | None = None
-        admission: Admission | None = None
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
-            trace.model = str(body["model"])
-            key = scope["auth"].key
-            if key is not None:
-                trace.key = key.id
-                admission = await gateway.access.admit(
-                    key, gateway.aliases.table, trace.model, body, len(raw), request_id
-                )
+            await exchange.admit(body, raw)
             if protocol.scanner is not None and body.get("stream") is True:
                 stream = True
                 watch = ClientWatch(receive, send, self._heartbeat)
                 try:
-                    opening = router.open_stream(body, request_id, protocol, forward)
-                    routed = await watch.connecting(opening)
+                    routed = await watch.connecting(exchange.open_stream(body))
                 except BaseException:
                     watch.stop()
                     raise
                 scope[STARTED] = True  # from here on, errors end the stream in-band
-                limits = _limit_headers(admission, gateway.access.clock())
-                await self._relay(routed, trace, watch, send, limits)
+                await self._relay(routed, exchange, watch, send)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
-                answered = await router.complete(protocol, body, request_id, forward)
-                headers = self._answer_headers(answered, request_id, trace)
-                if admission is not None:
-                    headers += _limit_headers(admission, gateway.access.clock())
+                answered = await exchange.complete(body)
+                headers = self._answer_headers(answered, request_id, exchange)
                 await send_json(send, 200, answered.reply.body, headers)
         except GatewayError as exc:
-            trace.failed(exc, stream=stream)
+            exchange.failed(exc, stream=stream)
             raise
         except BaseException as exc:
             escaped = exc
             raise
         finally:
-            trace.close(escaped)
-            if admission is not None:
-                target, cost, given, taken = trace.spent or (trace.model, None, None, None)
-                gateway.access.settle(admission, target, cost, given, taken)
+            exchange.close(escaped)
 
     def _read_headers(self, scope: Scope) -> tuple[int | None, Forwarded, str | None]:
         """In one pass: the declared body length, what goes upstream, the trace context.
@@ -130,16 +115,11 @@ class ProxyEndpoint:
 
     @staticmethod
     def _answer_headers(
-        routed: Routed, request_id: str, trace: RequestTrace
+        routed: Routed, request_id: str, exchange: Exchange
     ) -> list[tuple[bytes, bytes]]:
         """The answer's accounting is done, and its headers say what it found."""
         reply = routed.reply
-        answer = trace.answered(
-            target=routed.target,
-            attempts=routed.attempts,
-            upstream=routed.upstream,
-            body=reply.body,
-        )
+        answer = exchange.answered(routed)
         overhead, upstream = b"%.3f" % answer.overhead_ms, answer.upstream_ms
         headers = [
             (b"content-type", reply.content_type),
@@ -151,16 +131,15 @@ class ProxyEndpoint:
         ]
         if answer.cost is not None:
             headers.append((b"x-runestone-cost-usd", b"%.8f" % answer.cost))
+        if exchange.admission is not None:
+            headers += exchange.rate_headers()
         return headers
 
     async def _relay(
-        self,
-        routed: RoutedStream,
-        trace: RequestTrace,
-        watch: ClientWatch,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
+        self, routed: RoutedStream, exchange: Exchange, watch: ClientWatch, send: Send
     ) -> None:
+        trace = exchange.trace
+        headers = exchange.rate_headers() if exchange.admission is not None else None
         setup = trace.stream_started()
 
         def finished(state: StreamState) -> None:
@@ -183,9 +162,3 @@ class ProxyEndpoint:
             await relay_to_client(routed, watch, send, finished, headers)
         finally:
             streams.discard(routed)
-
-
-def _limit_headers(admission: Admission | None, now: float) -> list[tuple[bytes, bytes]]:
-    if admission is None or not admission.checks:
-        return []
-    return rate_headers(admission.used, admission.checks, now)

@@ -6,6 +6,10 @@ is logged and becomes ``internal_error``. As in starlette's ``ServerErrorMiddlew
 once the response has started nothing can be rendered any more: the error is logged
 and the connection left to close, since a second response would corrupt the first.
 
+An error no request trace counted (one refused before an endpoint ran: a missing key, an
+unknown path, a wrong method) is handed to ``on_uncounted``, so that every refusal shows
+in the metrics, the request log and the console like any other failed request.
+
 Whether it started is ``scope["runestone.started"]``: set by the gateway's own streamed
 responses (the only ones of its own that can fail after starting), and by a guard on
 ``send`` that the dispatcher puts in front of mounted applications. Not a wrapper on
@@ -15,6 +19,7 @@ every ``send``: that would cost a call on every streamed chunk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from runestone.errors import GatewayError, drop_tracebacks, error_for
 from runestone.http._asgi import ASGIApp, ClientGone, Message, Receive, Scope, Send, send_error
@@ -25,6 +30,15 @@ log = logging.getLogger("runestone.http")
 REQUEST_ID = "runestone.request_id"
 PROTOCOL = "runestone.protocol"
 STARTED = "runestone.started"
+#: Set by an endpoint whose request a trace counts (whatever its outcome).
+COUNTED = "runestone.counted"
+
+#: Hears of an error that no trace counted: (scope, request id, the error).
+Uncounted = Callable[[Scope, str, GatewayError], None]
+
+
+def _ignore(scope: Scope, request_id: str, error: GatewayError) -> None:
+    return None
 
 
 def guard_start(scope: Scope, send: Send) -> Send:
@@ -39,8 +53,9 @@ def guard_start(scope: Scope, send: Send) -> Send:
 
 
 class ErrorMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_uncounted: Uncounted = _ignore) -> None:
         self.app = app
+        self.on_uncounted = on_uncounted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,6 +74,8 @@ class ErrorMiddleware:
             return
         except GatewayError as exc:
             drop_tracebacks(exc)
+            if COUNTED not in scope:
+                self.on_uncounted(scope, request_id, exc)
             if scope.get(STARTED):
                 log.warning("request %s failed after its response started: %r", request_id, exc)
                 return
@@ -69,10 +86,8 @@ class ErrorMiddleware:
             drop_tracebacks(exc)
             if scope.get(STARTED):
                 return
+            error = error_for("internal_error", "the gateway failed to handle the request")
+            if COUNTED not in scope:
+                self.on_uncounted(scope, request_id, error)
             protocol = scope.get(PROTOCOL)
-            await send_error(
-                send,
-                error_for("internal_error", "the gateway failed to handle the request"),
-                request_id,
-                protocol.error_body if protocol else None,
-            )
+            await send_error(send, error, request_id, protocol.error_body if protocol else None)

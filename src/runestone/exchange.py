@@ -1,0 +1,161 @@
+"""One request's life, for the server and the library alike.
+
+An ``Exchange`` reads the alias snapshot once, when the request starts, and runs the
+request on it from there::
+
+    exchange = Exchange(gateway, CHAT, request_id, key=key)
+    try:
+        await exchange.admit(body, raw)            # the key's limits and budgets
+        routed = await exchange.complete(body)     # or open_stream(body)
+        answer = exchange.answered(routed)         # what it used and cost, counted
+    except GatewayError as exc:
+        exchange.failed(exc)
+        raise
+    finally:
+        exchange.close()                           # counted once, settled once
+
+``close`` runs once whatever happened in between (an upstream error, a client gone at
+any phase, a cancellation, a bug in the gateway): the trace counts the request, and the
+admission is settled with what the trace found the request used, so its lease and its
+reservation always come back. HTTP endpoints translate HTTP to an exchange and back;
+the library's ``route_chat`` and ``route_stream`` call it directly, with the same limits
+and accounting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from runestone._gateway import Gateway
+from runestone.access import Admission, Spent, rate_headers_for
+from runestone.aliases import KeySpec
+from runestone.errors import GatewayError
+from runestone.protocols import ClientProtocol
+from runestone.providers import Forwarded
+from runestone.providers.adapter import NOTHING_FORWARDED
+from runestone.routing import Routed, RoutedStream
+from runestone.telemetry import Answer, RequestTrace
+
+
+class Exchange:
+    """One request: its alias snapshot, its admission, its trace; ``close`` it."""
+
+    __slots__ = (
+        "_closed",
+        "_gateway",
+        "admission",
+        "forward",
+        "key",
+        "protocol",
+        "request_id",
+        "table",
+        "trace",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        protocol: ClientProtocol,
+        request_id: str,
+        *,
+        key: KeySpec | None = None,
+        forward: Forwarded = NOTHING_FORWARDED,
+        traceparent: str | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self.protocol = protocol
+        self.request_id = request_id
+        self.key = key
+        self.forward = forward
+        #: The alias table this request reads, whatever reloads happen meanwhile.
+        self.table = gateway.aliases.table
+        self.trace = RequestTrace(
+            gateway.telemetry,
+            request_id=request_id,
+            route=protocol.operation,
+            table=self.table,
+            traceparent=traceparent,
+        )
+        if key is not None:
+            self.trace.key = key.id
+        self.admission: Admission | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.request_id} {self.protocol.operation}>"
+
+    def use_key(self, key: KeySpec) -> None:
+        """The request is made with a client key (before ``admit``)."""
+        self.key = key
+        self.trace.key = key.id
+
+    async def admit(self, body: dict[str, object], raw: bytes) -> None:
+        """Take what the key's limits and budgets allow, or raise the client's error."""
+        model = self.trace.model = str(body["model"])
+        if self.key is not None:
+            access = self._gateway.access
+            self.admission = await access.admit(self.key, self.table, model, body, raw)
+
+    def complete(self, body: dict[str, object]) -> Awaitable[Routed]:
+        """Route a non-streamed request; its answer goes to ``answered``."""
+        router = self._gateway.router
+        assert router is not None, "the gateway starts before its first request"
+        return router.complete(self.protocol, body, self.request_id, self.forward, self.table)
+
+    def open_stream(self, body: dict[str, object]) -> Awaitable[RoutedStream]:
+        """Route a streamed request; return once an upstream sent its first content.
+
+        A request that books what it uses is read on for its usage, for a bounded time,
+        if its client leaves before the end.
+        """
+        router = self._gateway.router
+        assert router is not None, "the gateway starts before its first request"
+        drain = self._gateway.settings.usage_drain_seconds if self.admission else 0.0
+        return router.open_stream(
+            body, self.request_id, self.protocol, self.forward, self.table, drain_for=drain
+        )
+
+    def answered(self, routed: Routed) -> Answer:
+        """A non-streamed answer is about to be sent: count it, return its figures."""
+        return self.trace.answered(
+            target=routed.target,
+            attempts=routed.attempts,
+            upstream=routed.upstream,
+            body=routed.reply.body,
+        )
+
+    def rate_headers(self) -> list[tuple[bytes, bytes]]:
+        """The ``x-ratelimit-*`` headers of the key's limits (none without a key)."""
+        return rate_headers_for(self.admission, self._gateway.access.clock())
+
+    def failed(self, error: GatewayError, *, stream: bool = False) -> None:
+        """The request ends in ``error``, before any answer went out."""
+        self.trace.failed(error, stream=stream)
+
+    def close(self, escaped: BaseException | None = None) -> None:
+        """The request is over: count it (if nothing did yet) and settle its admission.
+
+        ``escaped`` is what ended it, if not an answer or a ``failed`` error (a client
+        gone before its body arrived, a cancellation, a bug).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.trace.close(escaped)
+        admission = self.admission
+        if admission is None:
+            return
+        account = self.trace.account
+        if account is None:
+            self._gateway.access.settle(admission)
+            return
+        used = account.usage
+        spent = Spent(
+            account.target,
+            account.charged,
+            used.input,
+            used.output,
+            account.cost,
+            account.partial,
+        )
+        self._gateway.access.settle(admission, spent)

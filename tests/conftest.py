@@ -8,6 +8,7 @@ import pytest
 
 from runestone.config import Settings
 from runestone.http import Mount
+from tests.redis_server import RedisServer
 from tests.servers import (
     OPEN_CLIENTS,
     FakeProvider,
@@ -34,6 +35,15 @@ def close_sdk_clients() -> Iterator[None]:
     yield
     while OPEN_CLIENTS:
         OPEN_CLIENTS.pop().close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; each test keeps to a prefix of its own."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -39,14 +39,6 @@ prices:
 """
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def store_env(
     request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
@@ -504,3 +496,103 @@ def test_a_request_keeps_the_alias_table_it_started_with(
     assert fake.seen[-1].body["model"] == "gpt-4"
     after = post(gateway, "a", {}, authorization=f"Bearer {SERVICE}")
     assert after.headers["x-runestone-target"] == "openai:gpt-new"
+
+
+# --- a lease comes back on every exit path ------------------------------------------------
+
+
+class _Broken:
+    """An adapter with a bug: the gateway's own fault, never an upstream's."""
+
+    async def complete(self, call: Any) -> Any:
+        raise TypeError("a bug in an adapter")
+
+    async def open_stream(self, call: Any) -> Any:
+        raise TypeError("a bug in an adapter")
+
+
+@pytest.fixture
+def broken_mock() -> Iterator[None]:
+    from runestone.providers import _registry as provider_registry
+    from runestone.providers import register_adapter
+
+    pair = ("chat", "mock")
+    original = provider_registry._ADAPTERS[pair]
+    register_adapter("chat", "mock", lambda context: _Broken())
+    yield
+    provider_registry._ADAPTERS[pair] = original
+
+
+async def _leave_after(gateway: Gateway, body: dict[str, Any], seconds: float) -> None:
+    """A client that sends ``body`` and disconnects after ``seconds``, whatever came."""
+    headers = {"authorization": f"Bearer {KEYS['a']}"}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=seconds)) as client:
+        try:
+            async with client.stream(
+                "POST", f"{gateway.base_url}/chat/completions", json=body, headers=headers
+            ) as response:
+                async for _ in response.aiter_bytes():
+                    pass
+        except httpx.ReadTimeout:
+            pass
+
+
+async def _half_a_body(gateway: Gateway) -> None:
+    """A client that leaves in the middle of sending its body."""
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + KEYS["a"].encode() + b"\r\ncontent-length: 500\r\n\r\n{"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+
+
+EXITS = {
+    "answered": lambda g: post(g, "a", {"max_tokens": 5}),
+    "streamed": lambda g: post(g, "a", {"stream": True, "max_tokens": 5}),
+    "upstream error": lambda g: post(g, "a", {"model": "openai:fails"}),
+    "upstream error mid-stream": lambda g: post(g, "a", {"model": "openai:cut", "stream": True}),
+    "gateway error": lambda g: post(g, "a", {"model": "echo"}),
+    "gateway error, streamed": lambda g: post(g, "a", {"model": "echo", "stream": True}),
+    "client gone mid-body": lambda g: asyncio.run(_half_a_body(g)),
+    "client gone while connecting": lambda g: asyncio.run(
+        _leave_after(g, {"model": "openai:slow", "messages": HI, "stream": True}, 0.1)
+    ),
+    "client gone mid-stream": lambda g: asyncio.run(
+        _leave_after(g, {"model": "openai:pausing", "messages": HI, "stream": True}, 0.1)
+    ),
+    "client gone waiting for a whole answer": lambda g: asyncio.run(
+        _leave_after(g, {"model": "openai:slow", "messages": HI}, 0.1)
+    ),
+}
+
+
+@pytest.mark.usefixtures("broken_mock")
+@pytest.mark.parametrize("exit_path", list(EXITS))
+def test_the_lease_comes_back_on_every_exit_path(
+    make_gateway: MakeGateway, fake: FakeProvider, tmp_path: Path, exit_path: str
+) -> None:
+    from tests.servers import error_response
+
+    fake.on("fails", error_response(500, {"error": {"message": "boom", "type": "server_error"}}))
+    fake.on("slow", slow_stream(0.6))
+
+    async def cut(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, stream_events("cut", ["a", "b"])[:2], then="drop")
+
+    async def pausing(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await send_stream(request, stream_events("p", ["a", "b", "c"]), delay=0.2)
+
+    fake.on("cut", cut)
+    fake.on("pausing", pausing)
+    state = {"RUNESTONE_STATE_PATH": str(tmp_path / "state.sqlite3")}
+    keys = key_entry("a", max_parallel="1", budgets="[{usd: 10, per: day}]")
+    gateway = begin(make_gateway, fake, aliases(keys), state)
+    EXITS[exit_path](gateway)
+    time.sleep(1.0)  # a stream read on for its usage ends, settlements are written
+    report = usage(gateway, "a")
+    assert limit(report, "a", "parallel")["held"] == 0
+    assert limit(report, "a", "usd/day")["reserved"] == 0
+    assert post(gateway, "a", {"max_tokens": 5}).status_code == 200

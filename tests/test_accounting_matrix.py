@@ -33,9 +33,9 @@ from tests.servers import (
     stream_events,
 )
 from tests.test_access import SERVICE
-from tests.test_accounting import redis_server, store_env
+from tests.test_accounting import store_env
 
-__all__ = ["redis_server", "store_env"]  # fixtures shared with test_accounting
+__all__ = ["store_env"]  # a fixture shared with test_accounting
 
 PAUSE = 0.25  # after the first content (or before a whole answer): a gone client leaves
 CHAT_USAGE = (11, 4)

@@ -47,16 +47,22 @@ def test_public_api_is_pinned() -> None:
     ]
 
 
-@pytest.fixture
-async def in_process(
-    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[None]:
-    path = tmp_path / "aliases.yaml"
-    path.write_text(TEST_ALIASES)
+def library_env(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeProvider, path: Path, aliases: str
+) -> None:
+    """The library in process, with ``aliases`` and every provider pointed at the fake."""
+    path.write_text(aliases)
     monkeypatch.setenv("RUNESTONE_ALIASES_PATH", str(path))
     monkeypatch.delenv("RUNESTONE_GATEWAY_MODE", raising=False)
     for name, value in provider_env(fake).items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+async def in_process(
+    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    library_env(monkeypatch, fake, tmp_path / "aliases.yaml", TEST_ALIASES)
     yield
     await runestone.aclose()
 
@@ -230,13 +236,8 @@ KEYED_ALIASES = (
 async def keyed(
     fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[None]:
-    path = tmp_path / "aliases.yaml"
-    path.write_text(KEYED_ALIASES)
-    monkeypatch.setenv("RUNESTONE_ALIASES_PATH", str(path))
+    library_env(monkeypatch, fake, tmp_path / "aliases.yaml", KEYED_ALIASES)
     monkeypatch.setenv("RUNESTONE_STATE_PATH", str(tmp_path / "state.sqlite3"))
-    monkeypatch.delenv("RUNESTONE_GATEWAY_MODE", raising=False)
-    for name, value in provider_env(fake).items():
-        monkeypatch.setenv(name, value)
     yield
     await runestone.aclose()
 
@@ -276,3 +277,23 @@ async def test_the_library_refuses_an_unknown_key() -> None:
     assert "route_chat" in caught.value.message and "/v1" not in caught.value.message
     with pytest.raises(runestone.ClientError):
         await chunks(runestone.route_stream({"model": "echo", "messages": HELLO}, key="nope"))
+
+
+@pytest.mark.usefixtures("keyed")
+async def test_a_cancelled_library_call_gives_its_lease_back(fake: FakeProvider) -> None:
+    async def slow(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.json_response({})
+
+    fake.on("gpt-4", slow)
+    call = asyncio.ensure_future(
+        runestone.route_chat({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
+    )
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    report = await _spend()
+    budget = next(lim for lim in report["keys"][0]["limits"] if lim["limit"] == "usd/day")
+    assert budget["reserved"] == 0
+    assert report["spend"]["today"] == []  # no answer came: nothing was charged

@@ -23,10 +23,10 @@ import pytest
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, Gateway
 from tests.test_access import HI, KEYS, SERVICE, key_entry
-from tests.test_accounting import aliases, begin, post, redis_server, store_env, today
+from tests.test_accounting import aliases, begin, post, store_env, today
 from tests.test_serve import Served, processes, serve
 
-__all__ = ["processes", "redis_server", "store_env"]  # fixtures shared with their modules
+__all__ = ["processes", "store_env"]  # fixtures shared with their modules
 
 OPERATOR = {"authorization": f"Bearer {SERVICE}"}
 

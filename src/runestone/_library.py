@@ -20,13 +20,12 @@ from runestone._gateway import Gateway
 from runestone.access import digest
 from runestone.aliases import AliasStore, KeySpec
 from runestone.config import Settings
-from runestone.errors import GatewayError, error_for
+from runestone.errors import error_for
 from runestone.exchange import Exchange
 from runestone.protocols import CHAT
 from runestone.providers import known_provider_names
 from runestone.providers._session import make_session
 from runestone.remote import RemoteBackend
-from runestone.routing import RoutedStream
 
 
 class Backend(Protocol):
@@ -45,40 +44,27 @@ class LocalBackend:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    async def _admitted(self, exchange: Exchange, body: dict[str, object], key: str | None) -> None:
+        if key is not None:
+            exchange.use_key(client_key(exchange, key))
+        await exchange.admit(body, orjson.dumps(body))
+
     async def chat_bytes(
         self, body: dict[str, object], request_id: str, key: str | None = None
     ) -> bytes:
-        exchange = Exchange(self.gateway, CHAT, request_id)
-        escaped: BaseException | None = None
-        try:
-            if key is not None:
-                exchange.use_key(client_key(exchange, key))
-            await exchange.admit(body, orjson.dumps(body))
+        with Exchange(self.gateway, CHAT, request_id).lifetime() as exchange:
+            await self._admitted(exchange, body, key)
             routed = await exchange.complete(body)
             exchange.answered(routed)
             return routed.reply.body
-        except GatewayError as exc:
-            exchange.failed(exc)
-            raise
-        except BaseException as exc:
-            escaped = exc
-            raise
-        finally:
-            exchange.close(escaped)
 
     async def stream_bytes(
         self, body: dict[str, object], request_id: str, key: str | None = None
     ) -> AsyncGenerator[bytes, None]:
-        exchange = Exchange(self.gateway, CHAT, request_id)
-        escaped: BaseException | None = None
-        stream = False
-        try:
-            if key is not None:
-                exchange.use_key(client_key(exchange, key))
-            await exchange.admit(body, orjson.dumps(body))
+        with Exchange(self.gateway, CHAT, request_id).lifetime() as exchange:
+            await self._admitted(exchange, body, key)
             routed = await exchange.open_stream(body)
-            stream = True
-            setup = exchange.trace.stream_started()
+            exchange.stream_started()
             events = routed.events()
             try:
                 async for event in events:
@@ -89,16 +75,8 @@ class LocalBackend:
                 raise
             finally:
                 await events.aclose()
-                _ended(exchange, routed, setup)
+                exchange.stream_ended(routed, client_gone=routed.client_gone)
             await routed.aclose()
-        except GatewayError as exc:
-            exchange.failed(exc, stream=stream)
-            raise
-        except BaseException as exc:
-            escaped = exc
-            raise
-        finally:
-            exchange.close(escaped)
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
@@ -161,22 +139,6 @@ def client_key(exchange: Exchange, secret: str) -> KeySpec:
             "key_expired", f"key {key.id!r} expired on {key.expires}: ask for a new one"
         )
     return key
-
-
-def _ended(exchange: Exchange, routed: RoutedStream, setup: float) -> None:
-    """The stream's end, as its trace counts it."""
-    summary = routed.summary
-    exchange.trace.stream_ended(
-        target=routed.target,
-        attempts=routed.attempts,
-        connecting=routed.upstream,
-        setup=setup,
-        summary_usage=summary.usage,
-        done=summary.done,
-        error=summary.error,
-        client_gone=routed.client_gone,
-        rescued_from=routed.rescued_from,
-    )
 
 
 async def aclose() -> None:

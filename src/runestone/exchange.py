@@ -24,7 +24,8 @@ and accounting.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Iterator
 
 from runestone._gateway import Gateway
 from runestone.access import Admission, Spent, rate_headers_for
@@ -43,6 +44,8 @@ class Exchange:
     __slots__ = (
         "_closed",
         "_gateway",
+        "_setup",
+        "_streamed",
         "admission",
         "forward",
         "key",
@@ -80,6 +83,8 @@ class Exchange:
             self.trace.key = key.id
         self.admission: Admission | None = None
         self._closed = False
+        self._setup = 0.0  # seconds from the request's arrival to its stream's 200
+        self._streamed = False
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request_id} {self.protocol.operation}>"
@@ -110,6 +115,7 @@ class Exchange:
         """
         router = self._gateway.router
         assert router is not None, "the gateway starts before its first request"
+        self._streamed = True
         drain = self._gateway.settings.usage_drain_seconds if self.admission else 0.0
         return router.open_stream(
             body, self.request_id, self.protocol, self.forward, self.table, drain_for=drain
@@ -124,13 +130,48 @@ class Exchange:
             body=routed.reply.body,
         )
 
+    def stream_started(self) -> None:
+        """The 200 of a stream is going out."""
+        self._setup = self.trace.stream_started()
+
+    def stream_ended(self, routed: RoutedStream, *, client_gone: bool) -> None:
+        """A relayed stream ended (complete, cut by its client, or failed in-band)."""
+        summary = routed.summary
+        self.trace.stream_ended(
+            target=routed.target,
+            attempts=routed.attempts,
+            connecting=routed.upstream,
+            setup=self._setup,
+            summary_usage=summary.usage,
+            done=summary.done,
+            error=summary.error,
+            client_gone=client_gone,
+            rescued_from=routed.rescued_from,
+        )
+
     def rate_headers(self) -> list[tuple[bytes, bytes]]:
         """The ``x-ratelimit-*`` headers of the key's limits (none without a key)."""
         return rate_headers_for(self.admission, self._gateway.access.clock())
 
-    def failed(self, error: GatewayError, *, stream: bool = False) -> None:
+    def failed(self, error: GatewayError) -> None:
         """The request ends in ``error``, before any answer went out."""
-        self.trace.failed(error, stream=stream)
+        self.trace.failed(error, stream=self._streamed)
+
+    @contextlib.contextmanager
+    def lifetime(self) -> Iterator[Exchange]:
+        """The request's life as a block: an error is counted, and ``close`` runs once
+        whatever happens (the server's endpoint writes this out, to spare a frame)."""
+        escaped: BaseException | None = None
+        try:
+            yield self
+        except GatewayError as exc:
+            self.failed(exc)
+            raise
+        except BaseException as exc:
+            escaped = exc
+            raise
+        finally:
+            self.close(escaped)
 
     def close(self, escaped: BaseException | None = None) -> None:
         """The request is over: count it (if nothing did yet) and settle its admission.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from runestone.aliases._schema import Problem, SpecError, Target, parse_spec
 from runestone.aliases._yaml_nodes import Located
@@ -123,24 +124,9 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
                 problems.append(Problem(raw.line, f"{where}: headers must map names to strings"))
             else:
                 headers = [(k.lower(), str(v.value)) for k, v in raw.value.items()]
-        prefill = False
-        if "prefill" in entry.value:
-            raw_prefill = entry.value["prefill"]
-            if isinstance(raw_prefill.value, bool):
-                prefill = raw_prefill.value
-            else:
-                problems.append(
-                    Problem(raw_prefill.line, f"{where}: prefill must be true or false")
-                )
-        stream_usage = True  # asked of every server unless it says it refuses the option
-        if "stream_usage" in entry.value:
-            raw_usage = entry.value["stream_usage"]
-            if isinstance(raw_usage.value, bool):
-                stream_usage = raw_usage.value
-            else:
-                problems.append(
-                    Problem(raw_usage.line, f"{where}: stream_usage must be true or false")
-                )
+        prefill = _flag(entry.value, "prefill", False, where, problems)
+        # Asked of every server unless it says it refuses the option.
+        stream_usage = _flag(entry.value, "stream_usage", True, where, problems)
         responses = False
         if "responses" in entry.value:
             raw_responses = entry.value["responses"]
@@ -167,3 +153,16 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
             )
         )
     return specs
+
+
+def _flag(
+    settings: Mapping[str, Located], name: str, default: bool, where: str, problems: list[Problem]
+) -> bool:
+    """A true-or-false setting, ``default`` when absent."""
+    entry = settings.get(name)
+    if entry is None:
+        return default
+    if not isinstance(entry.value, bool):
+        problems.append(Problem(entry.line, f"{where}: {name} must be true or false"))
+        return default
+    return entry.value

@@ -119,10 +119,9 @@ class RequestTrace:
         alias = self._table.match(self.model) if self._table.patterns else None
         return alias.name if alias is not None else "-"
 
-    def _cost(self, target: Target, used: Usage) -> float | None:
+    def _cost(self, spec: str, used: Usage) -> float | None:
         if used.input is None or used.output is None:
             return None
-        spec = str(target)
         price = self._table.prices.get(spec) or packaged_prices().get(spec)
         return None if price is None else price.cost(used.input, used.output, used.cached)
 
@@ -135,8 +134,9 @@ class RequestTrace:
         else:
             used = usage.from_body(body, target.provider, output=route != "embeddings")
             charged = True
-        cost = self._cost(target, used)
-        self.account = Account(str(target), used, cost, charged)
+        spec = str(target)
+        cost = self._cost(spec, used)
+        self.account = Account(spec, used, cost, charged)
         given, taken = used.input, used.output
         self._finish(
             provider=target.provider,
@@ -204,8 +204,9 @@ class RequestTrace:
         else:
             outcome = "upstream_error"
         used = usage.read(summary_usage, target.provider)
-        cost = self._cost(target, used)
-        self.account = Account(str(target), used, cost, True, rescued_from is not None)
+        spec = str(target)
+        cost = self._cost(spec, used)
+        self.account = Account(spec, used, cost, True, rescued_from is not None)
         given, taken = used.input, used.output
         duration = time.perf_counter() - self.started
         code = "client_disconnected" if client_gone else error.code if error is not None else ""

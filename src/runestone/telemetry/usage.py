@@ -18,10 +18,6 @@ log = logging.getLogger("runestone.usage")
 #: No request uses more tokens than this (the longest contexts offered are ~10M).
 MAX_TOKENS = 100_000_000
 
-# Input tokens that some formats report apart from their main figure (Anthropic's cache
-# reads and writes are not in its input_tokens; OpenAI's cached tokens are).
-_CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
-
 
 class Usage(NamedTuple):
     """Tokens in (cache reads and writes included) and out; ``cached`` of the input read
@@ -42,22 +38,41 @@ def read(usage: object, provider: str = "-", *, output: bool = True) -> Usage:
     """
     if not isinstance(usage, dict):
         return UNKNOWN
-    given = usage.get("prompt_tokens", usage.get("input_tokens"))
-    taken = usage.get("completion_tokens", usage.get("output_tokens"))
-    if taken is None and not output:
-        taken = 0
-    numbers = [given, taken, *(usage.get(name, 0) for name in _CACHE_FIELDS), _cached(usage)]
+    # Plain lookups and tests, not a loop: this runs for every answer.
+    given = usage.get("prompt_tokens")
+    if given is None:
+        given = usage.get("input_tokens")
+    taken = usage.get("completion_tokens")
+    if taken is None:
+        taken = usage.get("output_tokens")
+        if taken is None and not output:
+            taken = 0
     if given is None and taken is None:
         return UNKNOWN
-    if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in numbers):
+    created = usage.get("cache_creation_input_tokens", 0)
+    reads = usage.get("cache_read_input_tokens", 0)
+    cached = _cached(usage)
+    if not (
+        type(given) is int
+        and type(taken) is int
+        and type(created) is int
+        and type(reads) is int
+        and type(cached) is int
+        and 0 <= given <= MAX_TOKENS
+        and 0 <= taken <= MAX_TOKENS
+        and 0 <= created <= MAX_TOKENS
+        and 0 <= reads <= MAX_TOKENS
+        and 0 <= cached <= MAX_TOKENS
+    ):
         log.warning("%s reported usage that is not a count of tokens: %.200s", provider, usage)
         return UNKNOWN
-    given_n, taken_n, created, reads, cached = (int(n) for n in numbers)
-    total = given_n + created + reads
-    return Usage(total, taken_n, min(cached + reads, total))
+    total = given + created + reads
+    return Usage(total, taken, min(cached + reads, total))
 
 
 def _cached(usage: dict[str, object]) -> object:
+    """Input tokens read from a prompt cache, where OpenAI reports them (Anthropic's
+    ``cache_read_input_tokens`` are apart from its ``input_tokens``)."""
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     if isinstance(details, dict):
         return details.get("cached_tokens") or 0

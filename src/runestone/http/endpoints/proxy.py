@@ -58,14 +58,12 @@ class ProxyEndpoint:
             traceparent=traceparent,
         )
         scope[COUNTED] = True  # the exchange's trace counts it, whatever happens
-        stream = False
         escaped: BaseException | None = None
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
             await exchange.admit(body, raw)
             if protocol.scanner is not None and body.get("stream") is True:
-                stream = True
                 watch = ClientWatch(receive, send, self._heartbeat)
                 try:
                     routed = await watch.connecting(exchange.open_stream(body))
@@ -80,7 +78,7 @@ class ProxyEndpoint:
                 headers = self._answer_headers(answered, request_id, exchange)
                 await send_json(send, 200, answered.reply.body, headers)
         except GatewayError as exc:
-            exchange.failed(exc, stream=stream)
+            exchange.failed(exc)
             raise
         except BaseException as exc:
             escaped = exc
@@ -138,23 +136,11 @@ class ProxyEndpoint:
     async def _relay(
         self, routed: RoutedStream, exchange: Exchange, watch: ClientWatch, send: Send
     ) -> None:
-        trace = exchange.trace
         headers = exchange.rate_headers() if exchange.admission is not None else None
-        setup = trace.stream_started()
+        exchange.stream_started()
 
         def finished(state: StreamState) -> None:
-            summary = routed.summary
-            trace.stream_ended(
-                target=routed.target,
-                attempts=routed.attempts,
-                connecting=routed.upstream,
-                setup=setup,
-                summary_usage=summary.usage,
-                done=summary.done,
-                error=summary.error,
-                client_gone=state.client_gone,
-                rescued_from=routed.rescued_from,
-            )
+            exchange.stream_ended(routed, client_gone=state.client_gone)
 
         streams = self.gateway.streams
         streams.add(routed)

@@ -148,3 +148,34 @@ def test_the_app_module_holds_lifespan_and_the_stack_only() -> None:
     functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
     assert classes == ["RunestoneApp"]
     assert functions == []
+
+
+#: The layers, lowest first: a module may import its own layer and the ones below it,
+#: never one above (DESIGN.md's picture: http over the exchange over routing over the
+#: providers, with wire formats, translators and streams beneath the providers).
+LAYERS: list[set[str]] = [
+    {"errors", "_version", "pricing"},
+    {"streams", "translate"},
+    {"providers"},
+    {"protocols", "aliases", "access", "telemetry"},
+    {"routing"},
+    {"config", "_gateway", "console", "remote"},
+    {"exchange"},
+    {"_library", "http"},
+    {"_api", "cli", "_cli_keys", "runestone", "__main__"},
+]
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else "runestone"
+    return next(n for n, layer in enumerate(LAYERS) if part in layer)
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    )
+    assert not upward, "imports that run back up the layers:\n" + "\n".join(upward)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -34,8 +35,10 @@ def serve(
     *args: str,
     aliases: str = "aliases:\n  echo: mock:echo\n",
     stdout: int = subprocess.DEVNULL,
+    files: int | None = None,
     **env: str,
 ) -> Served:
+    """``runestone serve`` in a process of its own; ``files`` caps its descriptors."""
     alias_file = tmp_path / "aliases.yaml"
     alias_file.write_text(aliases)
     sock = free_socket()
@@ -45,11 +48,17 @@ def serve(
         k: v for k, v in os.environ.items() if not k.startswith(("RUNESTONE_", "PROMETHEUS"))
     }
     full_env.update(RUNESTONE_ALIASES_PATH=str(alias_file), RUNESTONE_LOG_FORMAT="json", **env)
+
+    def limit_files() -> None:
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
     process = subprocess.Popen(
         [sys.executable, "-m", "runestone", "serve", "--port", port, *args],
         env=full_env,
         stdout=stdout,
         stderr=subprocess.PIPE,
+        preexec_fn=limit_files if files is not None else None,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -16,6 +16,21 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class EdgeLimits:
+    """What ``runestone serve`` lets a client make it hold before any application code
+    (and so before authentication) runs; see ``runestone.http._server``."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    #: Seconds a new connection may stay silent before it is closed.
+    idle_timeout: float = 10.0
+    #: Open connections per process; 0: half the process's descriptor limit.
+    max_connections: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every ``RUNESTONE_*`` setting, with its default."""
 
@@ -42,6 +57,7 @@ class Settings:
     #: Seconds a stream whose use is booked (a client key's) is read on after its
     #: client left, to learn the usage that comes at its end; 0 cuts it at once.
     usage_drain_seconds: float = 5.0
+    edge: EdgeLimits = EdgeLimits()
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -91,7 +107,22 @@ class Settings:
             usage_drain_seconds=_number(
                 env, "RUNESTONE_USAGE_DRAIN_SECONDS", cls.usage_drain_seconds, zero=True
             ),
+            edge=_edge(env),
         )
+
+
+def _edge(env: Mapping[str, str]) -> EdgeLimits:
+    default = EdgeLimits()
+    return EdgeLimits(
+        max_header_bytes=int(_number(env, "RUNESTONE_MAX_HEADER_BYTES", default.max_header_bytes)),
+        max_headers=int(_number(env, "RUNESTONE_MAX_HEADERS", default.max_headers)),
+        header_timeout=_number(env, "RUNESTONE_HEADER_TIMEOUT", default.header_timeout),
+        body_timeout=_number(env, "RUNESTONE_BODY_TIMEOUT", default.body_timeout),
+        idle_timeout=_number(env, "RUNESTONE_IDLE_TIMEOUT", default.idle_timeout),
+        max_connections=int(
+            _number(env, "RUNESTONE_MAX_CONNECTIONS", default.max_connections, zero=True)
+        ),
+    )
 
 
 def _log_format(env: Mapping[str, str]) -> str:

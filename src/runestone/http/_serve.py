@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 
+from runestone.config import Settings
 from runestone.http import RunestoneApp, create_app
+from runestone.http._server import configure
 
 #: A request allocates a few thousand objects, so Python's default first threshold (700)
 #: ran a collection every request or so (5% of the gateway's instructions per request);
@@ -17,7 +19,9 @@ GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def serve_app() -> RunestoneApp:
-    app = create_app()
+    settings = Settings.from_env()
+    configure(settings.edge)  # this worker's connections, before it accepts any
+    app = create_app(settings)
     # What start-up made lives as long as the process: out of every collection's way.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 
+from runestone.errors import GatewayError
 from runestone.providers._specs import Endpoint
 
 #: What a client asked for, as an adapter sees it. Each client wire format (see
@@ -78,6 +79,13 @@ class UpstreamStream(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The raw bytes as they arrive; transport errors propagate."""
+        ...
+
+    def failure(self, exc: Exception) -> GatewayError | None:
+        """The upstream's error for an exception reading ``chunks`` raised: what this
+        adapter's transport raises when the upstream fails. None for anything else, which
+        is then a bug of the gateway's (``internal_error``, never the upstream's fault).
+        Asked only when reading fails, so the reads themselves cost nothing extra."""
         ...
 
     def close(self) -> None:

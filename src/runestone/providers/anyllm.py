@@ -101,17 +101,24 @@ class _SdkStream:
         self._end = end
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for event in self._events:
-                rendered = self._render(event)
-                if rendered:
-                    yield rendered
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise map_anyllm_error(self._provider, exc, streaming=True) from exc
+        events = aiter(self._events)
+        while True:
+            try:  # what the SDK raises is the upstream's; what rendering raises, ours
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise map_anyllm_error(self._provider, exc, streaming=True) from exc
+            rendered = self._render(event)
+            if rendered:
+                yield rendered
         if self._end:
             yield self._end
+
+    def failure(self, exc: Exception) -> GatewayError | None:
+        return None  # the SDK's own errors are mapped as they are raised, above
 
     def close(self) -> None:
         aclose = getattr(self._events, "aclose", None)

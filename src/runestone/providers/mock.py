@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from runestone.errors import error_for
+from runestone.errors import GatewayError, error_for
 from runestone.providers._mock_answers import MODELS, MockAnswer, answer
 from runestone.providers.adapter import Call, Reply
 
@@ -79,6 +79,9 @@ class MockStream:
     def __init__(self, call: Call, found: MockAnswer) -> None:
         self._call = call
         self._answer = found
+
+    def failure(self, exc: Exception) -> GatewayError | None:
+        return None  # no transport: whatever fails is a bug
 
     async def chunks(self) -> AsyncIterator[bytes]:
         call, found = self._call, self._answer

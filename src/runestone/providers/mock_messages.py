@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from runestone.errors import GatewayError
 from runestone.providers._mock_answers import MockAnswer, answer
 from runestone.providers.adapter import Call, Reply
 
@@ -68,6 +69,9 @@ class MockMessagesStream:
     def __init__(self, call: Call, found: MockAnswer) -> None:
         self._call = call
         self._answer = found
+
+    def failure(self, exc: Exception) -> GatewayError | None:
+        return None  # no transport: whatever fails is a bug
 
     async def chunks(self) -> AsyncIterator[bytes]:
         found = self._answer

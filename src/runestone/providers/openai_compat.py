@@ -14,10 +14,11 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from runestone.errors import error_for
+from runestone.errors import GatewayError, error_for
 from runestone.providers.adapter import Call, Reply
 from runestone.providers.errors import (
     TRANSPORT_ERRORS,
+    map_transport_error,
     map_transport_errors,
     map_upstream_response,
 )
@@ -129,7 +130,7 @@ class SessionAdapter:
                         upstream_status=resp.status,
                     )
                 raise map_upstream_response(call.provider, resp.status, body, resp.headers)
-        return AiohttpStream(resp)
+        return AiohttpStream(resp, call.provider)
 
 
 _OPENAI_PATHS = {
@@ -153,13 +154,19 @@ _DRAIN_SECONDS = 1.0
 
 
 class AiohttpStream:
-    __slots__ = ("_resp",)
+    __slots__ = ("_provider", "_resp")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, provider: str) -> None:
         self._resp = resp
+        self._provider = provider
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._resp.content.iter_any()  # no generator frame of ours per chunk
+
+    def failure(self, exc: Exception) -> GatewayError | None:
+        if isinstance(exc, TRANSPORT_ERRORS):
+            return map_transport_error(self._provider, exc, streaming=True)
+        return None
 
     def drop_read_timeout(self) -> None:
         """Stop aiohttp's read timer, re-armed on every read: the relay bounds silence

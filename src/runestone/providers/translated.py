@@ -219,6 +219,9 @@ class TranslatedStream:
         except _SHAPE_ERRORS as exc:
             raise _unreadable(self._provider, exc) from None
 
+    def failure(self, exc: Exception) -> GatewayError | None:
+        return self._upstream.failure(exc)
+
     def close(self) -> None:
         self._upstream.close()
 

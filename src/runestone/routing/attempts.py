@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 from runestone.aliases import Policy, Strategy, Target
 from runestone.errors import GatewayError, drop_tracebacks, error_for
 from runestone.providers import Call
-from runestone.routing.breakers import CircuitBreaker
+from runestone.routing.breakers import CircuitBreaker, Lease
 
 T = TypeVar("T")
 
@@ -112,6 +112,9 @@ class Attempted(Generic[T]):
     attempts: int
     #: The candidates that were not tried, in the order they would have been.
     remaining: tuple[Candidate, ...] = ()
+    #: With ``hold``: the winner's place in its breaker's in-flight count, for the
+    #: caller to release when the answer has been relayed.
+    lease: Lease | None = None
 
 
 def counts_against(error: GatewayError) -> bool:
@@ -133,9 +136,10 @@ async def run_attempts(
     """Try targets until one answers; raise the ``GatewayError`` that ends the request.
 
     ``attempt_timeout`` bounds each attempt on top of the deadline (the first-token
-    timeout of a stream). With ``hold``, the winning target's in-flight count stays
-    raised for the caller to lower when the answer has been relayed. ``observe`` hears
-    of every attempt: (call, wall-clock start in ns, error code or "").
+    timeout of a stream). With ``hold``, the winning target's lease on its breaker's
+    in-flight count is handed to the caller (``Attempted.lease``). An exception that is
+    not a ``GatewayError`` is a bug: it is neither retried nor held against the target.
+    ``observe`` hears of every attempt: (call, wall-clock start in ns, error code or "").
 
     A target that times out (``attempt_timeout``: it accepted the request and stayed
     silent) is not retried: a silent provider stays silent, so the next target is tried
@@ -166,7 +170,7 @@ async def run_attempts(
             limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
             attempts += 1
             tried = candidate
-            breaker.in_flight += 1
+            lease = Lease(breaker)
             began = time.time_ns() if observe is not None else 0
             silent = False
             expiry = _Limit(deadline.loop, limit)
@@ -177,7 +181,7 @@ async def run_attempts(
                     expired = expiry.end()
             except (asyncio.CancelledError, TimeoutError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and not expired:
-                    breaker.in_flight -= 1  # the request was called off (the client left)
+                    lease.release()  # the request was called off (the client left)
                     raise
                 silent = deadline.remaining() > 0
                 error = (
@@ -189,21 +193,23 @@ async def run_attempts(
                     if silent
                     else _timed_out(deadline, last)
                 )
-            except (KeyboardInterrupt, SystemExit):
-                breaker.in_flight -= 1
-                raise
             except GatewayError as exc:
                 drop_tracebacks(exc)  # kept as ``last``: no cycle through this frame
                 error = exc
+            except BaseException:
+                # A bug of the gateway's (or an exit): never the target's fault, never
+                # retried; it reaches the outside as itself, and becomes internal_error.
+                lease.release()
+                raise
             else:
                 breaker.record_success()
                 if not hold:
-                    breaker.in_flight -= 1
+                    lease.release()
                 if observe is not None:
                     observe(candidate.call, began, "")
                 rest = tuple(queue) if hold else ()  # streams keep them
-                return Attempted(result, candidate, attempts, rest)
-            breaker.in_flight -= 1
+                return Attempted(result, candidate, attempts, rest, lease if hold else None)
+            lease.release()
             if observe is not None:
                 observe(candidate.call, began, error.code)
             if error.code == "gateway_timeout":

@@ -119,6 +119,26 @@ class CircuitBreaker:
         }
 
 
+class Lease:
+    """A place in a breaker's in-flight count (what ``least_busy`` orders by), given
+    back exactly once, whichever way the attempt or the stream holding it ends."""
+
+    __slots__ = ("_breaker",)
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        breaker.in_flight += 1
+        self._breaker: CircuitBreaker | None = breaker
+
+    def __repr__(self) -> str:
+        held = self._breaker.key if self._breaker is not None else "released"
+        return f"<Lease {held}>"
+
+    def release(self) -> None:
+        breaker, self._breaker = self._breaker, None
+        if breaker is not None:
+            breaker.in_flight -= 1
+
+
 class Breakers:
     """Every target's breaker in this process, created on first use.
 

@@ -17,7 +17,6 @@ import asyncio
 import enum
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import replace
 
 from runestone.aliases import Policy, Target
 from runestone.errors import GatewayError, error_for
@@ -25,13 +24,10 @@ from runestone.protocols import ClientProtocol
 from runestone.providers import Call, UpstreamStream
 from runestone.routing._leg import Leg
 from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
-from runestone.routing.continuation import Continuation, Diverged, continuation_for
+from runestone.routing.rescue import relay_with_rescue
 from runestone.streams import StreamSummary
 from runestone.streams.relay import Pace, SilenceBound, relay_stream
 from runestone.streams.sse import MAX_EVENT_BYTES
-
-# Not rescued: the client left, the deadline passed, the gateway is shutting down.
-_NOT_RESCUED = frozenset({"client_disconnected", "gateway_timeout", "gateway_shutting_down"})
 
 OpenUpstream = Callable[[Call], Awaitable[UpstreamStream]]
 
@@ -164,7 +160,7 @@ class RoutedStream:
                 self.candidates,
                 self.policy,
                 self.deadline,
-                self._open_leg,
+                self.open_leg,
                 attempt_timeout=self.policy.stream_attempt_timeout(),
                 hold=True,
                 observe=self._observe,
@@ -174,6 +170,7 @@ class RoutedStream:
             self._move(StreamState.FAILED)
             raise
         self._leg = done.result
+        self._leg.lease = done.lease
         self.attempts = done.attempts
         self.remaining = done.remaining
         self.upstream = time.perf_counter() - started
@@ -181,7 +178,8 @@ class RoutedStream:
         if not self._leg.scanner.summary.done:  # a whole answer leaves nothing to cut
             self._expiry = asyncio.get_running_loop().call_at(self.deadline.at, self._expire)
 
-    async def _open_leg(self, candidate: Candidate, call: Call | None = None) -> Leg:
+    async def open_leg(self, candidate: Candidate, call: Call | None = None) -> Leg:
+        """Open ``candidate`` (its ``call``, or another) and read up to its first content."""
         call = candidate.call if call is None else call
         stream = await self._open_upstream(call)
         scanner = self.protocol.scanner
@@ -209,8 +207,10 @@ class RoutedStream:
         first, leg.primed = leg.primed, b""
         self._watch_silence(leg)
         if self.policy.on_stream_cut == "continue" and self.remaining:
-            return self._relay_with_rescue(leg, first)
-        return relay_stream(leg.chunks, leg.scanner, self.request_id, first, pace=self._pace())
+            return relay_with_rescue(self, leg, first)
+        return relay_stream(
+            leg.chunks, leg.scanner, self.request_id, first, pace=self.pace(), failure=leg.failure
+        )
 
     def whole_answer(self) -> bytes:
         """The answer that came whole with its first content (``summary.done``): what
@@ -231,7 +231,7 @@ class RoutedStream:
         drop()
         self._silence = SilenceBound(self.read_timeout, self._silent)
 
-    def _pace(self) -> Pace | None:
+    def pace(self) -> Pace | None:
         return self._silence.pace if self._silence is not None else None
 
     def _silent(self, limit: float) -> None:
@@ -244,87 +244,11 @@ class RoutedStream:
             )
         )
 
-    async def _relay_with_rescue(self, leg: Leg, first: bytes) -> AsyncGenerator[bytes, None]:
-        """Relay; if the stream breaks mid-answer, complete it from another target."""
-        sent: list[bytes] = []
-        async for piece in relay_stream(
-            leg.chunks, leg.scanner, self.request_id, first, end_with_error=False, pace=self._pace()
-        ):
-            sent.append(piece)
-            yield piece
-        error = leg.scanner.summary.error
-        if error is None:
-            return
-        rescuable = error.code not in _NOT_RESCUED and not self.client_gone
-        if rescuable and self.deadline.remaining() > 0:
-            transcript = continuation_for(self.protocol.operation, b"".join(sent))
-            if transcript is not None and transcript.possible:
-                async for piece in self._continue(leg, transcript):
-                    yield piece
-                if self.rescued_from is not None:
-                    return
-        yield leg.scanner.error_event(error, self.request_id)
-
-    async def _continue(self, broken: Leg, transcript: Continuation) -> AsyncGenerator[bytes, None]:
-        """Try the remaining targets, in order, to write the rest of the answer."""
-        limit = self.policy.stream_attempt_timeout()
-        while self.remaining and self.deadline.remaining() > 0:
-            candidate, self.remaining = self.remaining[0], self.remaining[1:]
-            if not candidate.breaker.allow():
-                continue
-            prefill = candidate.target.prefill
-            if prefill is None:
-                prefill = candidate.call.endpoint.spec.prefill
-            call = replace(candidate.call, body=transcript.body_for(candidate.call.body, prefill))
-            left = self.deadline.remaining()
-            try:
-                async with asyncio.timeout(left if limit is None else min(left, limit)):
-                    leg = await self._open_leg(candidate, call)
-            except (GatewayError, TimeoutError) as exc:
-                if not isinstance(exc, GatewayError) or counts_against(exc):
-                    candidate.breaker.record_failure()
-                continue
-            transcript.note = (
-                f": runestone continued this answer on {candidate.target} after "
-                f"{broken.candidate.target} broke off\n\n"
-            ).encode()
-            relay = relay_stream(leg.chunks, leg.scanner, self.request_id, end_with_error=False)
-            held: list[bytes] = []
-            try:
-                held.append(transcript.rewrite(leg.primed))
-                while not transcript.committed:  # a spliced answer must match first
-                    piece = await anext(relay, None)
-                    if piece is None:
-                        break
-                    held.append(transcript.rewrite(piece))
-            except Diverged:
-                await relay.aclose()
-                leg.stream.close()
-                candidate.breaker.record_success()  # it answered, just differently
-                return
-            if not transcript.committed:  # it broke too, before matching
-                await relay.aclose()
-                leg.stream.close()
-                continue
-            candidate.breaker.record_success()
-            candidate.breaker.in_flight += 1  # settled with the stream, as the first one
-            self._switch(broken, leg)
-            for piece in held:
-                if piece:
-                    yield piece
-            async for piece in relay:
-                rewritten = transcript.rewrite(piece)
-                if rewritten:
-                    yield rewritten
-            if leg.scanner.summary.error is not None:
-                yield leg.scanner.error_event(leg.scanner.summary.error, self.request_id)
-            return
-
-    def _switch(self, broken: Leg, leg: Leg) -> None:
+    def switch(self, broken: Leg, leg: Leg) -> None:
         """The rescue is committed: the broken leg is settled, the new one relayed."""
         broken.stream.close()
+        broken.release()
         breaker = broken.candidate.breaker
-        breaker.in_flight -= 1
         error = broken.scanner.summary.error
         if error is not None and counts_against(error):
             breaker.record_failure()
@@ -393,7 +317,7 @@ class RoutedStream:
         leg = self._accepted()
         summary = leg.scanner.summary
         self._move(StreamState.DONE if summary.done else StreamState.FAILED)
+        leg.release()
         breaker = leg.candidate.breaker
-        breaker.in_flight -= 1
         if summary.error is not None and counts_against(summary.error):
             breaker.record_failure()

@@ -1,0 +1,204 @@
+"""The edge holds against strangers: ``runestone serve``'s HTTP protocol, with no
+credentials at all, bounds what a connection can make the gateway hold, in memory,
+descriptors and time, while honest clients keep being served."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_serve import Served, processes, serve
+
+__all__ = ["processes"]  # a fixture shared with test_serve
+
+ALIASES = "aliases:\n  echo: mock:echo\n"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Served]:
+    served = serve(
+        tmp_path,
+        aliases=ALIASES,
+        RUNESTONE_SERVICE_TOKEN="tok",
+        RUNESTONE_IDLE_TIMEOUT="1",
+        RUNESTONE_MAX_CONNECTIONS="200",
+        RUNESTONE_HEADER_TIMEOUT="2",
+    )
+    yield served
+    served.process.kill()
+    served.process.wait(10)
+    assert served.process.stderr is not None
+    served.process.stderr.close()
+
+
+def connect(served: Served) -> socket.socket:
+    host, port = served.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def exchange(served: Served, raw: bytes) -> bytes:
+    """Send ``raw`` on a new connection; everything the server answers until it closes."""
+    sock = connect(served)
+    try:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                break
+            received += data
+        return received
+    finally:
+        sock.close()
+
+
+def honest(served: Served) -> float:
+    """Seconds an honest client waits for /health/live (it must get a 200)."""
+    started = time.monotonic()
+    answer = httpx.get(f"{served.url}/health/live", timeout=5)
+    assert answer.status_code == 200
+    return time.monotonic() - started
+
+
+# --- memory: pipelined requests -----------------------------------------------------------
+
+
+def test_pipelined_requests_hold_memory_flat(edge: Served) -> None:
+    request = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    before = rss_mb(edge.process.pid)
+    stop = threading.Event()
+
+    def flood() -> None:
+        sock = connect(edge)
+        sock.settimeout(0.2)
+        burst = request * 20_000  # about 700 KB a write, the answers never read
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    sock.sendall(burst)
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    floods = [threading.Thread(target=flood) for _ in range(3)]
+    for thread in floods:
+        thread.start()
+    try:
+        waits = []
+        peak = before
+        for _ in range(8):
+            time.sleep(0.5)
+            peak = max(peak, rss_mb(edge.process.pid))
+            waits.append(honest(edge))
+    finally:
+        stop.set()
+        for thread in floods:
+            thread.join(10)
+    assert peak - before < 40, (before, peak)
+    assert max(waits) < 1.0, waits
+
+
+# --- descriptors and time: silent connections -----------------------------------------------
+
+
+def test_connections_that_never_send_a_byte_are_closed(edge: Served) -> None:
+    silent = [connect(edge) for _ in range(20)]
+    try:
+        time.sleep(2.0)
+        for sock in silent:
+            sock.settimeout(2)
+            assert sock.recv(16) == b""  # the server closed it
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_stranger_holding_every_descriptor_locks_no_one_out(
+    tmp_path: Path, processes: list[Served]
+) -> None:
+    # The process may open 1,024 descriptors; a stranger opens more connections than that.
+    served = serve(tmp_path, aliases=ALIASES, files=1024)
+    processes.append(served)
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            with contextlib.suppress(OSError):
+                silent.append(connect(served))
+        assert honest(served) < 1.0
+        assert honest(served) < 1.0
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+def test_headers_over_the_limit_are_refused_however_they_arrive(edge: Served) -> None:
+    padding = b"".join(b"x-pad-%d: %s\r\n" % (n, b"a" * 1000) for n in range(90))  # ~90 KB
+    answer = exchange(edge, b"GET /health/live HTTP/1.1\r\nhost: x\r\n" + padding + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+
+
+def test_chunk_extensions_are_bounded(edge: Served) -> None:
+    body = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
+    raw = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
+        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x;ext=" % len(body)
+        + b"e" * (2 * 1024 * 1024)
+        + b"\r\n"
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    answer = exchange(edge, raw)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"host: x\r\nauthorization: Bearer tok\r\nauthorization: Bearer other\r\n",
+        b"authorization: Bearer tok\r\n",  # no Host
+        b"host: x\r\nhost: y\r\nauthorization: Bearer tok\r\n",
+    ],
+    ids=["two authorization headers", "no host", "two hosts"],
+)
+def test_ambiguous_requests_are_refused(edge: Served, headers: bytes) -> None:
+    answer = exchange(edge, b"GET /v1/models HTTP/1.1\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+
+
+def test_a_client_that_leaves_mid_body_gets_no_second_response(edge: Served) -> None:
+    for _ in range(5):
+        sock = connect(edge)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
+            b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+        )
+        time.sleep(0.05)
+        sock.close()
+    assert honest(edge) < 1.0
+    edge.process.terminate()
+    edge.process.wait(10)
+    log = edge.stderr()
+    assert "RuntimeError" not in log and "Traceback" not in log, log[-2000:]

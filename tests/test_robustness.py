@@ -49,7 +49,7 @@ def test_scanning_an_event_that_never_ends_is_linear_and_bounded() -> None:
         bounded.feed(piece)
     assert bounded.summary.error is not None
     assert bounded.summary.error.code == "upstream_invalid_response"
-    assert bounded._pending_size == 0  # what was held is let go
+    assert bounded._reader._pending_size == 0  # what was held is let go
 
 
 def test_a_newline_less_stream_fails_over_and_the_loop_stays_responsive(

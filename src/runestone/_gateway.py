@@ -81,7 +81,9 @@ class Gateway:
                 connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
             )
             self._context = AdapterContext(
-                self._session, max_upstream_body=settings.max_upstream_body_bytes
+                self._session,
+                max_upstream_body=settings.max_upstream_body_bytes,
+                max_event_bytes=settings.max_event_bytes,
             )
             self._watcher = asyncio.create_task(self.aliases.watch(settings.watch))
             self.router = Router(

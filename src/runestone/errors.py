@@ -200,10 +200,6 @@ class GatewayError(Exception):
     def to_json(self, request_id: str | None) -> bytes:
         return orjson.dumps(self.envelope(request_id))
 
-    def to_sse(self, request_id: str | None) -> bytes:
-        """The in-band event that ends a stream which already started."""
-        return b"data: " + self.to_json(request_id) + b"\n\n"
-
 
 class ClientError(GatewayError):
     """The client's request is wrong; retrying it unchanged cannot help."""

@@ -20,6 +20,7 @@ from runestone.providers.errors import (
     map_transport_errors,
     map_upstream_response,
 )
+from runestone.streams.sse import encode
 
 
 def gateway_url(url: str) -> str:
@@ -72,7 +73,7 @@ class RemoteBackend:
             async for chunk in resp.content.iter_any():
                 yield chunk
         except TRANSPORT_ERRORS as exc:
-            yield map_transport_error("runestone", exc, streaming=True).to_sse(request_id)
+            yield encode(map_transport_error("runestone", exc, streaming=True).to_json(request_id))
         finally:
             resp.release()
 

@@ -13,7 +13,7 @@ import orjson
 from runestone.errors import GatewayError, error_for
 from runestone.protocols._base import ClientProtocol, require_messages, require_model
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import StreamScanner
+from runestone.streams.sse import StreamScanner, encode
 
 _MARKERS = (b"message_start", b"message_delta", b"message_stop", b"error")
 
@@ -88,7 +88,7 @@ def error_json(error: GatewayError, request_id: str | None) -> bytes:
 
 
 def error_event(error: GatewayError, request_id: str | None) -> bytes:
-    return b"event: error\ndata: " + error_json(error, request_id) + b"\n\n"
+    return encode(error_json(error, request_id), "error")
 
 
 def validate_messages(body: object) -> dict[str, object]:

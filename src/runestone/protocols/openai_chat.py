@@ -15,6 +15,7 @@ from runestone.providers.errors import map_stream_error_event
 from runestone.streams.sse import (
     DONE_EVENT,
     StreamScanner,
+    encode,
     event_data,
     loads_object,
     split_events,
@@ -76,7 +77,7 @@ class OpenAIStreamScanner(StreamScanner):
         self._earlier = self._previous = b""
 
     def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
-        return error.to_sse(request_id)
+        return encode(error.to_json(request_id))
 
     def has_content(self, data: bytes) -> bool:
         # Text or a refusal counts once it is not empty: the first chunk's

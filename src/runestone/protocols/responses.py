@@ -15,7 +15,7 @@ from runestone.errors import GatewayError, error_for
 from runestone.protocols._base import ClientProtocol, require_model
 from runestone.protocols.openai_chat import error_json
 from runestone.providers.errors import map_stream_error_event
-from runestone.streams.sse import StreamScanner
+from runestone.streams.sse import StreamScanner, encode
 
 _MARKERS = (b"response.completed", b"response.incomplete", b"response.failed", b'"error"')
 
@@ -92,7 +92,7 @@ def failed_event(error: GatewayError, request_id: str | None, sequence: int = 0)
         "request_id": request_id,
     }
     payload = {"type": "response.failed", "sequence_number": sequence, "response": response}
-    return b"event: response.failed\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return encode(orjson.dumps(payload), "response.failed")
 
 
 def _scanner(provider: str, hide_usage: bool) -> StreamScanner:

@@ -121,6 +121,8 @@ class AdapterContext:
     session: aiohttp.ClientSession
     #: The most an upstream's non-streamed answer may be, decompressed.
     max_upstream_body: int = 64 * 1024 * 1024
+    #: The most one SSE event of an upstream may be, on every path that reads one.
+    max_event_bytes: int = 4 * 1024 * 1024
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def shared(self, key: str, factory: Callable[[], R]) -> R:

@@ -25,6 +25,7 @@ from runestone.errors import GatewayError
 from runestone.providers._specs import Endpoint
 from runestone.providers.adapter import Call, Reply
 from runestone.providers.anyllm_errors import map_anyllm_error
+from runestone.streams.sse import DONE_EVENT, encode
 from runestone.translate import messages_arguments
 
 
@@ -185,12 +186,12 @@ class _OpenAIChunks:
                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
                 }
                 opening.pop("usage", None)
-                out = b"data: " + orjson.dumps(opening) + b"\n\n"
-        return out + b"data: " + orjson.dumps(data) + b"\n\n"
+                out = encode(orjson.dumps(opening))
+        return out + encode(orjson.dumps(data))
 
 
 def _anthropic_event(event: Any) -> bytes:
-    return b"event: " + str(event.type).encode() + b"\ndata: " + _dump(event) + b"\n\n"
+    return encode(_dump(event), str(event.type))
 
 
 class _TranslatingAdapter:
@@ -233,7 +234,7 @@ class AnyLLMChatAdapter(_TranslatingAdapter):
         options = call.body.get("stream_options")
         asked = isinstance(options, dict) and bool(options.get("include_usage"))
         render = _OpenAIChunks(asked or call.add_stream_usage)  # hidden again if not asked
-        return _SdkStream(call.provider, events, render, b"data: [DONE]\n\n")
+        return _SdkStream(call.provider, events, render, DONE_EVENT)
 
 
 class AnyLLMMessagesAdapter(_TranslatingAdapter):

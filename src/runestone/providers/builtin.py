@@ -149,7 +149,11 @@ def _translated_chat(context: AdapterContext) -> Adapter:
 def _chat_to_anthropic(context: AdapterContext) -> Adapter:
     return context.shared(
         "chat-to-anthropic",
-        lambda: ChatToAnthropicAdapter(context.session, max_body=context.max_upstream_body),
+        lambda: ChatToAnthropicAdapter(
+            context.session,
+            max_body=context.max_upstream_body,
+            max_event=context.max_event_bytes,
+        ),
     )
 
 
@@ -160,7 +164,11 @@ def _translated_messages(context: AdapterContext) -> Adapter:
 def _messages_to_openai(context: AdapterContext) -> Adapter:
     return context.shared(
         "messages-to-openai",
-        lambda: MessagesToOpenAIAdapter(context.session, max_body=context.max_upstream_body),
+        lambda: MessagesToOpenAIAdapter(
+            context.session,
+            max_body=context.max_upstream_body,
+            max_event=context.max_event_bytes,
+        ),
     )
 
 
@@ -187,7 +195,7 @@ def _responses(wire_format: str) -> AdapterFactory:
     def factory(context: AdapterContext) -> Adapter:
         chat = registered_adapters()[("chat", wire_format)](context)
         native = _passthrough(context) if wire_format == "openai" else None
-        return ResponsesAdapter(chat, native)
+        return ResponsesAdapter(chat, native, max_event=context.max_event_bytes)
 
     return factory
 

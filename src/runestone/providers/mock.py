@@ -19,6 +19,7 @@ import orjson
 from runestone.errors import GatewayError, error_for
 from runestone.providers._mock_answers import MODELS, MockAnswer, answer
 from runestone.providers.adapter import Call, Reply
+from runestone.streams.sse import DONE_EVENT, encode
 
 __all__ = ["MODELS", "MockAdapter", "MockEmbeddingsAdapter"]
 
@@ -93,22 +94,21 @@ class MockStream:
             + orjson.dumps(f"mock:{call.model}")
             + b',"choices":'
         )
-        yield b"data: " + head + b'[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+        yield encode(head + b'[{"index":0,"delta":{"role":"assistant","content":""}}]}')
         for piece in found.pieces:
             delta = orjson.dumps([{"index": 0, "delta": {"content": piece}}])
-            yield b"data: " + head + delta + b"}\n\n"
+            yield encode(head + delta + b"}")
         finish = b'"stop"'
         if found.tool_call is not None:
             delta = orjson.dumps([{"index": 0, "delta": {"tool_calls": _tool_calls(found)}}])
-            yield b"data: " + head + delta + b"}\n\n"
+            yield encode(head + delta + b"}")
             finish = b'"tool_calls"'
-        yield b"data: " + head + b'[{"index":0,"delta":{},"finish_reason":' + finish + b"}]}\n\n"
+        yield encode(head + b'[{"index":0,"delta":{},"finish_reason":' + finish + b"}]}")
         options = call.body.get("stream_options")
         asked = isinstance(options, dict) and options.get("include_usage")
         if asked or call.add_stream_usage:  # hidden again from a client that did not ask
-            usage = orjson.dumps(_usage(found))
-            yield b"data: " + head + b'[],"usage":' + usage + b"}\n\n"
-        yield b"data: [DONE]\n\n"
+            yield encode(head + b'[],"usage":' + orjson.dumps(_usage(found)) + b"}")
+        yield DONE_EVENT
 
     def close(self) -> None:
         return None

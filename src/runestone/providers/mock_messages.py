@@ -13,6 +13,7 @@ import orjson
 from runestone.errors import GatewayError
 from runestone.providers._mock_answers import MockAnswer, answer
 from runestone.providers.adapter import Call, Reply
+from runestone.streams.sse import encode
 
 
 def _content(found: MockAnswer) -> list[dict[str, object]]:
@@ -49,7 +50,7 @@ def _message(call: Call, found: MockAnswer, content: list[dict[str, object]]) ->
 
 
 def _event(kind: str, data: dict[str, object]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+    return encode(orjson.dumps({"type": kind, **data}), kind)
 
 
 class MockMessagesAdapter:

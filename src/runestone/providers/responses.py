@@ -17,15 +17,18 @@ import orjson
 from runestone.providers.adapter import Adapter, Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.translated import Translate, TranslatedStream
-from runestone.streams.sse import loads_object
+from runestone.streams.sse import MAX_EVENT_BYTES, loads_object
 from runestone.translate.responses_answer import ResponsesEvents, response_object
 from runestone.translate.responses_request import chat_request
 
 
 class ResponsesAdapter:
-    def __init__(self, chat: Adapter, native: Adapter | None = None) -> None:
+    def __init__(
+        self, chat: Adapter, native: Adapter | None = None, *, max_event: int = MAX_EVENT_BYTES
+    ) -> None:
         self._chat = chat
         self._native = native
+        self._max_event = max_event
 
     def _bridged(self, call: Call, stream: bool) -> Call:
         body = chat_request(call.target_body(), call.provider)
@@ -48,7 +51,7 @@ class ResponsesAdapter:
         chat = await self._chat.open_stream(self._bridged(call, stream=True))
         events = ResponsesEvents({**call.body, "model": call.model})
         translate, at_end = _bridge(events, call.provider)
-        return TranslatedStream(chat, translate, call.provider, at_end)
+        return TranslatedStream(chat, translate, call.provider, at_end, limit=self._max_event)
 
 
 def _bridge(events: ResponsesEvents, provider: str) -> tuple[Translate, Callable[[], bytes]]:

@@ -21,6 +21,7 @@ from runestone.providers.adapter import Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.openai_compat import SessionAdapter
 from runestone.streams import loads_object
+from runestone.streams.sse import MAX_EVENT_BYTES, EventReader, split_events
 from runestone.translate import messages_arguments
 from runestone.translate.chat_to_messages import ChatChunks, chat_completion, messages_request
 from runestone.translate.messages_events import MessageEvents
@@ -53,8 +54,11 @@ class _TranslatingAdapter:
     PATH = ""
     WHAT = ""  # what the upstream's answer should be, for the error
 
-    def __init__(self, session: aiohttp.ClientSession, *, max_body: int) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, max_body: int, max_event: int = MAX_EVENT_BYTES
+    ) -> None:
         self._post = _Post(session, self.PATH, self._request, max_body=max_body)
+        self._max_event = max_event
 
     def _request(self, call: Call) -> object:
         raise NotImplementedError
@@ -84,7 +88,8 @@ class _TranslatingAdapter:
 
     async def open_stream(self, call: Call) -> TranslatedStream:
         upstream = await self._post.open_stream(call)
-        return TranslatedStream(upstream, self._translator(call), call.provider)
+        translate = self._translator(call)
+        return TranslatedStream(upstream, translate, call.provider, limit=self._max_event)
 
 
 class ChatToAnthropicAdapter(_TranslatingAdapter):
@@ -159,12 +164,13 @@ class MessagesToOpenAIAdapter(_TranslatingAdapter):
 class TranslatedStream:
     """An upstream SSE stream read event by event, as the client's protocol.
 
-    Each read's complete events are translated together and go out as one piece. An
-    in-band error ends the stream after what the events before it produced; ``at_end``
-    may add the client's ending to an upstream that ended without its own.
+    Its events are cut by the one bounded reader (``EventReader``); each read's complete
+    events are translated together and go out as one piece. An in-band error ends the
+    stream after what the events before it produced; ``at_end`` may add the client's
+    ending to an upstream that ended without its own.
     """
 
-    __slots__ = ("_at_end", "_provider", "_translate", "_upstream")
+    __slots__ = ("_at_end", "_limit", "_provider", "_translate", "_upstream")
 
     def __init__(
         self,
@@ -172,26 +178,24 @@ class TranslatedStream:
         translate: Translate,
         provider: str,
         at_end: Callable[[], bytes] | None = None,
+        *,
+        limit: int = MAX_EVENT_BYTES,
     ) -> None:
         self._upstream = upstream
         self._translate = translate
         self._provider = provider
         self._at_end = at_end
+        self._limit = limit
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        tail = b""
+        reader = EventReader(self._provider, limit=self._limit)
         async for piece in self._upstream.chunks():
-            data = tail + piece if tail else piece
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
-            end = data.rfind(b"\n\n")
-            if end < 0:
-                tail = data
+            complete = reader.feed(piece)
+            if not complete:
                 continue
-            tail = data[end + 2 :]
             out: list[bytes] = []
             try:
-                self._translate_into(out, data[:end].split(b"\n\n"))
+                self._translate_into(out, split_events(complete))
             except GatewayError:
                 if out:
                     yield b"".join(out)
@@ -199,6 +203,7 @@ class TranslatedStream:
             if out:
                 yield b"".join(out)
         out = []
+        tail = reader.rest()
         if tail.strip():  # a last event without its blank line is still an event
             self._translate_into(out, [tail])
         if self._at_end is not None:
@@ -233,7 +238,7 @@ def _parse(event: bytes) -> tuple[str | None, bytes | None]:
     """An event's type (None if it names none) and its data (None for a comment)."""
     kind: str | None = None
     data: bytes | None = None
-    for line in event.split(b"\n"):
+    for line in event.split(b"\n"):  # a CR before a LF is stripped with the value
         if line.startswith(b"data:"):
             part = line[5:].strip()
             data = part if data is None else data + b"\n" + part

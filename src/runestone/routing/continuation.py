@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from runestone.streams.sse import event_data, loads_object, split_events
+from runestone.streams.sse import encode, event_data, loads_object, split_events
 
 
 class Diverged(Exception):
@@ -30,8 +30,7 @@ class Diverged(Exception):
 
 
 def _event(kind: str | None, payload: Mapping[str, object]) -> bytes:
-    head = b"event: " + kind.encode() + b"\n" if kind else b""
-    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+    return encode(orjson.dumps(payload), kind)
 
 
 class Continuation:

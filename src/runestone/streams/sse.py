@@ -1,4 +1,11 @@
-"""SSE framing: cut a byte stream at event boundaries, read an event's data lines.
+"""The one SSE codec: ``EventReader`` cuts a byte stream at event boundaries, ``encode``
+writes an event; ``event_data`` and ``split_events`` read events already cut.
+
+Every path that reads an upstream's events reads them with ``EventReader``: linear in the
+bytes read (a partial event is held as the reads that brought it, joined once), and no
+event longer than ``limit`` (``RUNESTONE_MAX_EVENT_BYTES``), past which the upstream's
+answer is ``upstream_invalid_response``. The pass-through scanners, the translated
+streams, the Responses bridge and the library's ``route_stream`` all do.
 
 ``StreamScanner`` is the base of every protocol's stream scanner (``runestone.protocols``):
 bytes are relayed unchanged, cut only at event boundaries so that an event split across
@@ -58,22 +65,100 @@ def split_events(data: bytes) -> list[bytes]:
     return [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
 
 
-async def one_event_each(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def encode(data: bytes, kind: str | None = None) -> bytes:
+    """One event: its ``event:`` line if it has a type, its data line, the blank line.
+
+    ``data`` is one line (JSON holds no raw line breaks).
+    """
+    if kind is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class EventReader:
+    """Cuts a byte stream into whole events, as the reads arrive.
+
+    ``feed`` returns the events a read completes (several, one, or none: ``b""``) with
+    their blank lines, bytes unchanged, and holds a partial one; ``rest`` is what is held
+    when the stream ends. An event past ``limit`` bytes raises ``GatewayError``
+    (``upstream_invalid_response``, naming ``source``) and what was held is let go.
+    """
+
+    __slots__ = ("_pending", "_pending_size", "limit", "source")
+
+    def __init__(self, source: str, *, limit: int = MAX_EVENT_BYTES) -> None:
+        self.source = source
+        self.limit = limit
+        # The start of an event not yet complete, as the reads that brought it: joined
+        # once when its end arrives, so a long event costs linear time, not quadratic.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._pending)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._pending:
+            # Only this read can hold the end: search it, and the few bytes before it in
+            # which a CRLF CRLF could have begun.
+            seam = b"".join(self._pending[-3:])[-3:]  # reads may be shorter than 3 bytes
+            end = _last_boundary(seam + data)
+            if end == 0:
+                self._hold(data)
+                return b""
+            end -= len(seam)
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            end += len(data) - len(self._pending[-1])
+            self._pending = []
+            self._pending_size = 0
+            if end < len(data):
+                self._hold(data[end:])
+            return data[:end]
+        if data.endswith(b"\n\n"):  # the usual case: whole events per read
+            return data
+        end = _last_boundary(data)
+        if end < len(data):
+            self._hold(data[end:])
+        return data[:end]
+
+    def _hold(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self.limit:
+            self._pending = []
+            self._pending_size = 0
+            raise error_for(
+                "upstream_invalid_response",
+                f"{self.source} sent an SSE event larger than {self.limit} bytes "
+                "(RUNESTONE_MAX_EVENT_BYTES)",
+                provider=self.source,
+            )
+
+    def rest(self) -> bytes:
+        """The partial event held at the end of the stream (let go)."""
+        rest = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        return rest
+
+
+async def one_event_each(
+    chunks: AsyncIterator[bytes], source: str = "runestone", limit: int = MAX_EVENT_BYTES
+) -> AsyncIterator[bytes]:
     """Re-cut SSE bytes so that each item is exactly one event (with its blank line).
 
     Network reads and relayed pieces bundle several events, or split one; a caller that
     handles events one at a time (the library's ``route_stream``) gets them whole.
     """
-    tail = b""
+    reader = EventReader(source, limit=limit)
     async for chunk in chunks:
-        data = tail + chunk if tail else chunk
-        end = _last_boundary(data)
-        if end == 0:
-            tail = data
-            continue
-        tail = data[end:]
-        for event in split_events(data[:end]):
-            yield event
+        complete = reader.feed(chunk)
+        if complete:
+            for event in split_events(complete):
+                yield event
+    tail = reader.rest()
     if tail.strip():
         yield tail  # an unterminated last event: never dropped
 
@@ -103,7 +188,7 @@ class StreamScanner:
     ``summary.error``; the caller must then end the stream with ``error_event``.
     """
 
-    __slots__ = ("_pending", "_pending_size", "added_end", "limit", "provider", "summary")
+    __slots__ = ("_reader", "added_end", "provider", "summary")
 
     #: How a clean end looks, for the message when a stream ends without it.
     END_MARKER = ""
@@ -115,15 +200,20 @@ class StreamScanner:
     def __init__(self, provider: str, *, limit: int = MAX_EVENT_BYTES) -> None:
         self.provider = provider
         self.summary = StreamSummary()
-        #: The most bytes one event may take: an upstream that never ends an event must
-        #: not grow the gateway's memory (or its time) without bound.
-        self.limit = limit
-        # The start of an event not yet complete, as the reads that brought it: joined
-        # once when its end arrives, so a long event costs linear time, not quadratic.
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        # An upstream that never ends an event must not grow the gateway's memory (or
+        # its time) without bound: the reader stops at ``limit``.
+        self._reader = EventReader(provider, limit=limit)
         #: The end marker the gateway adds to a stream that completed without its own.
         self.added_end = b""
+
+    @property
+    def limit(self) -> int:
+        """The most bytes one event may take."""
+        return self._reader.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._reader.limit = value
 
     def has_content(self, data: bytes) -> bool:
         """Whether ``data`` (complete events) holds the stream's first content."""
@@ -132,54 +222,23 @@ class StreamScanner:
                 return True
         return False
 
-    @property
-    def _tail(self) -> bytes:
-        return b"".join(self._pending)
-
     def feed(self, data: bytes) -> bytes:
-        if self.summary.error is not None:
+        summary = self.summary
+        if summary.error is not None:
             return b""  # the stream is over: nothing more is held or scanned
-        if self._pending:
-            # Only this read can hold the end: search it, and the few bytes before it in
-            # which a CRLF CRLF could have begun.
-            seam = self._pending[-1][-3:]
-            end = _last_boundary(seam + data)
-            if end == 0:
-                return self._hold(data)
-            end -= len(seam)
-            self._pending.append(data)
-            data = b"".join(self._pending)
-            end += len(data) - len(self._pending[-1])
-            self._pending = []
-            self._pending_size = 0
-            complete = data[:end]
-            if end < len(data):
-                self._hold(data[end:])
-        elif data.endswith(b"\n\n"):  # the usual case: whole events per read
-            complete = data
-        else:
-            end = _last_boundary(data)
-            if end == 0:
-                return self._hold(data)
-            complete = data[:end]
-            self._hold(data[end:])
-        if self.summary.done or self.summary.error is not None:
+        reader = self._reader
+        # The reader's own first test, made here: most reads are whole events.
+        if reader.holding or not data.endswith(b"\n\n"):
+            try:
+                data = reader.feed(data)
+            except GatewayError as exc:
+                summary.error = exc
+                return b""
+            if not data:
+                return b""
+        if summary.done:
             return b""  # nothing after the end of the answer is part of it
-        return self._scan(complete)
-
-    def _hold(self, data: bytes) -> bytes:
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > self.limit and self.summary.error is None:
-            self.summary.error = error_for(
-                "upstream_invalid_response",
-                f"{self.provider} sent an SSE event larger than {self.limit} bytes "
-                "(RUNESTONE_MAX_EVENT_BYTES)",
-                provider=self.provider,
-            )
-            self._pending = []
-            self._pending_size = 0
-        return b""
+        return self._scan(data)
 
     def _scan(self, complete: bytes) -> bytes:
         raise NotImplementedError
@@ -214,10 +273,11 @@ class StreamScanner:
         """At upstream end of stream: the error to end with, or None if it completed."""
         if self.summary.error is not None or self.summary.done:
             return self.summary.error
-        if not self._pending and self._completed_without_marker():
+        held = self._reader.rest()
+        if not held and self._completed_without_marker():
             self.summary.done = True
             return None
-        detail = "in the middle of an event" if self._tail.strip() else f"without {self.END_MARKER}"
+        detail = "in the middle of an event" if held.strip() else f"without {self.END_MARKER}"
         self.summary.error = error_for(
             "upstream_stream_interrupted",
             f"{self.provider} ended the stream {detail}; the answer is incomplete",

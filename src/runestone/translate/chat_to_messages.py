@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from runestone.errors import error_for
+from runestone.streams.sse import DONE_EVENT, encode
 
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; any-llm's default
 REFUSAL_TEXT = "Response blocked by Anthropic content filtering."
@@ -296,7 +297,7 @@ class ChatChunks:
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return b"data: " + self._head + orjson.dumps([choice]) + b"}\n\n"
+        return encode(self._head + orjson.dumps([choice]) + b"}")
 
     def event(self, kind: str, data: dict[str, Any]) -> bytes:
         """The chunks for one event (often none)."""
@@ -342,12 +343,6 @@ class ChatChunks:
             self.done = True
             tail = b""
             if self.include_usage:
-                tail = (
-                    b"data: "
-                    + self._head
-                    + b'[],"usage":'
-                    + orjson.dumps(usage(self._usage))
-                    + b"}\n\n"
-                )
-            return tail + b"data: [DONE]\n\n"
+                tail = encode(self._head + b'[],"usage":' + orjson.dumps(usage(self._usage)) + b"}")
+            return tail + DONE_EVENT
         return b""  # ping, content_block_stop

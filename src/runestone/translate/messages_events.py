@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
+from runestone.streams.sse import encode
 from runestone.translate.messages_to_chat import STOP_REASONS, reasoning_of, usage
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return encode(orjson.dumps(data), kind)
 
 
 class MessageEvents:

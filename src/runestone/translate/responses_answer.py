@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import orjson
 
+from runestone.streams.sse import encode
+
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(12).hex()}"
@@ -135,10 +137,7 @@ def response_object(request: Mapping[str, object], completion: Mapping[str, obje
     return response
 
 
-_DELTA_START = (
-    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-    b'"sequence_number":'
-)
+_DELTA_START = b'{"type":"response.output_text.delta","sequence_number":'
 
 
 class ResponsesEvents:
@@ -166,7 +165,7 @@ class ResponsesEvents:
     def _event(self, kind: str, **fields: object) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+        return encode(orjson.dumps(payload), kind)
 
     def _start(self) -> list[bytes]:
         self.started = True
@@ -217,13 +216,14 @@ class ResponsesEvents:
             fields = orjson.dumps({"item_id": self._text["id"], "output_index": index})
             self._delta_between = b"," + fields[1:-1] + b',"content_index":0,"delta":'
         self._pieces.append(text)
-        out.append(
+        data = (
             _DELTA_START
             + str(self.sequence).encode()
             + self._delta_between
             + orjson.dumps(text)
-            + b',"logprobs":[]}\n\n'
+            + b',"logprobs":[]}'
         )
+        out.append(encode(data, "response.output_text.delta"))
         self.sequence += 1
         return out
 

@@ -17,6 +17,7 @@ import orjson
 
 from runestone.errors import error_for
 from runestone.streams.sse import DONE_EVENT, encode
+from runestone.translate import _checks as checks
 
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; any-llm's default
 REFUSAL_TEXT = "Response blocked by Anthropic content filtering."
@@ -238,20 +239,20 @@ def chat_completion(message: dict[str, Any]) -> dict[str, Any]:
     for block in message.get("content") or []:
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(checks.text(block.get("text", ""), "text"))
         elif kind == "tool_use":
             calls.append(
                 {
-                    "id": block.get("id"),
+                    "id": checks.name(block.get("id"), "tool_use id"),
                     "type": "function",
                     "function": {
-                        "name": block.get("name"),
+                        "name": checks.name(block.get("name"), "tool_use name"),
                         "arguments": orjson.dumps(block.get("input", {})).decode(),
                     },
                 }
             )
         elif kind == "thinking":
-            reasoning = (reasoning or "") + block.get("thinking", "")
+            reasoning = (reasoning or "") + checks.text(block.get("thinking", ""), "thinking")
     answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
     if finish == "content_filter":
         answer["refusal"] = REFUSAL_TEXT
@@ -274,7 +275,9 @@ class ChatChunks:
 
     One id and creation time for the whole stream, the role in the first chunk, tool
     calls numbered 0, 1, ... in the order they start, a usage chunk only when the client
-    asked for one, and ``[DONE]`` after ``message_stop``.
+    asked for one, and ``[DONE]`` after ``message_stop``. What the upstream sends is
+    checked first (``_checks``): a field of the wrong type, or a block's delta while
+    another block is open, raise.
     """
 
     def __init__(self, model: str, include_usage: bool) -> None:
@@ -284,6 +287,7 @@ class ChatChunks:
         self.created = int(time.time())
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, int] = {}  # content block index -> tool call index
+        self._open: int | None = None  # the content block started and not yet stopped
         self.done = False
         self._head = (
             b'{"id":"'
@@ -299,31 +303,54 @@ class ChatChunks:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return encode(self._head + orjson.dumps([choice]) + b"}")
 
+    def _in_open_block(self, data: dict[str, Any]) -> int:
+        """The event's block, which must be the one open (Anthropic never interleaves)."""
+        index = checks.index(data.get("index", 0), "content block index")
+        if index != self._open:
+            raise ValueError(f"an event for block {index} while block {self._open} is open")
+        return index
+
     def event(self, kind: str, data: dict[str, Any]) -> bytes:
         """The chunks for one event (often none)."""
         if kind == "content_block_delta":
+            open_block = self._in_open_block(data)
             delta = data.get("delta") or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return self._chunk({"content": delta.get("text", "")})
+                return self._chunk({"content": checks.text(delta.get("text", ""), "text")})
             if dtype == "input_json_delta":
-                index = self._tools.get(int(data.get("index", 0)), 0)
-                call = {"index": index, "function": {"arguments": delta.get("partial_json", "")}}
+                if open_block not in self._tools:
+                    raise ValueError(f"input_json_delta for block {open_block}, not a tool_use")
+                partial = checks.text(delta.get("partial_json", ""), "partial_json")
+                call = {"index": self._tools[open_block], "function": {"arguments": partial}}
                 return self._chunk({"tool_calls": [call]})
             if dtype == "thinking_delta":
-                return self._chunk({"reasoning": delta.get("thinking", "")})
+                return self._chunk(
+                    {"reasoning": checks.text(delta.get("thinking", ""), "thinking")}
+                )
             return b""
         if kind == "content_block_start":
+            index = checks.index(data.get("index", 0), "content block index")
+            if self._open is not None:
+                raise ValueError(f"block {index} started while block {self._open} is open")
+            self._open = index
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
-                index = self._tools.setdefault(int(data.get("index", 0)), len(self._tools))
+                call_index = self._tools.setdefault(index, len(self._tools))
                 call = {
-                    "index": index,
-                    "id": block.get("id"),
+                    "index": call_index,
+                    "id": checks.name(block.get("id"), "tool_use id"),
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": ""},
+                    "function": {
+                        "name": checks.name(block.get("name"), "tool_use name"),
+                        "arguments": "",
+                    },
                 }
                 return self._chunk({"tool_calls": [call]})
+            return b""
+        if kind == "content_block_stop":
+            self._in_open_block(data)
+            self._open = None
             return b""
         if kind == "message_start":
             message = data.get("message") or {}

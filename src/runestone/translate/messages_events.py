@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from runestone.streams.sse import encode
+from runestone.translate import _checks as checks
 from runestone.translate.messages_to_chat import STOP_REASONS, reasoning_of, usage
 
 
@@ -23,18 +24,20 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 class MessageEvents:
     """Chat completion chunks in, Anthropic Messages stream events (SSE bytes) out.
 
-    Blocks open and close as the content changes kind (thinking, text, tool use); a
-    tool-use section keeps each parallel call's block open until it ends, and text that
-    arrives meanwhile follows as its own block. ``finish`` closes what is open and sends
-    ``message_delta`` (stop reason, usage) and ``message_stop``.
+    Blocks open and close as the content changes kind (thinking, text, tool use), one
+    at a time as Anthropic's own streams do: a tool call's block closes when the next
+    call starts, and text that arrives during the calls follows as its own block.
+    ``finish`` closes what is open and sends ``message_delta`` (stop reason, usage) and
+    ``message_stop``. What the upstream sends is checked first (``_checks``): a field of
+    the wrong type, or arguments for a call that has ended or never started, raise.
     """
 
     def __init__(self) -> None:
         self.started = False
         self._index = -1
         self._kind: str | None = None
-        self._tools: dict[int, int] = {}  # open tool blocks, by the chunk's tool call index
-        self._tool_blocks: dict[int, int] = {}  # every tool block of the message
+        self._tool: int | None = None  # the open tool call's index in the chunks
+        self._started: set[int] = set()  # every tool call the message started
         self._pending_text = ""
         self._stop: str | None = None
         self._usage: dict[str, Any] = {}
@@ -64,51 +67,50 @@ class MessageEvents:
             self._open("thinking", {"type": "thinking", "thinking": ""}, out)
             out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
         text = delta.get("content")
+        if text is not None:
+            checks.text(text, "content")
         if text and self._kind == "tool_use":
             self._pending_text += text
         elif text:
             self._open("text", {"type": "text", "text": ""}, out)
             out.append(self._delta({"type": "text_delta", "text": text}))
-        if delta.get("refusal"):
+        refusal = delta.get("refusal")
+        if refusal:
             self._stop = "refusal"
             self._open("refusal", {"type": "text", "text": ""}, out)
-            out.append(self._delta({"type": "text_delta", "text": delta["refusal"]}))
+            out.append(self._delta({"type": "text_delta", "text": checks.text(refusal, "refusal")}))
         for call in delta.get("tool_calls") or []:
-            position = call.get("index", 0)
-            function = call.get("function") or {}
-            if call.get("id") and position not in self._tool_blocks:
-                if self._kind != "tool_use":
-                    self._close(out)
-                self._index += 1
-                self._kind = "tool_use"
-                self._tools[position] = self._tool_blocks[position] = self._index
-                block = {"type": "tool_use", "id": call["id"], "name": function.get("name") or ""}
-                block["input"] = {}
-                out.append(
-                    _event(
-                        "content_block_start",
-                        {
-                            "type": "content_block_start",
-                            "index": self._index,
-                            "content_block": block,
-                        },
-                    )
-                )
-            if function.get("arguments"):
-                index = self._tool_blocks.get(position)
-                if index is not None:
-                    partial = {"type": "input_json_delta", "partial_json": function["arguments"]}
-                    out.append(
-                        _event(
-                            "content_block_delta",
-                            {"type": "content_block_delta", "index": index, "delta": partial},
-                        )
-                    )
+            self._tool_call(call, out)
         if choice.get("finish_reason"):
             self._close(out)
             if self._stop != "refusal":
                 self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
         return b"".join(out)
+
+    def _tool_call(self, call: dict[str, Any], out: list[bytes]) -> None:
+        position = checks.index(call.get("index", 0), "tool call index")
+        function = call.get("function") or {}
+        if call.get("id") and position not in self._started:
+            self._close(out)  # the block before it ends: one block open at a time
+            self._index += 1
+            self._kind = "tool_use"
+            self._tool = position
+            self._started.add(position)
+            block = {
+                "type": "tool_use",
+                "id": checks.name(call["id"], "tool call id"),
+                "name": checks.name(function.get("name"), "tool call name"),
+                "input": {},
+            }
+            out.append(_start(self._index, block))
+        given = function.get("arguments")
+        if given is None or given == "":
+            return
+        arguments = checks.text(given, "tool call arguments")
+        if position != self._tool:
+            ended = "has ended" if position in self._started else "never started"
+            raise ValueError(f"arguments came for tool call {position}, which {ended}")
+        out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
 
     def finish(self) -> bytes:
         """The closing events, once the upstream said ``[DONE]``."""
@@ -156,11 +158,10 @@ class MessageEvents:
     def _close(self, out: list[bytes]) -> None:
         if self._kind is None:
             return
-        indexes = sorted(self._tools.values()) or [self._index]
-        self._tools.clear()
-        self._kind = None
-        for index in indexes:
-            out.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        self._kind = self._tool = None
+        out.append(
+            _event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        )
 
 
 def _start(index: int, block: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from runestone.errors import error_for
+from runestone.translate import _checks as checks
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -275,8 +276,8 @@ def message(completion: dict[str, Any]) -> dict[str, Any]:
             blocks.append(
                 {
                     "type": "tool_use",
-                    "id": call.get("id"),
-                    "name": function.get("name"),
+                    "id": checks.name(call.get("id"), "tool call id"),
+                    "name": checks.name(function.get("name"), "tool call name"),
                     "input": given,
                 }
             )

@@ -56,6 +56,7 @@ def test_the_reader_is_linear_and_bounded() -> None:
     for _ in range(40_000):  # 4 MB in small reads, never an end
         assert reader.feed(piece) == b""
     assert time.monotonic() - started < 2
+
     def feed_on() -> None:
         for _ in range(50_000):
             reader.feed(piece)

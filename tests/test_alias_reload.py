@@ -15,6 +15,7 @@ import pytest
 
 import runestone.aliases._watch
 from runestone.aliases import AliasFileError, AliasStore
+from runestone.config import Settings
 
 ONE = "aliases:\n  fast: groq:one\n  stable: openai:gpt-4\n"
 TWO = "aliases:\n  fast: groq:two\n  stable: openai:gpt-4\n"
@@ -190,7 +191,8 @@ async def test_no_lookup_fails_during_a_burst_of_reloads(alias_path: Path) -> No
 
 
 def test_missing_explicit_file_is_a_startup_error(tmp_path: Path) -> None:
-    store = AliasStore.from_env({"RUNESTONE_ALIASES_PATH": str(tmp_path / "nope.yaml")})
+    settings = Settings.from_env({"RUNESTONE_ALIASES_PATH": str(tmp_path / "nope.yaml")})
+    store = settings.alias_store()
     with pytest.raises(AliasFileError, match=r"nope\.yaml: file not found"):
         store.load()
 
@@ -206,7 +208,7 @@ def test_default_store_uses_the_packaged_file_from_any_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = AliasStore.from_env({})
+    store = Settings.from_env({}).alias_store()
     store.load()
     assert target_of(store) == "groq:llama3-8b-8192"
 

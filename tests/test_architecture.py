@@ -179,3 +179,52 @@ def test_no_import_runs_back_up_the_layers() -> None:
         if _layer(target) > _layer(module)
     )
     assert not upward, "imports that run back up the layers:\n" + "\n".join(upward)
+
+
+def _reads_setting(node: ast.AST) -> bool:
+    """``env.get("RUNESTONE_...")`` or ``environ["RUNESTONE_..."]`` read (not written)."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("get", "getenv")
+        and node.args
+    ):
+        first = node.args[0]
+        return isinstance(first, ast.Constant) and str(first.value).startswith("RUNESTONE_")
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+        key = node.slice
+        return isinstance(key, ast.Constant) and str(key.value).startswith("RUNESTONE_")
+    return False
+
+
+def test_every_setting_is_read_in_config_only() -> None:
+    readers = sorted(
+        name
+        for name, path in MODULES.items()
+        if name != "runestone.config"
+        and any(_reads_setting(node) for node in ast.walk(ast.parse(path.read_text())))
+    )
+    assert readers == [], f"RUNESTONE_* read outside runestone.config: {readers}"
+
+
+#: Where loop timers may be set: a stream's clocks, and what is not a stream's (the
+#: server's one sweep, the store's retry, the shutdown's grace).
+TIMER_MODULES = {
+    "runestone.streams.clocks",
+    "runestone.http._server",
+    "runestone.access._gate",
+    "runestone._gateway",
+}
+
+
+def test_a_streams_timers_live_in_its_clocks() -> None:
+    setters = sorted(
+        name
+        for name, path in MODULES.items()
+        if name not in TIMER_MODULES
+        and any(
+            isinstance(node, ast.Attribute) and node.attr in ("call_later", "call_at")
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
+    assert setters == [], f"loop timers set outside runestone.streams.clocks: {setters}"

@@ -505,7 +505,8 @@ def _one_candidate() -> list[Any]:
 async def test_an_attempt_over_its_limit_is_an_upstream_timeout_and_leaves_no_cancel() -> None:
     from runestone.aliases import Policy
     from runestone.errors import GatewayError
-    from runestone.routing.attempts import Deadline, run_attempts
+    from runestone.routing.attempts import run_attempts
+    from runestone.streams.clocks import Deadline
 
     async def silent(_: Any) -> str:
         await asyncio.sleep(10)
@@ -523,7 +524,8 @@ async def test_an_attempt_over_its_limit_is_an_upstream_timeout_and_leaves_no_ca
 
 async def test_a_cancel_from_outside_stays_a_cancel_even_when_the_limit_fires_too() -> None:
     from runestone.aliases import Policy
-    from runestone.routing.attempts import Deadline, run_attempts
+    from runestone.routing.attempts import run_attempts
+    from runestone.streams.clocks import Deadline
 
     candidates = _one_candidate()
     cancelled = asyncio.Event()
@@ -552,7 +554,8 @@ async def test_a_cancel_from_outside_stays_a_cancel_even_when_the_limit_fires_to
 
 async def test_an_answer_that_beats_its_limit_is_kept_and_the_limit_disarmed() -> None:
     from runestone.aliases import Policy
-    from runestone.routing.attempts import Deadline, run_attempts
+    from runestone.routing.attempts import run_attempts
+    from runestone.streams.clocks import Deadline
 
     async def quick(_: Any) -> str:
         await asyncio.sleep(0)

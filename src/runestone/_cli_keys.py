@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import re
 import sys
 from pathlib import Path
@@ -110,7 +109,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace, alias_path: Any) -> int:
-    from runestone.access import StateError, open_store, usage_report
+    from runestone.access import StateError, usage_report
+    from runestone.config import Settings
 
     path: Path = alias_path(args.file)
     try:
@@ -123,7 +123,7 @@ def _usage(args: argparse.Namespace, alias_path: Any) -> int:
         return 1
 
     async def read() -> dict[str, Any]:
-        store = open_store(os.environ)
+        store = Settings.from_env().open_store()
         try:
             return await usage_report(table.access, store, args.id)
         finally:

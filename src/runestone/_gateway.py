@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from runestone.access import Access, open_store, store_name
+from runestone.access import Access
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.errors import error_for
@@ -54,9 +54,9 @@ class Gateway:
         self._drain_timer: asyncio.TimerHandle | None = None
         #: Client keys' limits and budgets; its store opens when a key first needs it.
         self.access = Access(
-            lambda: open_store(environ),
+            lambda: settings.open_store(environ),
             lambda store: self.telemetry.emit(StoreFailed(store=store)),
-            store_name=store_name(environ),
+            store_name=settings.store_name,
         )
         aliases.on_reload = self._reloaded
 

@@ -18,7 +18,7 @@ import orjson
 
 from runestone._gateway import Gateway
 from runestone.access import digest
-from runestone.aliases import AliasStore, KeySpec
+from runestone.aliases import KeySpec
 from runestone.config import Settings
 from runestone.errors import error_for
 from runestone.exchange import Exchange
@@ -120,7 +120,7 @@ class _Remote:
 async def _create(settings: Settings) -> Backend:
     if settings.gateway_mode:
         return _Remote(settings)
-    gateway = Gateway(settings, AliasStore.from_env(known_providers=known_provider_names()))
+    gateway = Gateway(settings, settings.alias_store(known_provider_names()))
     await gateway.start()
     return LocalBackend(gateway)
 

@@ -14,7 +14,6 @@ from typing import Any
 from runestone._cli_keys import add_key_commands
 from runestone._version import __version__
 from runestone.aliases import (
-    DEFAULT_ALIASES_PATH,
     AliasFileError,
     AliasTable,
     SpecError,
@@ -30,9 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    from runestone.config import ConfigError
+
     try:
         result: int = args.handler(args)
         sys.stdout.flush()
+    except ConfigError as exc:  # a RUNESTONE_* setting with a value that cannot be used
+        print(f"runestone: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader left (runestone status | head -3): not an error of ours. Point
         # stdout at devnull so the interpreter's final flush does not fail again.
@@ -230,14 +234,13 @@ def _status(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    url = (
-        args.url
-        or os.environ.get("RUNESTONE_URL")
-        or (f"http://127.0.0.1:{os.environ.get('RUNESTONE_PORT', '4001')}")
-    )
+    from runestone.config import Settings
+
+    settings = Settings.from_env()
+    url = args.url or settings.gateway_url or f"http://127.0.0.1:{settings.port}"
     url = url.rstrip("/").removesuffix("/v1")
     request = urllib.request.Request(f"{url}/health/ready")
-    token = os.environ.get("RUNESTONE_SERVICE_TOKEN") or os.environ.get("RUNESTONE_METRICS_TOKEN")
+    token = settings.service_token or settings.metrics_token
     if token:  # the details (aliases, breakers) are for the operators' token
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -294,7 +297,9 @@ def _add_file_option(parser: argparse.ArgumentParser) -> None:
 def _alias_path(given: Path | None) -> Path:
     if given is not None:
         return given
-    return Path(os.environ.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH)
+    from runestone.config import Settings
+
+    return Settings.from_env().aliases_path
 
 
 def _load(given: Path | None) -> AliasTable | None:

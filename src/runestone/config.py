@@ -1,13 +1,19 @@
-"""Settings from the environment, read and validated once at start-up."""
+"""Settings from the environment, read and validated once at start-up.
+
+Every ``RUNESTONE_*`` variable is read here and nowhere else (a test holds the package
+to it): the rest of the code is handed ``Settings``, or the values it needs.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from runestone.aliases import WATCH_MODES, WatchMode
+from runestone.access import Store, default_state_path, open_store
+from runestone.aliases import DEFAULT_ALIASES_PATH, WATCH_MODES, AliasStore, WatchMode
 from runestone.routing.breakers import BreakerConfig
 
 
@@ -58,6 +64,27 @@ class Settings:
     #: client left, to learn the usage that comes at its end; 0 cuts it at once.
     usage_drain_seconds: float = 5.0
     edge: EdgeLimits = EdgeLimits()
+    #: The alias file (default: the packaged one) and the share of its aliases a reload
+    #: may drop without ``allow_shrink: true``.
+    aliases_path: Path = DEFAULT_ALIASES_PATH
+    max_alias_drop: float = 0.5
+    #: Where limits, budgets and spend are counted: Redis when set, else the state file.
+    redis_url: str | None = None
+    redis_prefix: str = "runestone"
+    state_path: Path | None = None
+
+    def alias_store(self, known_providers: Collection[str] | None = None) -> AliasStore:
+        """The alias store these settings name (not loaded yet)."""
+        return AliasStore(self.aliases_path, known_providers, max_drop=self.max_alias_drop)
+
+    @property
+    def store_name(self) -> str:
+        return "redis" if self.redis_url else "sqlite"
+
+    def open_store(self, environ: Mapping[str, str] | None = None) -> Store:
+        """The store of limits and spend these settings name (``environ`` for HOME)."""
+        state = self.state_path or default_state_path(os.environ if environ is None else environ)
+        return open_store(redis_url=self.redis_url, prefix=self.redis_prefix, state_path=state)
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -108,6 +135,11 @@ class Settings:
                 env, "RUNESTONE_USAGE_DRAIN_SECONDS", cls.usage_drain_seconds, zero=True
             ),
             edge=_edge(env),
+            aliases_path=Path(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH),
+            max_alias_drop=_share(env, "RUNESTONE_MAX_ALIAS_DROP", cls.max_alias_drop),
+            redis_url=env.get("RUNESTONE_REDIS_URL") or None,
+            redis_prefix=env.get("RUNESTONE_REDIS_PREFIX") or cls.redis_prefix,
+            state_path=Path(state) if (state := env.get("RUNESTONE_STATE_PATH")) else None,
         )
 
 
@@ -123,6 +155,13 @@ def _edge(env: Mapping[str, str]) -> EdgeLimits:
             _number(env, "RUNESTONE_MAX_CONNECTIONS", default.max_connections, zero=True)
         ),
     )
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if value > 1:
+        raise ConfigError(f"{name} must be a share from 0 to 1, not {env.get(name)!r}")
+    return value
 
 
 def _log_format(env: Mapping[str, str]) -> str:

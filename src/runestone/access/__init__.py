@@ -31,25 +31,15 @@ def default_state_path(environ: Mapping[str, str]) -> Path:
     return Path(base) / "runestone" / "state.sqlite3"
 
 
-def store_name(environ: Mapping[str, str] | None = None) -> str:
-    """The kind of store the environment names: ``redis`` or ``sqlite``."""
-    env = os.environ if environ is None else environ
-    return "redis" if env.get("RUNESTONE_REDIS_URL") else "sqlite"
-
-
-def open_store(environ: Mapping[str, str] | None = None) -> Store:
-    """The store the environment names: Redis with ``RUNESTONE_REDIS_URL``, else the
-    SQLite file at ``RUNESTONE_STATE_PATH`` (default ``~/.local/state/runestone/``)."""
-    env = os.environ if environ is None else environ
-    url = env.get("RUNESTONE_REDIS_URL")
-    if url:
+def open_store(*, redis_url: str | None, prefix: str, state_path: Path) -> Store:
+    """Redis at ``redis_url`` when given, else the SQLite file at ``state_path``."""
+    if redis_url:
         from runestone.access._redis import RedisStore
 
-        return RedisStore(url, prefix=env.get("RUNESTONE_REDIS_PREFIX") or "runestone")
+        return RedisStore(redis_url, prefix=prefix)
     from runestone.access._sqlite import SQLiteStore
 
-    path = env.get("RUNESTONE_STATE_PATH")
-    return SQLiteStore(Path(path) if path else default_state_path(env))
+    return SQLiteStore(state_path)
 
 
 __all__ = [
@@ -63,6 +53,5 @@ __all__ = [
     "open_store",
     "rate_headers",
     "rate_headers_for",
-    "store_name",
     "usage_report",
 ]

@@ -7,7 +7,7 @@ builds a whole new table first; an invalid file keeps the last good one.
 Alias names are case-sensitive, like the model names of every provider: ``fast`` and
 ``Fast`` are different names. (An unknown name's error suggests a near match.)
 
->>> store = AliasStore.from_env()
+>>> store = AliasStore(DEFAULT_ALIASES_PATH)
 >>> store.load()
 >>> str(store.table.get("fast").targets[0])
 'groq:llama3-8b-8192'

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,21 +86,6 @@ class AliasStore:
         #: Called after the first load and every reload attempt with (ok, version in use,
         #: whether it was the first load): telemetry's hook.
         self.on_reload: Callable[[bool, str, bool], None] | None = None
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        known_providers: Collection[str] | None = None,
-    ) -> AliasStore:
-        """The store for ``RUNESTONE_ALIASES_PATH``, else the packaged ``aliases.yaml``."""
-        env = os.environ if environ is None else environ
-        path = env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH
-        try:
-            max_drop = float(env.get("RUNESTONE_MAX_ALIAS_DROP") or 0.5)
-        except ValueError:
-            max_drop = 0.5
-        return cls(path, known_providers, max_drop=max_drop)
 
     def __repr__(self) -> str:
         return f"<AliasStore {self.path} version={self._table.version} aliases={len(self._table)}>"

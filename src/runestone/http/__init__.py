@@ -41,8 +41,8 @@ def create_app(
     settings = Settings.from_env(environ) if settings is None else settings
     known = known_provider_names()
     store = (
-        AliasStore(aliases_path, known)
+        AliasStore(aliases_path, known, max_drop=settings.max_alias_drop)
         if aliases_path is not None
-        else AliasStore.from_env(environ, known)
+        else settings.alias_store(known)
     )
     return RunestoneApp(settings, store, environ, mounts=tuple(mounts))

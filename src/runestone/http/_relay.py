@@ -16,6 +16,7 @@ from typing import TypeVar
 from runestone.http._asgi import ClientGone, Receive, Send, header_value
 from runestone.routing import RoutedStream
 from runestone.streams import HEARTBEAT, SSE_HEADERS
+from runestone.streams.clocks import Clocks
 
 T = TypeVar("T")
 
@@ -53,9 +54,8 @@ class ClientWatch:
     ``WATCH_AFTER`` into it, or from the relay of an answer that is still arriving)."""
 
     __slots__ = (
-        "_beat",
         "_beating",
-        "_begin",
+        "_clocks",
         "_connecting",
         "_receive",
         "_routed",
@@ -74,19 +74,17 @@ class ClientWatch:
         self.state = StreamState()
         self._routed: RoutedStream | None = None
         self._connecting: asyncio.Task[object] | None = None
-        # Silence is checked by a timer, not by a timeout around every wait for the
-        # client: one timer per interval costs less than a timeout context per stream.
-        self._beat: asyncio.TimerHandle | None = None
+        # Its alarms: when the watch starts, and each heartbeat's check. Silence is
+        # checked by an alarm, not by a timeout around every wait for the client: one
+        # alarm per interval costs less than a timeout context per stream.
+        self._clocks = Clocks()
         self._beating: asyncio.Task[None] | None = None
         self._seen = 0
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
-        self._begin: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            WATCH_AFTER, self._start
-        )
+        self._clocks.after("watch", WATCH_AFTER, self._start)
 
     def _start(self) -> None:
-        self._begin = None
         if self._task is None and not self._stopped:
             self._task = asyncio.create_task(self._watch())
 
@@ -113,26 +111,20 @@ class ClientWatch:
         self._routed = routed
         if whole:
             return
-        if self._begin is not None:
-            self._begin.cancel()
+        self._clocks.cancel("watch")
         self._start()
         self._seen = self.state.sent
-        self._beat = asyncio.get_running_loop().call_later(self.interval, self._check_silence)
+        self._clocks.after("heartbeat", self.interval, self._check_silence)
 
     def stop(self) -> None:
         # Let go of the task as it is cancelled: it keeps its CancelledError, whose
         # traceback holds this watch (the coroutine's ``self``); holding the task here
         # too would make a cycle of the whole stream that only the collector could free.
         self._stopped = True
-        begin, self._begin = self._begin, None
-        if begin is not None:
-            begin.cancel()
+        self._clocks.stop()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-        beat, self._beat = self._beat, None
-        if beat is not None:
-            beat.cancel()
         beating, self._beating = self._beating, None
         if beating is not None:  # not yet written (uvicorn writes without awaiting)
             beating.cancel()  # a heartbeat after the stream's end would be an error
@@ -141,12 +133,11 @@ class ClientWatch:
         """Each interval while relaying: a heartbeat if nothing went out since the last."""
         state = self.state
         if self._stopped or state.client_gone:
-            self._beat = None
             return
         if state.sent == self._seen and self._beating is None:
             self._beating = asyncio.create_task(self._heartbeat())
         self._seen = state.sent
-        self._beat = asyncio.get_running_loop().call_later(self.interval, self._check_silence)
+        self._clocks.after("heartbeat", self.interval, self._check_silence)
 
     async def _heartbeat(self) -> None:
         try:

@@ -30,6 +30,7 @@ from runestone.aliases import Policy, Strategy, Target
 from runestone.errors import GatewayError, drop_tracebacks, error_for
 from runestone.providers import Call
 from runestone.routing.breakers import CircuitBreaker, Lease
+from runestone.streams.clocks import AttemptLimit, Deadline
 
 T = TypeVar("T")
 
@@ -38,48 +39,6 @@ Observer = Callable[[Call, int, str], None]
 
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
-
-
-class Deadline:
-    """One deadline per request, shared by every attempt."""
-
-    __slots__ = ("at", "loop", "seconds")
-
-    def __init__(self, seconds: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.seconds = seconds
-        self.at = self.loop.time() + seconds
-
-    def remaining(self) -> float:
-        return self.at - self.loop.time()
-
-
-class _Limit:
-    """Cancels the attempt's task when its time is up: what ``asyncio.timeout`` does, at a
-    third of its cost (no context manager, whose enter and exit are coroutines).
-
-    ``end`` disarms it and says whether it fired: a ``CancelledError`` is then its own
-    doing, a timeout (its cancel request is withdrawn, as ``asyncio.timeout`` does, unless
-    someone else cancelled the task too).
-    """
-
-    __slots__ = ("_cancelling", "_handle", "_task", "expired")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        task = asyncio.current_task(loop)
-        assert task is not None, "attempts run in a task"
-        self._task = task
-        self._cancelling = task.cancelling()
-        self.expired = False
-        self._handle = loop.call_at(loop.time() + seconds, self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
-
-    def end(self) -> bool:
-        self._handle.cancel()
-        return self.expired and self._task.uncancel() <= self._cancelling
 
 
 def backoff(retry: int) -> float:
@@ -173,7 +132,7 @@ async def run_attempts(
             lease = Lease(breaker)
             began = time.time_ns() if observe is not None else 0
             silent = False
-            expiry = _Limit(deadline.loop, limit)
+            expiry = AttemptLimit(deadline.loop, limit)
             try:
                 try:
                     result = await attempt(candidate)

@@ -34,10 +34,11 @@ from runestone.providers import (
     registered_adapters,
 )
 from runestone.providers.adapter import NOTHING_FORWARDED
-from runestone.routing.attempts import Candidate, Deadline, run_attempts
+from runestone.routing.attempts import Candidate, run_attempts
 from runestone.routing.breakers import Breakers
 from runestone.routing.resolve import resolve, unusable
 from runestone.routing.stream import RoutedStream
+from runestone.streams.clocks import Deadline
 from runestone.streams.sse import MAX_EVENT_BYTES
 from runestone.telemetry import Telemetry
 

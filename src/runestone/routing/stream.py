@@ -13,7 +13,6 @@ An illegal move (streaming before connecting, connecting twice) raises
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -23,10 +22,11 @@ from runestone.errors import GatewayError, error_for
 from runestone.protocols import ClientProtocol
 from runestone.providers import Call, UpstreamStream
 from runestone.routing._leg import Leg
-from runestone.routing.attempts import Candidate, Deadline, Observer, counts_against, run_attempts
+from runestone.routing.attempts import Candidate, Observer, counts_against, run_attempts
 from runestone.routing.rescue import relay_with_rescue
 from runestone.streams import StreamSummary
-from runestone.streams.relay import Pace, SilenceBound, relay_stream
+from runestone.streams.clocks import Clocks, Deadline, Pace
+from runestone.streams.relay import relay_stream
 from runestone.streams.sse import MAX_EVENT_BYTES
 
 OpenUpstream = Callable[[Call], Awaitable[UpstreamStream]]
@@ -60,16 +60,15 @@ class RoutedStream:
     """
 
     __slots__ = (
-        "_drain",
-        "_expiry",
+        "_draining",
         "_leg",
         "_observe",
         "_open_upstream",
-        "_silence",
         "_state",
         "attempts",
         "candidates",
         "client_gone",
+        "clocks",
         "context_fallback",
         "deadline",
         "drain_for",
@@ -108,10 +107,11 @@ class RoutedStream:
         self.max_event_bytes = max_event_bytes
         self._state = StreamState.CONNECTING
         self._leg: Leg | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        #: The stream's alarms (its deadline mid-stream, the read-on after its client
+        #: left) and the bound on the upstream's silence: one ``stop`` ends them.
+        self.clocks = Clocks()
         #: Upstream silence allowed once streaming (the alias's idle_timeout first).
         self.read_timeout = policy.idle_timeout or read_timeout
-        self._silence: SilenceBound | None = None
         self.attempts = 0
         self.upstream = 0.0  # seconds spent connecting (attempts, backoff, first content)
         #: Candidates not tried yet, in the order they would have been tried.
@@ -122,7 +122,7 @@ class RoutedStream:
         #: comes at a stream's end (0: cut at once).
         self.drain_for = drain_for
         self.client_gone = False
-        self._drain: asyncio.TimerHandle | None = None
+        self._draining = False
 
     def __repr__(self) -> str:
         target = f" {self.target}" if self._leg is not None else ""
@@ -176,7 +176,7 @@ class RoutedStream:
         self.upstream = time.perf_counter() - started
         self._move(StreamState.STREAMING)
         if not self._leg.scanner.summary.done:  # a whole answer leaves nothing to cut
-            self._expiry = asyncio.get_running_loop().call_at(self.deadline.at, self._expire)
+            self.clocks.at("deadline", self.deadline.at, self._expire)
 
     async def open_leg(self, candidate: Candidate, call: Call | None = None) -> Leg:
         """Open ``candidate`` (its ``call``, or another) and read up to its first content."""
@@ -224,15 +224,16 @@ class RoutedStream:
     def _watch_silence(self, leg: Leg) -> None:
         """Bound the upstream's silence with one timer per stream, not one per read: an
         upstream stream that can drop its transport's read timer (re-armed on every read)
-        is watched by the relay's ``SilenceBound`` instead."""
+        is bounded by the stream's clocks instead."""
         drop = getattr(leg.stream, "drop_read_timeout", None)
         if drop is None or not self.read_timeout or leg.scanner.summary.done:
             return
         drop()
-        self._silence = SilenceBound(self.read_timeout, self._silent)
+        self.clocks.bound_silence(self.read_timeout, self._silent)
 
     def pace(self) -> Pace | None:
-        return self._silence.pace if self._silence is not None else None
+        silence = self.clocks.silence
+        return silence.pace if silence is not None else None
 
     def _silent(self, limit: float) -> None:
         provider = self.target.provider
@@ -264,8 +265,9 @@ class RoutedStream:
         summary = leg.scanner.summary if leg is not None else None
         if summary is None or summary.done or self.drain_for <= 0:  # usage is final at the end
             self.cancel()
-        elif self._drain is None:
-            self._drain = asyncio.get_running_loop().call_later(self.drain_for, self.cancel)
+        elif not self._draining:
+            self._draining = True
+            self.clocks.after("drain", self.drain_for, self.cancel)
 
     def cancel(self) -> None:
         """The client went away: end the answer as its fault, not the upstream's."""
@@ -304,14 +306,7 @@ class RoutedStream:
         self._settle()
 
     def _settle(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if self._drain is not None:
-            self._drain.cancel()
-        if self._silence is not None:
-            self._silence.stop()
-            self._silence = None
+        self.clocks.stop()
         if self._state is not StreamState.STREAMING:
             return  # settled already, or never connected
         leg = self._accepted()

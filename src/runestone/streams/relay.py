@@ -14,11 +14,11 @@ How a stream ends:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from runestone.errors import GatewayError, drop_tracebacks, error_for
+from runestone.streams.clocks import Pace
 from runestone.streams.sse import StreamScanner
 
 log = logging.getLogger("runestone.streams")
@@ -29,53 +29,6 @@ Failure = Callable[[Exception], "GatewayError | None"]
 
 def _unknown(exc: Exception) -> GatewayError | None:
     return None
-
-
-class Pace:
-    """Since when the relay has been waiting on the upstream (a clock reading), or None
-    while the relay is away with what it yielded (a slow client is not upstream silence).
-
-    The relay notes it after each piece; whoever bounds the upstream's silence reads it
-    (``RoutedStream``), instead of a timer made and cancelled on every read.
-    """
-
-    __slots__ = ("clock", "since")
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.since: float | None = clock()
-
-
-class SilenceBound:
-    """Ends a stream whose upstream stays silent ``limit`` seconds while the relay waits
-    on it (``on_silence(limit)``): one timer per stream, at the earliest time the bound
-    could pass, where a transport's read timer is made and cancelled on every read.
-    """
-
-    __slots__ = ("_handle", "_limit", "_on_silence", "pace")
-
-    def __init__(self, limit: float, on_silence: Callable[[float], None]) -> None:
-        loop = asyncio.get_running_loop()
-        self._limit = limit
-        self._on_silence = on_silence
-        self.pace = Pace(loop.time)
-        self._handle: asyncio.TimerHandle | None = loop.call_later(limit, self._check)
-
-    def _check(self) -> None:
-        now = self.pace.clock()
-        since = self.pace.since
-        if since is not None and now >= since + self._limit:
-            self._handle = None
-            self._on_silence(self._limit)
-            return
-        # Waiting: check when the bound would pass; with the client: a bound from now.
-        at = (now if since is None else since) + self._limit
-        self._handle = asyncio.get_running_loop().call_at(at, self._check)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 async def relay_stream(

@@ -228,3 +228,27 @@ def test_a_streams_timers_live_in_its_clocks() -> None:
         )
     )
     assert setters == [], f"loop timers set outside runestone.streams.clocks: {setters}"
+
+
+def _writes_an_event(node: ast.AST) -> bool:
+    """``b"data: " + ...`` or ``b"event: " + ...``: an SSE event put together by hand."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)):
+        return False
+    left = node.left
+    while isinstance(left, ast.BinOp):
+        left = left.left
+    return (
+        isinstance(left, ast.Constant)
+        and isinstance(left.value, bytes)
+        and left.value.startswith((b"data:", b"event:"))
+    )
+
+
+def test_events_are_written_by_the_one_encoder() -> None:
+    writers = sorted(
+        name
+        for name, path in MODULES.items()
+        if name != "runestone.streams.sse"
+        and any(_writes_an_event(node) for node in ast.walk(ast.parse(path.read_text())))
+    )
+    assert writers == [], f"SSE events written outside streams.sse.encode: {writers}"

@@ -202,3 +202,77 @@ def test_a_client_that_leaves_mid_body_gets_no_second_response(edge: Served) -> 
     edge.process.wait(10)
     log = edge.stderr()
     assert "RuntimeError" not in log and "Traceback" not in log, log[-2000:]
+
+
+# --- the soak: every attack at once, honest clients served, memory flat -----------------------
+
+
+def test_every_edge_attack_at_once_holds_memory_flat_and_serves_honest_clients(
+    edge: Served,
+) -> None:
+    before = rss_mb(edge.process.pid)
+    stop = threading.Event()
+    opened: list[socket.socket] = []
+
+    def pipelining() -> None:
+        sock = connect(edge)
+        sock.settimeout(0.2)
+        burst = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 20_000
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    sock.sendall(burst)
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    def silent() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                opened.append(connect(edge))
+            time.sleep(0.005)
+
+    def slowloris() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = connect(edge)
+                opened.append(sock)
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            time.sleep(0.05)
+
+    def extensions() -> None:
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5;ext="
+        )
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = connect(edge)
+                sock.settimeout(0.5)
+                sock.sendall(head)
+                with contextlib.suppress(OSError):
+                    for _ in range(40):
+                        sock.sendall(b"e" * 65536)
+                sock.close()
+
+    attacks = [threading.Thread(target=f) for f in (pipelining, silent, slowloris, extensions)]
+    for thread in attacks:
+        thread.start()
+    try:
+        waits = []
+        peak = before
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            waits.append(honest(edge))
+            peak = max(peak, rss_mb(edge.process.pid))
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in attacks:
+            thread.join(10)
+        for sock in opened:
+            sock.close()
+    assert peak - before < 60, (before, peak)
+    waits.sort()
+    assert waits[len(waits) * 99 // 100] < 1.0, waits[-5:]

@@ -19,7 +19,7 @@ import pytest
 from runestone.errors import GatewayError
 from runestone.providers.responses import _bridge
 from runestone.providers.translated import TranslatedStream
-from runestone.translate.responses_answer import ResponsesEvents
+from runestone.translate.responses_chat.answer import ResponsesEvents
 
 TEXT = ["Hel", "lo, ", '"wörld"', "\n", "\\ \u2028 ", "🙂", "!"]
 

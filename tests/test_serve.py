@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +23,29 @@ from tests.test_telemetry import scrape, value
 
 
 class Served:
+    """A ``runestone serve`` process; its stderr is read as it comes (a pipe nobody
+    reads would fill, and then block the gateway on its next log line)."""
+
     def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
         self.process = process
         self.url = url
+        self._err = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        with contextlib.suppress(ValueError, OSError):  # closed under us by a fixture
+            while chunk := stream.read1(65536):
+                self._err += chunk
 
     def stderr(self) -> str:
-        assert self.process.stderr is not None
-        return self.process.stderr.read().decode(errors="replace")
+        """What it wrote to stderr: all of it once it has exited."""
+        if self.process.poll() is not None:
+            self._reader.join(10)
+        return self._err.decode(errors="replace")
 
 
 def serve(

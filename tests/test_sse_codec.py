@@ -22,9 +22,9 @@ from runestone.errors import GatewayError
 from runestone.providers.responses import _bridge
 from runestone.providers.translated import TranslatedStream
 from runestone.streams.sse import EventReader, encode, split_events
-from runestone.translate.chat_to_messages import ChatChunks
-from runestone.translate.messages_events import MessageEvents
-from runestone.translate.responses_answer import ResponsesEvents
+from runestone.translate.chat_anthropic.chat_to_messages import ChatChunks
+from runestone.translate.chat_anthropic.messages_events import MessageEvents
+from runestone.translate.responses_chat.answer import ResponsesEvents
 from tests.conftest import MakeGateway
 from tests.servers import FakeProvider, anthropic_stream, stream_events
 

@@ -13,9 +13,9 @@ import pytest
 from runestone.errors import GatewayError
 from runestone.providers.translated import TranslatedStream
 from runestone.streams.sse import encode, split_events
-from runestone.translate.chat_to_messages import ChatChunks, chat_completion
-from runestone.translate.messages_events import MessageEvents
-from runestone.translate.messages_to_chat import message
+from runestone.translate.chat_anthropic.chat_to_messages import ChatChunks, chat_completion
+from runestone.translate.chat_anthropic.messages_events import MessageEvents
+from runestone.translate.chat_anthropic.messages_to_chat import message
 from tests.servers import anthropic_message, chunk, completion, sse_event
 from tests.test_sse_codec import Pieces
 

@@ -27,7 +27,10 @@ T = TypeVar("T")
 WATCH_AFTER = 0.05
 
 
-class StreamState:
+class ClientState:
+    """Where the client of a streamed request is: what it was sent, whether it left.
+    (The stream's own state is the routed stream's: ``routing.StreamState``.)"""
+
     __slots__ = ("client_gone", "sent")
 
     def __init__(self) -> None:
@@ -71,7 +74,7 @@ class ClientWatch:
         self._receive = receive
         self._send = send
         self.interval = interval
-        self.state = StreamState()
+        self.state = ClientState()
         self._routed: RoutedStream | None = None
         self._connecting: asyncio.Task[object] | None = None
         # Its alarms: when the watch starts, and each heartbeat's check. Silence is
@@ -163,7 +166,7 @@ async def relay_to_client(
     routed: RoutedStream,
     watch: ClientWatch,
     send: Send,
-    on_end: Callable[[StreamState], None],
+    on_end: Callable[[ClientState], None],
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens."""
@@ -207,7 +210,7 @@ async def relay_to_client(
     await routed.aclose()
 
 
-async def _pump(events: AsyncIterator[bytes], state: StreamState, send: Send) -> None:
+async def _pump(events: AsyncIterator[bytes], state: ClientState, send: Send) -> None:
     async for piece in events:
         if state.client_gone:  # set by the watch, in another task
             # Read on to the end, sending nothing: the routed stream was cut (the relay

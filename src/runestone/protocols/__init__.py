@@ -3,11 +3,11 @@
 - ``openai_chat``: OpenAI chat completions (``CHAT``);
 - ``anthropic_messages``: Anthropic Messages and token counting (``MESSAGES``,
   ``COUNT_TOKENS``);
-- ``embeddings``: OpenAI embeddings (``EMBEDDINGS``).
+- ``embeddings``: OpenAI embeddings (``EMBEDDINGS``);
+- ``responses``: OpenAI Responses (``RESPONSES``).
 
-A new wire format (the Responses API, say) is one more module and one more
-``register_protocol`` call; the router and the HTTP layer only ever hold a
-``ClientProtocol``.
+A new wire format is one more module and one more ``register_protocol`` call; the
+router and the HTTP layer only ever hold a ``ClientProtocol``.
 """
 
 from runestone.protocols._base import ClientProtocol, ScannerFactory

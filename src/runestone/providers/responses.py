@@ -3,8 +3,8 @@
 A provider row with ``responses=True`` (OpenAI, OpenRouter, Groq, xAI; ``responses:
 native`` for one's own in the alias file) gets the request as the client sent it, model
 rewritten. Every other target is reached through its chat-completions adapter: the
-request is translated to chat completions (``translate.responses_request``) and the
-answer, whole or streamed, back (``translate.responses_answer``).
+request is translated to chat completions (``translate.responses_chat.request``) and the
+answer, whole or streamed, back (``translate.responses_chat.answer``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from runestone.providers.adapter import Adapter, Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.translated import Translate, TranslatedStream
 from runestone.streams.sse import MAX_EVENT_BYTES, loads_object
-from runestone.translate.responses_answer import ResponsesEvents, response_object
-from runestone.translate.responses_request import chat_request
+from runestone.translate.responses_chat.answer import ResponsesEvents, response_object
+from runestone.translate.responses_chat.request import chat_request
 
 
 class ResponsesAdapter:

@@ -23,9 +23,13 @@ from runestone.providers.openai_compat import SessionAdapter
 from runestone.streams import loads_object
 from runestone.streams.sse import MAX_EVENT_BYTES, EventReader, split_events
 from runestone.translate import messages_arguments
-from runestone.translate.chat_to_messages import ChatChunks, chat_completion, messages_request
-from runestone.translate.messages_events import MessageEvents
-from runestone.translate.messages_to_chat import chat_request, message
+from runestone.translate.chat_anthropic.chat_to_messages import (
+    ChatChunks,
+    chat_completion,
+    messages_request,
+)
+from runestone.translate.chat_anthropic.messages_events import MessageEvents
+from runestone.translate.chat_anthropic.messages_to_chat import chat_request, message
 
 #: One upstream event (its type, or None for a data-only event, and its data) to the
 #: client's bytes; raises a ``GatewayError`` for an in-band error.

@@ -1,7 +1,9 @@
-"""Streams: SSE framing (``sse``) and the relay with honest endings (``relay``).
+"""Streams: the one SSE codec (``sse``), the relay with honest endings (``relay``) and
+a request's timers (``clocks``).
 
-Only the framing is re-exported here: it depends on nothing but the error type, so
-adapters can use it; the relay (which maps transport errors) is imported from its module.
+Only the codec is re-exported here; the relay and the clocks are imported from their
+modules. The package knows no transport: which exceptions of an upstream's reads are the
+upstream's failing is its adapter's to say.
 """
 
 from runestone.streams.sse import (

@@ -1,7 +1,8 @@
 """One narrow telemetry hook: the gateway emits events, subscribers turn them into signals.
 
-The rest of the code never imports a metrics or tracing library: the HTTP layer opens a
-``RequestTrace`` per request, which counts it in the tallies and emits the frozen events
+The rest of the code never imports a metrics or tracing library: each request's exchange
+(``runestone.exchange``) opens a ``RequestTrace``, and the HTTP layer one for a request
+refused before an endpoint ran; which counts it in the tallies and emits the frozen events
 of ``events`` to whoever listens; the router reports attempts through
 ``Telemetry.attempt_observer``. Readers of the tallies (Prometheus, the console) and
 subscribers (the request log, OpenTelemetry) live in this package or the console's, and

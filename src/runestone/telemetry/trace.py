@@ -1,8 +1,9 @@
 """One request's accounting, from its arrival to its count in the tallies.
 
-The HTTP layer opens a ``RequestTrace`` when a request arrives and tells it what
-happened (answered, failed, streamed); the trace works out usage, cost, overhead and
-the stream's outcome, so no endpoint does accounting itself. Like httpcore's ``Trace``:
+The exchange (``runestone.exchange``) opens a ``RequestTrace`` when a request arrives and
+tells it what happened (answered, failed, streamed); the trace works out usage, cost,
+overhead and the stream's outcome once, in an ``Account`` that limits and budgets book
+too, so no endpoint does accounting itself. Like httpcore's ``Trace``:
 the core reports, and what becomes a signal is decided elsewhere.
 
 Every trace counts its request in flight when it opens (and its stream when that

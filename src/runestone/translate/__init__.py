@@ -1,9 +1,12 @@
 """Pure mappers between wire formats: decoded JSON in, decoded JSON out, no I/O.
 
-``messages_request``: an Anthropic Messages request, as the arguments of the translating
-adapter (any-llm's ``amessages``), with the rule for fields the target cannot honour.
+Grouped by the pair of formats they join, as their adapters are named by what they join:
+
+- ``chat_anthropic``: chat completions and Anthropic Messages, both ways;
+- ``responses_chat``: a Responses client on a chat-completions target;
+- ``_checks``: what a translator checks of an upstream's output before relaying it.
 """
 
-from runestone.translate.messages_request import messages_arguments
+from runestone.translate.chat_anthropic.messages_request import messages_arguments
 
 __all__ = ["messages_arguments"]

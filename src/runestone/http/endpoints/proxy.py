@@ -22,7 +22,7 @@ from runestone.http._asgi import (
     read_body,
     send_json,
 )
-from runestone.http._relay import ClientWatch, StreamState, relay_to_client
+from runestone.http._relay import ClientState, ClientWatch, relay_to_client
 from runestone.http.middleware.errors import COUNTED, REQUEST_ID, STARTED
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
@@ -139,7 +139,7 @@ class ProxyEndpoint:
         headers = exchange.rate_headers() if exchange.admission is not None else None
         exchange.stream_started()
 
-        def finished(state: StreamState) -> None:
+        def finished(state: ClientState) -> None:
             exchange.stream_ended(routed, client_gone=state.client_gone)
 
         streams = self.gateway.streams

@@ -14,7 +14,7 @@ import orjson
 
 from runestone.streams.sse import encode
 from runestone.translate import _checks as checks
-from runestone.translate.messages_to_chat import STOP_REASONS, reasoning_of, usage
+from runestone.translate.chat_anthropic.messages_to_chat import STOP_REASONS, reasoning_of, usage
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:

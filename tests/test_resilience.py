@@ -45,6 +45,8 @@ aliases:
     timeout: {TIMEOUT}
     first_token_timeout: 0.5
     idle_timeout: 0.5
+    on_stream_cut: error      # the honest ending, not the default rescue
+    context_fallback: []      # the client's error, not the default fallback
     targets: [openai:primary, openai:backup]
   refused: {{targets: [dead:primary, openai:backup], retries: 1, timeout: {TIMEOUT}}}
   single: {{targets: [openai:primary], retries: 0, timeout: {TIMEOUT}}}
@@ -514,7 +516,12 @@ async def test_an_attempt_over_its_limit_is_an_upstream_timeout_and_leaves_no_ca
 
     with pytest.raises(GatewayError) as raised:
         await run_attempts(
-            _one_candidate(), Policy(retries=0), Deadline(5), silent, attempt_timeout=0.05
+            _one_candidate(),
+            Policy(retries=0),
+            Deadline(5),
+            silent,
+            attempt_timeout=0.05,
+            last_attempt_timeout=0.05,  # one candidate: it is the last
         )
     assert raised.value.code == "upstream_timeout"
     task = asyncio.current_task()
@@ -540,7 +547,12 @@ async def test_a_cancel_from_outside_stays_a_cancel_even_when_the_limit_fires_to
 
     async def request() -> object:
         return await run_attempts(
-            candidates, Policy(retries=0), Deadline(5), slow_to_stop, attempt_timeout=0.1
+            candidates,
+            Policy(retries=0),
+            Deadline(5),
+            slow_to_stop,
+            attempt_timeout=0.1,
+            last_attempt_timeout=0.1,
         )
 
     task = asyncio.create_task(request())

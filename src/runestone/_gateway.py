@@ -94,6 +94,7 @@ class Gateway:
                 telemetry=self.telemetry,
                 max_event_bytes=settings.max_event_bytes,
                 read_timeout=settings.read_timeout,
+                failover=settings.failover_seconds,
             )
             return self.router
 

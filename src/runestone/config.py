@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runestone.access import Store, default_state_path, open_store
 from runestone.aliases import DEFAULT_ALIASES_PATH, WATCH_MODES, AliasStore, WatchMode
+from runestone.aliases._policy import FAILOVER_SECONDS
 from runestone.routing.breakers import BreakerConfig
 
 
@@ -64,6 +65,9 @@ class Settings:
     #: client left, to learn the usage that comes at its end; 0 cuts it at once.
     usage_drain_seconds: float = 5.0
     edge: EdgeLimits = EdgeLimits()
+    #: How long a silent or stalled target is given before the next target of an alias
+    #: is tried; every default timeout of a policy is worked out from it.
+    failover_seconds: float = FAILOVER_SECONDS
     #: The alias file (default: the packaged one) and the share of its aliases a reload
     #: may drop without ``allow_shrink: true``.
     aliases_path: Path = DEFAULT_ALIASES_PATH
@@ -135,6 +139,7 @@ class Settings:
                 env, "RUNESTONE_USAGE_DRAIN_SECONDS", cls.usage_drain_seconds, zero=True
             ),
             edge=_edge(env),
+            failover_seconds=_number(env, "RUNESTONE_FAILOVER_SECONDS", cls.failover_seconds),
             aliases_path=Path(env.get("RUNESTONE_ALIASES_PATH") or DEFAULT_ALIASES_PATH),
             max_alias_drop=_share(env, "RUNESTONE_MAX_ALIAS_DROP", cls.max_alias_drop),
             redis_url=env.get("RUNESTONE_REDIS_URL") or None,

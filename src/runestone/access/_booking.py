@@ -80,7 +80,7 @@ class LedgerNames:
     def __call__(self, target: str, table: AliasTable) -> str:
         if table is not self._table:
             aliases = table.aliases.values()
-            named = {str(t) for a in aliases for t in (*a.targets, *a.context_fallback)}
+            named = {str(t) for a in aliases for t in a.every_target}
             self._named, self._table = frozenset(named | set(table.prices)), table
         if target in self._named or target in packaged_prices():
             return target

@@ -99,7 +99,7 @@ def worst_price(model: str, table: AliasTable) -> Price | None:
     alias = table.match(model)
     targets: Iterable[Target]
     if alias is not None:
-        targets = (*alias.targets, *alias.context_fallback)
+        targets = alias.every_target
     else:
         try:
             targets = (parse_spec(model),)

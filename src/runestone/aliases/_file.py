@@ -77,7 +77,7 @@ def parse_alias_file(
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
-            for target in (*alias.targets, *alias.context_fallback):
+            for target in alias.every_target:
                 if target.provider not in known:
                     problems.append(
                         Problem(
@@ -203,6 +203,12 @@ def _parse_alias(
     if isinstance(value, str):
         target = spec_target(value, entry.line, where, problems)
         return Alias(name, (target,), entry.line, defaults) if target else None
+    if isinstance(value, list):  # shorthand for {targets: [...]}: these, in order
+        before = len(problems)
+        targets = _parse_targets(entry, where, problems)
+        if len(problems) > before or not targets:
+            return None
+        return Alias(name, tuple(targets), entry.line, defaults)
     if not isinstance(value, dict):
         problems.append(
             Problem(
@@ -226,14 +232,15 @@ def _parse_alias(
         single = _map_target(value, entry.line, where, problems)
         targets = [single] if single else []
     policy = _policy(value, defaults, where, problems)
-    context_fallback: list[Target] = []
+    context_fallback: tuple[Target, ...] | None = None  # the other targets, by default
     if "context_fallback" in value:
-        context_fallback = _parse_targets(
-            value["context_fallback"], f"{where} context_fallback", problems
-        )
+        given = value["context_fallback"]
+        context_fallback = ()  # [] turns the fallback off
+        if given.value != []:
+            context_fallback = tuple(_parse_targets(given, f"{where} context_fallback", problems))
     if len(problems) > before or not targets:
         return None
-    return Alias(name, tuple(targets), entry.line, policy, tuple(context_fallback))
+    return Alias(name, tuple(targets), entry.line, policy, context_fallback)
 
 
 def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[Target]:

@@ -38,7 +38,13 @@ class Alias:
     line: int = 0
     policy: Policy = DEFAULT_POLICY
     #: Where a request goes when a target says its prompt is too long for it.
-    context_fallback: tuple[Target, ...] = ()
+    #: Where a prompt too long for a target goes; None: the alias's other targets.
+    context_fallback: tuple[Target, ...] | None = None
+
+    @property
+    def every_target(self) -> tuple[Target, ...]:
+        """Every target a request to it may reach: its own, then its context fallback."""
+        return (*self.targets, *(self.context_fallback or ()))
 
     @property
     def is_pattern(self) -> bool:
@@ -58,7 +64,9 @@ class Alias:
             tuple(filled(t) for t in self.targets),
             self.line,
             self.policy,
-            tuple(filled(t) for t in self.context_fallback),
+            None
+            if self.context_fallback is None
+            else tuple(filled(t) for t in self.context_fallback),
         )
 
 

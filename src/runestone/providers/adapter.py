@@ -45,8 +45,6 @@ class Call:
     operation: Operation = "chat"
     #: What a same-format upstream should see of the client's request besides the body.
     forward: Forwarded = NOTHING_FORWARDED
-    #: Seconds of upstream silence allowed between reads (a stream's idle timeout).
-    read_timeout: float | None = None
     #: Ask the upstream for a usage chunk the client did not ask for (it is hidden again).
     add_stream_usage: bool = False
 

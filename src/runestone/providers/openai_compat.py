@@ -71,12 +71,8 @@ class SessionAdapter:
             headers = {**headers, **forward.headers}
         # Redirects are never followed: a provider that redirects is misconfigured, and a
         # redirect could point the gateway at anything (itself included).
-        if call.read_timeout is None:  # the session's timeouts: no object per request
-            return self._session.post(url, data=data, headers=headers, allow_redirects=False)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=call.read_timeout)
-        return self._session.post(
-            url, data=data, headers=headers, timeout=timeout, allow_redirects=False
-        )
+        # The session's timeouts (a stream's own silence is the relay's to bound).
+        return self._session.post(url, data=data, headers=headers, allow_redirects=False)
 
     async def complete(self, call: Call) -> Reply:
         path, data, headers = self._prepare(call)

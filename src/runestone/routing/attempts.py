@@ -88,14 +88,17 @@ async def run_attempts(
     attempt: Callable[[Candidate], Awaitable[T]],
     *,
     attempt_timeout: float | None = None,
+    last_attempt_timeout: float | None = None,
     hold: bool = False,
     observe: Observer | None = None,
-    context_fallback: Sequence[Candidate] = (),
+    context_fallback: Sequence[Candidate] | None = (),
 ) -> Attempted[T]:
     """Try targets until one answers; raise the ``GatewayError`` that ends the request.
 
     ``attempt_timeout`` bounds each attempt on top of the deadline (the first-token
-    timeout of a stream). With ``hold``, the winning target's lease on its breaker's
+    timeout of a stream) while another target is left to try, ``last_attempt_timeout``
+    the attempts at the last one: a bound meant to fail over need not cut the only
+    answer left. With ``hold``, the winning target's lease on its breaker's
     in-flight count is handed to the caller (``Attempted.lease``). An exception that is
     not a ``GatewayError`` is a bug: it is neither retried nor held against the target.
     ``observe`` hears of every attempt: (call, wall-clock start in ns, error code or "").
@@ -103,8 +106,9 @@ async def run_attempts(
     A target that times out (``attempt_timeout``: it accepted the request and stayed
     silent) is not retried: a silent provider stays silent, so the next target is tried
     at once. A ``context_length_exceeded`` moves the request, unchanged, to the
-    ``context_fallback`` targets (never back to one that refused it); without them it is
-    the client's error, as any other.
+    ``context_fallback`` targets, or with ``None`` (the default of an alias) on to its
+    other targets; never back to one that refused it. With ``()`` it is the client's
+    error, as any other.
     """
     attempts = 0
     last: GatewayError | None = None
@@ -113,10 +117,13 @@ async def run_attempts(
     paused_first: Candidate | None = None
     started = time.perf_counter()
     queue = deque(order(policy.strategy, candidates))
-    fallback = context_fallback
+    on_to_the_rest = context_fallback is None
+    fallback = context_fallback or ()
     too_long: list[Target] = []
     while queue:
         candidate = queue.popleft()
+        if candidate.target in too_long:
+            continue  # it refused this prompt as too long already
         breaker = candidate.breaker
         for retry in range(policy.retries + 1):
             if not breaker.allow():
@@ -126,7 +133,8 @@ async def run_attempts(
             remaining = deadline.remaining()
             if remaining <= 0:
                 raise _ending(_timed_out(deadline, last), attempts, tried, started)
-            limit = remaining if attempt_timeout is None else min(remaining, attempt_timeout)
+            bound = attempt_timeout if queue else last_attempt_timeout
+            limit = remaining if bound is None else min(remaining, bound)
             attempts += 1
             tried = candidate
             lease = Lease(breaker)
@@ -176,7 +184,9 @@ async def run_attempts(
                 raise _ending(error, attempts, tried, started)
             if counts_against(error):
                 breaker.record_failure()
-            elif error.code == "context_length_exceeded" and (fallback or too_long):
+            elif error.code == "context_length_exceeded" and (
+                fallback or too_long or on_to_the_rest
+            ):
                 breaker.record_success()  # it answered: the prompt is too long for it
                 too_long.append(candidate.target)
                 if fallback:  # from now on only the larger-context targets

@@ -62,9 +62,9 @@ async def _continue(
     routed: RoutedStream, broken: Leg, transcript: Continuation
 ) -> AsyncGenerator[bytes, None]:
     """Try the remaining targets, in order, to write the rest of the answer."""
-    limit = routed.policy.stream_attempt_timeout()
     while routed.remaining and routed.deadline.remaining() > 0:
         candidate, routed.remaining = routed.remaining[0], routed.remaining[1:]
+        limit = routed.policy.stream_attempt_timeout(last=not routed.remaining)
         if not candidate.breaker.allow():
             continue
         prefill = candidate.target.prefill

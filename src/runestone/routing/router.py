@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from runestone.aliases import AliasStore, AliasTable, Policy, Target
+from runestone.aliases._policy import FAILOVER_SECONDS
 from runestone.errors import GatewayError, error_for
 from runestone.protocols import CHAT, ClientProtocol, protocol_for
 from runestone.providers import (
@@ -61,7 +62,8 @@ class _Route:
 
     policy: Policy
     targets: tuple[_Destination, ...]
-    fallback: tuple[_Destination, ...]
+    #: Where a prompt too long for a target goes; None: on to the other targets.
+    fallback: tuple[_Destination, ...] | None
 
 
 @dataclass(slots=True)
@@ -87,8 +89,11 @@ class Router:
         telemetry: Telemetry | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
         read_timeout: float | None = None,
+        failover: float = FAILOVER_SECONDS,
     ) -> None:
         self.aliases = aliases
+        #: The bound the policies' unset timeouts are worked out from (``Policy.completed``).
+        self.failover = failover
         self.max_event_bytes = max_event_bytes
         #: Upstream silence allowed in a stream without an idle_timeout of its own (the
         #: session's read timeout, which the relay then bounds itself).
@@ -124,9 +129,10 @@ class Router:
         table: AliasTable | None,
         *,
         streaming: bool = False,
-    ) -> tuple[list[Candidate], Policy, list[Candidate]]:
-        """The usable targets for this request, each with its breaker, the policy, and the
-        targets for a prompt too long for them (the alias's ``context_fallback``).
+    ) -> tuple[list[Candidate], Policy, list[Candidate] | None]:
+        """The usable targets for this request, each with its breaker, the policy (its
+        unset keys at their defaults), and the targets for a prompt too long for them (the
+        alias's ``context_fallback``; None: on to the other targets).
 
         ``table`` is the snapshot the request read when it started (its exchange's): a
         reload while it is admitted must not send it by another table's routes.
@@ -140,12 +146,13 @@ class Router:
         if route is None:
             route = self._route(model, table)
         policy = route.policy
-        read_timeout = policy.idle_timeout if streaming else None
         wants_usage = streaming and protocol.add_stream_usage(body)
-        context = (body, request_id, protocol.operation, forward, read_timeout, wants_usage)
+        context = (body, request_id, protocol.operation, forward, wants_usage)
         candidates = self._candidates(route.targets, context)
-        fallback = self._candidates(route.fallback, context) if route.fallback else []
-        return candidates, policy, fallback
+        fallback = route.fallback
+        if fallback is None:
+            return candidates, policy, None
+        return candidates, policy, self._candidates(fallback, context) if fallback else []
 
     def _route(self, model: str, table: AliasTable) -> _Route:
         """What ``model`` resolves to under ``table``: targets with their endpoints.
@@ -157,17 +164,18 @@ class Router:
         registry = self.registry(table)
         alias = table.match(model)
         targets = alias.targets if alias is not None else resolve(model, table)
-        fallback = alias.context_fallback if alias is not None else ()
+        fallback = alias.context_fallback if alias is not None else ()  # None: the others
         errors: list[GatewayError] = []
         usable = self._usable(targets, registry, errors)
         if not usable:
             first = errors[0]
             first.target = str(targets[0])  # where it would have gone, for its headers
             raise first
+        policy = alias.policy if alias is not None else table.defaults
         route = _Route(
-            alias.policy if alias is not None else table.defaults,
+            policy.completed(len(usable), self.failover),
             usable,
-            self._usable(fallback, registry, errors),
+            None if fallback is None else self._usable(fallback, registry, errors),
         )
         if not errors and len(self._routes) < _ROUTES_KEPT:
             self._routes[model] = route
@@ -192,10 +200,10 @@ class Router:
     def _candidates(
         self,
         destinations: tuple[_Destination, ...],
-        context: tuple[dict[str, object], str, Operation, Forwarded, float | None, bool],
+        context: tuple[dict[str, object], str, Operation, Forwarded, bool],
     ) -> list[Candidate]:
         """This request's attempt at each destination, with the destination's breaker."""
-        body, request_id, operation, forward, read_timeout, wants_usage = context
+        body, request_id, operation, forward, wants_usage = context
         breaker = self.breakers.get
         found = []
         for target, endpoint, key in destinations:  # a plain loop: this runs per request
@@ -206,7 +214,6 @@ class Router:
                 request_id,
                 operation,
                 forward,
-                read_timeout,
                 wants_usage and endpoint.spec.stream_usage,
             )
             found.append(Candidate(target, call, breaker(key)))
@@ -244,6 +251,7 @@ class Router:
             Deadline(policy.timeout),
             self._complete_one,
             attempt_timeout=policy.attempt_timeout,
+            last_attempt_timeout=policy.last_attempt_timeout,
             observe=self.telemetry.attempt_observer,
             context_fallback=fallback,
         )

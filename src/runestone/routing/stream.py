@@ -89,7 +89,7 @@ class RoutedStream:
         protocol: ClientProtocol,
         candidates: Sequence[Candidate],
         policy: Policy,
-        context_fallback: Sequence[Candidate] = (),
+        context_fallback: Sequence[Candidate] | None = (),
         open_upstream: OpenUpstream,
         observe: Observer | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
@@ -99,7 +99,7 @@ class RoutedStream:
         self.request_id = request_id
         self.protocol = protocol
         self.candidates = tuple(candidates)
-        self.context_fallback = tuple(context_fallback)
+        self.context_fallback = None if context_fallback is None else tuple(context_fallback)
         self.policy = policy
         self.deadline = Deadline(policy.timeout)
         self._open_upstream = open_upstream
@@ -162,6 +162,7 @@ class RoutedStream:
                 self.deadline,
                 self.open_leg,
                 attempt_timeout=self.policy.stream_attempt_timeout(),
+                last_attempt_timeout=self.policy.stream_attempt_timeout(last=True),
                 hold=True,
                 observe=self._observe,
                 context_fallback=self.context_fallback,

@@ -276,3 +276,27 @@ def test_every_edge_attack_at_once_holds_memory_flat_and_serves_honest_clients(
     assert peak - before < 60, (before, peak)
     waits.sort()
     assert waits[len(waits) * 99 // 100] < 1.0, waits[-5:]
+
+
+def test_a_connection_not_yet_made_has_no_deadline() -> None:
+    # uvicorn makes the protocol, and the loop makes its connection a moment later: a
+    # sweep in between once refused it for good, and its client waited for ever.
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from runestone.http._server import BoundedHttpToolsProtocol
+
+    async def made() -> float | None:
+        config = uvicorn.Config(app=None, http="httptools")  # type: ignore[arg-type]
+        config.load()
+        protocol = BoundedHttpToolsProtocol(
+            config=config,
+            server_state=ServerState(),
+            app_state={},
+            _loop=asyncio.get_running_loop(),
+        )
+        return protocol.deadline()
+
+    assert asyncio.run(made()) is None

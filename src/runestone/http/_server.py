@@ -83,19 +83,25 @@ class _Loop:
         self.watched: weakref.WeakSet[BoundedHttpToolsProtocol] = weakref.WeakSet()
         self.idle: dict[BoundedHttpToolsProtocol, None] = {}  # in the order they went idle
         self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def add(self, protocol: BoundedHttpToolsProtocol) -> None:
         self.watched.add(protocol)
         if self._handle is None:
-            self._handle = self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+            self._due = self.loop.time() + _SWEEP_SECONDS
+            self._handle = self.loop.call_at(self._due, self._sweep)
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for protocol in list(self.watched):
-            deadline = protocol.deadline()
-            if deadline is not None and now > deadline:
-                protocol.too_slow()
-        self._handle = self.loop.call_later(_SWEEP_SECONDS, self._sweep) if self.watched else None
+        # A sweep that runs late ran after a busy loop, whose reads may be waiting in the
+        # sockets' buffers: nothing is judged too slow until they have been read.
+        if now - self._due < _SWEEP_SECONDS:
+            for protocol in list(self.watched):
+                deadline = protocol.deadline()
+                if deadline is not None and now > deadline:
+                    protocol.too_slow()
+        self._due = now + _SWEEP_SECONDS
+        self._handle = self.loop.call_at(self._due, self._sweep) if self.watched else None
 
     def oldest_idle(self) -> BoundedHttpToolsProtocol | None:
         return next(iter(self.idle), None)
@@ -121,6 +127,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._since = 0.0  # idle: when it went idle; headers: their first byte; body: last read
         self._refused = False
         self._spoke = False
+        # Made by the server before its connection is: no deadline until it is.
+        self._connected = False
         self._clock = self.loop.time
         # Requests read whole whose response has not been sent; bytes waiting behind them.
         self._awaiting: list[RequestResponseCycle] = []
@@ -139,6 +147,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._since = self._clock()
+        self._connected = True
         shared = self._shared
         if len(self.connections) > shared.cap:
             victim = shared.oldest_idle()
@@ -168,8 +177,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return self._since + self._limits.header_timeout
         if phase is _BODY:
             return self._since + self._limits.body_timeout
-        if not self._spoke and not self._refused:  # a connection that never sent a byte
-            return self._since + self._limits.idle_timeout
+        if not self._spoke and not self._refused and self._connected:
+            return self._since + self._limits.idle_timeout  # it has never sent a byte
         return None
 
     def too_slow(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_serve import Served, processes, serve
+from tests.test_serve import Served, processes, serve, serving
 
 __all__ = ["processes"]  # a fixture shared with test_serve
 
@@ -30,19 +30,15 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[Served]:
-    served = serve(
+    with serving(
         tmp_path,
         aliases=ALIASES,
         RUNESTONE_SERVICE_TOKEN="tok",
         RUNESTONE_IDLE_TIMEOUT="1",
         RUNESTONE_MAX_CONNECTIONS="200",
         RUNESTONE_HEADER_TIMEOUT="2",
-    )
-    yield served
-    served.process.kill()
-    served.process.wait(10)
-    assert served.process.stderr is not None
-    served.process.stderr.close()
+    ) as served:
+        yield served
 
 
 def connect(served: Served) -> socket.socket:
@@ -81,25 +77,25 @@ def honest(served: Served) -> float:
 # --- memory: pipelined requests -----------------------------------------------------------
 
 
+def pipeline_flood(served: Served, stop: threading.Event) -> None:
+    """Pipelined requests, about 700 KB a write, the answers never read."""
+    sock = connect(served)
+    sock.settimeout(0.2)
+    burst = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 20_000
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(burst)
+    except OSError:
+        return
+    finally:
+        sock.close()
+
+
 def test_pipelined_requests_hold_memory_flat(edge: Served) -> None:
-    request = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n"
     before = rss_mb(edge.process.pid)
     stop = threading.Event()
-
-    def flood() -> None:
-        sock = connect(edge)
-        sock.settimeout(0.2)
-        burst = request * 20_000  # about 700 KB a write, the answers never read
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    sock.sendall(burst)
-        except OSError:
-            return
-        finally:
-            sock.close()
-
-    floods = [threading.Thread(target=flood) for _ in range(3)]
+    floods = [threading.Thread(target=pipeline_flood, args=(edge, stop)) for _ in range(3)]
     for thread in floods:
         thread.start()
     try:
@@ -215,17 +211,7 @@ def test_every_edge_attack_at_once_holds_memory_flat_and_serves_honest_clients(
     opened: list[socket.socket] = []
 
     def pipelining() -> None:
-        sock = connect(edge)
-        sock.settimeout(0.2)
-        burst = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 20_000
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    sock.sendall(burst)
-        except OSError:
-            return
-        finally:
-            sock.close()
+        pipeline_flood(edge, stop)
 
     def silent() -> None:
         while not stop.is_set():

@@ -147,20 +147,16 @@ def test_an_error_body_is_read_only_as_far_as_needed(
 
 @pytest.fixture
 def bounded_server(tmp_path: Path) -> Any:
-    from tests.test_serve import serve
+    from tests.test_serve import serving
 
-    served = serve(
+    with serving(
         tmp_path,
         RUNESTONE_SERVICE_TOKEN="tok",
         RUNESTONE_HEADER_TIMEOUT="1",
         RUNESTONE_BODY_TIMEOUT="1",
         RUNESTONE_MAX_HEADER_BYTES="16384",
-    )
-    yield served
-    served.process.kill()
-    served.process.wait(10)
-    assert served.process.stderr is not None
-    served.process.stderr.close()
+    ) as served:
+        yield served
 
 
 def _connect(url: str) -> socket.socket:

@@ -92,6 +92,19 @@ def serve(
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def serving(tmp_path: Path, **options: Any) -> Iterator[Served]:
+    """``serve(...)`` for the length of a ``with`` block: killed and reaped after it."""
+    served = serve(tmp_path, **options)
+    try:
+        yield served
+    finally:
+        served.process.kill()
+        served.process.wait(10)
+        if served.process.stderr is not None:
+            served.process.stderr.close()
+
+
 @pytest.fixture
 def processes() -> Iterator[list[Served]]:
     started: list[Served] = []

@@ -242,17 +242,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self._awaiting) >= 2:  # a third request in one read: not read ahead
             self._packed = True
             self._awaiting[-1].keep_alive = False  # closed once the last is answered
+            # What the parser still reports of this read goes nowhere (not to the scope
+            # of the request read ahead, whose headers these containers were).
+            self.url, self.headers = b"", []
             return
         self._body = self._chunks = 0
         HttpToolsProtocol.on_message_begin(self)
-
-    def on_url(self, url: bytes) -> None:
-        if not self._packed:
-            HttpToolsProtocol.on_url(self, url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._packed:
-            HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         if self._refused or self._packed:
@@ -308,8 +303,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
-        self._awaiting = [c for c in self._awaiting if not c.response_complete]
-        if self._awaiting or self.transport.is_closing():
+        awaiting = self._awaiting
+        while awaiting and awaiting[0].response_complete:  # answered in order
+            del awaiting[0]
+        if awaiting or self.transport.is_closing():
             return
         self._since = self._clock()
         self._shared.idle[self] = None

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_robustness import read_all
 from tests.test_serve import Served, processes, serve, serving
 
 __all__ = ["processes"]  # a fixture shared with test_serve
@@ -52,16 +53,7 @@ def exchange(served: Served, raw: bytes) -> bytes:
     try:
         sock.sendall(raw)
         sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            try:
-                data = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not data:
-                break
-            received += data
-        return received
+        return read_all(sock)
     finally:
         sock.close()
 

@@ -165,7 +165,7 @@ def _connect(url: str) -> socket.socket:
     return sock
 
 
-def _read_all(sock: socket.socket) -> bytes:
+def read_all(sock: socket.socket) -> bytes:
     received = b""
     while True:
         try:
@@ -182,7 +182,7 @@ def test_huge_headers_are_refused(bounded_server: Any) -> None:
     sock = _connect(bounded_server.url)
     try:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 200_000)
-        answer = _read_all(sock)
+        answer = read_all(sock)
     finally:
         sock.close()
     assert answer.startswith(b"HTTP/1.1 431")
@@ -190,7 +190,7 @@ def test_huge_headers_are_refused(bounded_server: Any) -> None:
     try:
         headers = b"".join(b"x-h%d: v\r\n" % i for i in range(200))
         many.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n")
-        assert _read_all(many).startswith(b"HTTP/1.1 431")
+        assert read_all(many).startswith(b"HTTP/1.1 431")
     finally:
         many.close()
 
@@ -200,7 +200,7 @@ def test_slow_headers_and_a_stalled_body_are_cut(bounded_server: Any) -> None:
     started = time.monotonic()
     try:
         slow.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n")  # and then nothing
-        answer = _read_all(slow)
+        answer = read_all(slow)
     finally:
         slow.close()
     assert answer.startswith(b"HTTP/1.1 408")
@@ -212,7 +212,7 @@ def test_slow_headers_and_a_stalled_body_are_cut(bounded_server: Any) -> None:
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n"
             b'content-type: application/json\r\n\r\n{"model"'
         )
-        _read_all(stalled)
+        read_all(stalled)
     finally:
         stalled.close()
     assert time.monotonic() - started < 4

@@ -93,7 +93,11 @@ def make_gateway(
         path.write_text(aliases_yaml)
         full_env = {**provider_env(fake), **(env or {})}
         base = Settings.from_env(full_env)
-        merged = Settings(**{**base.__dict__, "watch": "poll", **settings})
+        # Each test's own state (limits, spend, stored responses) unless it names one.
+        own_state = {"state_path": tmp_path / "state" / "state.sqlite3"}
+        if base.state_path is not None:
+            own_state = {}
+        merged = Settings(**{**base.__dict__, "watch": "poll", **own_state, **settings})
         gateway = server_thread.run(start_gateway(path, full_env, merged, mounts))
         started.append(gateway)
         return gateway

@@ -157,7 +157,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_version", "pricing"},
     {"streams", "translate"},
     {"providers"},
-    {"protocols", "aliases", "access", "telemetry"},
+    {"protocols", "aliases", "access", "telemetry", "conversations"},
     {"routing"},
     {"config", "_gateway", "console", "remote"},
     {"exchange"},

@@ -236,8 +236,13 @@ def test_what_the_bridge_cannot_honour_is_a_named_400(gateway: Gateway) -> None:
         sdk.responses.create(model="chat", input="Hi", previous_response_id="resp_123")
     assert caught.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.responses.create(model="chat", input="Hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+        sdk.responses.create(
+            model="chat",
+            input="Hi",
+            tools=[{"type": "computer_use_preview", "environment": "linux"}],  # type: ignore[list-item, typeddict-item]
+        )
     assert caught.value.body["param"] == "tools"  # type: ignore[index]
+    assert "computer_use_preview" in caught.value.body["message"]  # type: ignore[index]
     fine = sdk.responses.create(
         model="chat",
         input="Hi",

@@ -18,6 +18,7 @@ import aiohttp
 from runestone.access import Access
 from runestone.aliases import AliasStore
 from runestone.config import Settings
+from runestone.conversations import Conversations
 from runestone.errors import error_for
 from runestone.providers import AdapterContext
 from runestone.providers._session import close_now, make_session
@@ -58,6 +59,8 @@ class Gateway:
             lambda store: self.telemetry.emit(StoreFailed(store=store)),
             store_name=settings.store_name,
         )
+        #: The Responses API's store of responses; opened when a request first needs it.
+        self.conversations = Conversations(lambda: settings.open_response_store(environ))
         aliases.on_reload = self._reloaded
 
     def __repr__(self) -> str:
@@ -145,6 +148,7 @@ class Gateway:
                 await self._watcher
             self._watcher = None
         await self.access.aclose()
+        await self.conversations.aclose()
         if self._context is not None:
             await self._context.aclose()
             self._context = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from runestone.access import Store, default_state_path, open_store
 from runestone.aliases import DEFAULT_ALIASES_PATH, WATCH_MODES, AliasStore, WatchMode
 from runestone.aliases._policy import FAILOVER_SECONDS
+from runestone.conversations import Bounds, ResponseStore, open_response_store
 from runestone.routing.breakers import BreakerConfig
 
 
@@ -76,6 +77,8 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "runestone"
     state_path: Path | None = None
+    #: What the Responses API's store keeps (the oldest go first past any bound).
+    response_store: Bounds = Bounds()  # noqa: RUF009 - frozen, as EdgeLimits
 
     def alias_store(self, known_providers: Collection[str] | None = None) -> AliasStore:
         """The alias store these settings name (not loaded yet)."""
@@ -89,6 +92,17 @@ class Settings:
         """The store of limits and spend these settings name (``environ`` for HOME)."""
         state = self.state_path or default_state_path(os.environ if environ is None else environ)
         return open_store(redis_url=self.redis_url, prefix=self.redis_prefix, state_path=state)
+
+    def open_response_store(self, environ: Mapping[str, str] | None = None) -> ResponseStore:
+        """The Responses API's store: beside the limits' (Redis, or the state file's
+        directory)."""
+        state = self.state_path or default_state_path(os.environ if environ is None else environ)
+        return open_response_store(
+            redis_url=self.redis_url,
+            prefix=self.redis_prefix,
+            state_path=state,
+            bounds=self.response_store,
+        )
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -145,7 +159,20 @@ class Settings:
             redis_url=env.get("RUNESTONE_REDIS_URL") or None,
             redis_prefix=env.get("RUNESTONE_REDIS_PREFIX") or cls.redis_prefix,
             state_path=Path(state) if (state := env.get("RUNESTONE_STATE_PATH")) else None,
+            response_store=_response_store(env),
         )
+
+
+def _response_store(env: Mapping[str, str]) -> Bounds:
+    default = Bounds()
+    days = _number(env, "RUNESTONE_RESPONSE_STORE_DAYS", default.max_age / 86400)
+    return Bounds(
+        max_responses=int(
+            _number(env, "RUNESTONE_RESPONSE_STORE_MAX_RESPONSES", default.max_responses)
+        ),
+        max_bytes=int(_number(env, "RUNESTONE_RESPONSE_STORE_MAX_BYTES", default.max_bytes)),
+        max_age=days * 86400,
+    )
 
 
 def _edge(env: Mapping[str, str]) -> EdgeLimits:

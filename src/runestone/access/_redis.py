@@ -156,51 +156,57 @@ class _Script:
         self.args += ("A", self.key(name), field, repr(amount), str(math.ceil(ttl)))
 
 
+def connect(url: str, timeout: float) -> Any:
+    """A Redis client for a store: short timeouts, one retry on a fresh connection."""
+    try:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+    except ImportError as exc:  # pragma: no cover - the extra is part of dev installs
+        raise StateError(
+            "RUNESTONE_REDIS_URL is set but redis is not installed: pip install 'runestone[redis]'"
+        ) from exc
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+        # A pooled connection that died with a restarted server fails once; one retry on
+        # a fresh connection, within the same short timeout, makes that invisible.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
+    )
+
+
+async def bounded(awaitable: Any, seconds: float, url: str) -> Any:
+    """``awaitable``, or ``StateError`` if Redis fails or takes over twice ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds * 2):
+            return await awaitable
+    except Exception as exc:  # redis' errors, OSError, TimeoutError alike
+        where = url.rpartition("@")[2].split("?")[0]  # the URL may hold a password
+        raise StateError(f"redis {where}: {type(exc).__name__}: {exc}") from None
+
+
 class RedisStore:
     name = "redis"
 
     def __init__(
         self, url: str, *, prefix: str = "runestone", timeout: float = STORE_TIMEOUT / 2
     ) -> None:
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-        except ImportError as exc:  # pragma: no cover - the extra is part of dev installs
-            raise StateError(
-                "RUNESTONE_REDIS_URL is set but redis is not installed: "
-                "pip install 'runestone[redis]'"
-            ) from exc
         self.url = url
         self.prefix = prefix
         self._tag = "{" + prefix + "}"
         self._timeout = timeout
-        self._client: Any = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-            # A pooled connection that died with a restarted server fails once; one retry
-            # on a fresh connection, within the same short timeout, makes that invisible.
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._client = connect(url, timeout)
         self._sync = self._client.register_script(_SYNC)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._tag}>"
 
-    async def _call(self, awaitable: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                return await awaitable
-        except Exception as exc:  # redis' errors, OSError, TimeoutError alike
-            raise StateError(f"redis {self._where()}: {type(exc).__name__}: {exc}") from None
-
-    def _where(self) -> str:
-        # The URL may hold a password: name only the host.
-        return self.url.rpartition("@")[2].split("?")[0]
+    def _call(self, awaitable: Any) -> Any:
+        return bounded(awaitable, self._timeout, self.url)
 
     async def _run(self, script: _Script) -> list[Any]:
         return list(await self._call(self._sync(keys=script.keys, args=script.args)))

@@ -34,6 +34,7 @@ from runestone.aliases._keys import (
     AccessSettings,
     AccessTable,
     Budget,
+    HostedTools,
     KeySpec,
     Limits,
     TeamSpec,
@@ -45,7 +46,7 @@ from runestone.aliases._yaml_nodes import Located
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASH = re.compile(r"^sha256:([0-9a-f]{64})$")
 _LIMIT_KEYS = frozenset({"rpm", "tpm", "max_parallel", "budgets"})
-_KEY_KEYS = _LIMIT_KEYS | {"hash", "models", "expires", "team"}
+_KEY_KEYS = _LIMIT_KEYS | {"hash", "models", "expires", "team", "hosted_tools"}
 _BUDGET_KEYS = frozenset({"usd", "per", "rolling"})
 _ACCESS_KEYS = frozenset({"on_state_error", "default_reservation_usd", "reservation_ttl"})
 
@@ -127,9 +128,10 @@ def _parse_keys(
             else:
                 team_id = team.value
         limits = _parse_limits(value, where, problems)
+        hosted = hosted_tools(value.get("hosted_tools"), where, problems)
         if len(problems) > before or digest is None:
             continue
-        keys[digest] = KeySpec(key_id, digest, limits, models, expires, team_id, line)
+        keys[digest] = KeySpec(key_id, digest, limits, models, expires, team_id, line, hosted)
     return keys
 
 
@@ -155,6 +157,16 @@ def _models(entry: Located | None, where: str, problems: list[Problem]) -> tuple
         problems.append(Problem(entry.line, f"{where}: 'models' must be a list of names"))
         return ()
     return tuple(str(item.value) for item in entry.value)
+
+
+def hosted_tools(given: Located | None, where: str, problems: list[Problem]) -> HostedTools:
+    """What a target that cannot run a provider's hosted tools does with them."""
+    if given is None:
+        return "drop"
+    if given.value not in ("drop", "refuse"):
+        problems.append(Problem(given.line, f"{where}: 'hosted_tools' must be drop or refuse"))
+        return "drop"
+    return "refuse" if given.value == "refuse" else "drop"
 
 
 def _date(entry: Located | None, where: str, problems: list[Problem]) -> dt.date | None:

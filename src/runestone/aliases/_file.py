@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from types import MappingProxyType
 
-from runestone.aliases._access_section import parse_access
+from runestone.aliases._access_section import hosted_tools, parse_access
 from runestone.aliases._keys import NO_ACCESS, AccessTable
 from runestone.aliases._policy import (
     DEFAULT_POLICY,
@@ -55,7 +55,9 @@ from runestone.providers import ProviderSpec
 TOP_LEVEL_KEYS = frozenset(
     {"aliases", "providers", "defaults", "prices", "allow_shrink", "keys", "teams", "access"}
 )
-ALIAS_MAP_KEYS = frozenset({"provider", "model", "targets", "context_fallback"}) | POLICY_KEYS
+ALIAS_MAP_KEYS = (
+    frozenset({"provider", "model", "targets", "context_fallback", "hosted_tools"}) | POLICY_KEYS
+)
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight", "prefill"})
 
 
@@ -238,9 +240,10 @@ def _parse_alias(
         context_fallback = ()  # [] turns the fallback off
         if given.value != []:
             context_fallback = tuple(_parse_targets(given, f"{where} context_fallback", problems))
+    hosted = hosted_tools(value.get("hosted_tools"), where, problems)
     if len(problems) > before or not targets:
         return None
-    return Alias(name, tuple(targets), entry.line, policy, context_fallback)
+    return Alias(name, tuple(targets), entry.line, policy, context_fallback, hosted)
 
 
 def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[Target]:

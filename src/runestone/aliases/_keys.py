@@ -15,6 +15,9 @@ from typing import Literal
 Period = Literal["minute", "hour", "day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("minute", "hour", "day", "week", "month")
 StateErrorMode = Literal["open", "closed"]
+#: What a target that cannot run a provider's hosted tools (web search, ...) does with a
+#: request that offers them: leave them out (and say so), or refuse it.
+HostedTools = Literal["drop", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class KeySpec:
     expires: dt.date | None = None  # usable through this day (UTC)
     team: str | None = None
     line: int = 0
+    hosted_tools: HostedTools = "drop"
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatchcase(model, allowed) for allowed in self.models)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from runestone.aliases._keys import NO_ACCESS, AccessTable
+from runestone.aliases._keys import NO_ACCESS, AccessTable, HostedTools
 from runestone.aliases._policy import DEFAULT_POLICY, Policy
 from runestone.pricing import Price
 from runestone.providers import ProviderSpec
@@ -40,6 +40,8 @@ class Alias:
     #: Where a request goes when a target says its prompt is too long for it.
     #: Where a prompt too long for a target goes; None: the alias's other targets.
     context_fallback: tuple[Target, ...] | None = None
+    #: What a target without a provider's hosted tools does with them (``KeySpec``'s).
+    hosted_tools: HostedTools = "drop"
 
     @property
     def every_target(self) -> tuple[Target, ...]:
@@ -67,6 +69,7 @@ class Alias:
             None
             if self.context_fallback is None
             else tuple(filled(t) for t in self.context_fallback),
+            self.hosted_tools,
         )
 
 

@@ -32,6 +32,7 @@ from runestone.http.endpoints import (
     live,
 )
 from runestone.http.endpoints.console import ConsoleApi, ConsoleFiles
+from runestone.http.endpoints.responses import StoredResponsesEndpoint
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
 from runestone.http.middleware.auth import CLIENT, METRICS, OPERATOR
 from runestone.http.middleware.errors import PROTOCOL
@@ -81,7 +82,7 @@ class RunestoneApp:
         return [
             Route(
                 f"/v1/{path}",
-                ProxyEndpoint(protocol, gateway),
+                ProxyEndpoint(protocol, gateway, stores=protocol is RESPONSES),
                 method="POST",
                 protocol=protocol,
                 scope=CLIENT,
@@ -94,6 +95,13 @@ class RunestoneApp:
                 ("responses", RESPONSES),
             )
         ] + [
+            Route(
+                "/v1/responses/{response_id}",
+                StoredResponsesEndpoint(gateway),
+                also=("DELETE",),
+                protocol=RESPONSES,
+                scope=CLIENT,
+            ),
             Route("/v1/models", models := ModelsEndpoint(gateway), scope=CLIENT),
             Route("/v1/models/{model_id}", models, scope=CLIENT),
         ]

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from runestone.http._asgi import ClientGone, Receive, Send, header_value
 from runestone.routing import RoutedStream
-from runestone.streams import HEARTBEAT, SSE_HEADERS
+from runestone.streams import HEARTBEAT, SSE_HEADERS, StreamSummary
 from runestone.streams.clocks import Clocks
 
 T = TypeVar("T")
@@ -49,6 +49,7 @@ def stream_headers(routed: RoutedStream) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", routed.request_id.encode()),
         (b"x-runestone-target", header_value(str(routed.target))),
         (b"x-runestone-attempts", str(routed.attempts).encode()),
+        *routed.upstream_headers,
     ]
 
 
@@ -168,8 +169,13 @@ async def relay_to_client(
     send: Send,
     on_end: Callable[[ClientState], None],
     headers: list[tuple[bytes, bytes]] | None = None,
+    before_end: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens."""
+    """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens.
+
+    ``before_end`` is awaited before the piece that completes the stream goes out (what
+    the client may act on next must be in place by then).
+    """
     state = watch.state
     if state.client_gone:  # between the first content and now
         routed.cancel()
@@ -187,6 +193,8 @@ async def relay_to_client(
     try:
         if events is None:
             answer = routed.whole_answer()
+            if before_end is not None:
+                await before_end()
             if not state.client_gone:
                 await send({"type": "http.response.body", "body": answer, "more_body": True})
                 state.sent += 1
@@ -194,7 +202,8 @@ async def relay_to_client(
             # Relayed by a task of its own: each upstream read then resumes only the
             # relay's few frames, not the request's whole stack (server, middleware,
             # endpoint). Cancelling this task (the server's) cancels the one it awaits.
-            await asyncio.create_task(_pump(events, state, send))
+            summary = routed.summary
+            await asyncio.create_task(_pump(events, state, send, summary, before_end))
     except BaseException:
         routed.close()
         raise
@@ -210,11 +219,20 @@ async def relay_to_client(
     await routed.aclose()
 
 
-async def _pump(events: AsyncIterator[bytes], state: ClientState, send: Send) -> None:
+async def _pump(
+    events: AsyncIterator[bytes],
+    state: ClientState,
+    send: Send,
+    summary: StreamSummary,
+    before_end: Callable[[], Awaitable[None]] | None,
+) -> None:
     async for piece in events:
         if state.client_gone:  # set by the watch, in another task
             # Read on to the end, sending nothing: the routed stream was cut (the relay
             # ends at once) or is being read for its usage, for a bounded time.
             continue
+        if before_end is not None and summary.done:
+            await before_end()
+            before_end = None
         await send({"type": "http.response.body", "body": piece, "more_body": True})
         state.sent += 1

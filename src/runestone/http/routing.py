@@ -26,7 +26,7 @@ class Route:
     endpoint finds it in ``scope["path_params"]``.
     """
 
-    __slots__ = ("endpoint", "method", "param", "path", "prefix", "protocol", "scope")
+    __slots__ = ("also", "endpoint", "method", "param", "path", "prefix", "protocol", "scope")
 
     def __init__(
         self,
@@ -34,6 +34,7 @@ class Route:
         endpoint: ASGIApp,
         *,
         method: str = "GET",
+        also: tuple[str, ...] = (),
         protocol: ClientProtocol | None = None,
         scope: str | None = None,
     ) -> None:
@@ -42,6 +43,8 @@ class Route:
         self.param = rest.rstrip("}") if brace else None
         self.endpoint = endpoint
         self.method = method
+        #: Other methods the endpoint answers (it reads ``scope["method"]``).
+        self.also = also
         #: Errors on this route take this protocol's shape (the gateway's own if None).
         self.protocol = protocol
         #: What the caller's principal must hold; None: open to anyone.
@@ -98,8 +101,13 @@ class Dispatcher:
         if route.protocol is not None:
             scope[PROTOCOL] = route.protocol
         method = scope["method"]
-        if method != route.method and not (method == "HEAD" and route.method == "GET"):
-            raise error_for("method_not_allowed", f"{path} accepts {route.method} only")
+        if (
+            method != route.method
+            and not (method == "HEAD" and route.method == "GET")
+            and method not in route.also
+        ):
+            accepted = " and ".join((route.method, *route.also))
+            raise error_for("method_not_allowed", f"{path} accepts {accepted} only")
         if route.scope is not None and route.scope not in scope["auth"].scopes:
             requires(scope, route.scope)  # raises, saying what the route needs
         return route.endpoint(scope, receive, send)

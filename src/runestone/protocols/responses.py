@@ -65,8 +65,10 @@ class ResponsesStreamScanner(StreamScanner):
             kind = payload.get("type")
             if kind in ("response.completed", "response.incomplete"):
                 response = payload.get("response")
-                if isinstance(response, dict) and isinstance(response.get("usage"), dict):
-                    self.summary.usage = response["usage"]
+                if isinstance(response, dict):
+                    self.summary.final = response
+                    if isinstance(response.get("usage"), dict):
+                        self.summary.usage = response["usage"]
                 self.summary.done = True
                 return complete[:end]
             if kind == "response.failed":

@@ -65,6 +65,8 @@ class Reply:
 
     body: bytes
     content_type: bytes = b"application/json"
+    #: Headers the adapter has for the client (what a translation had to leave out).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class UpstreamStream(Protocol):

@@ -9,6 +9,7 @@ answer, whole or streamed, back (``translate.responses_chat.answer``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -20,6 +21,12 @@ from runestone.providers.translated import Translate, TranslatedStream
 from runestone.streams.sse import MAX_EVENT_BYTES, loads_object
 from runestone.translate.responses_chat.answer import ResponsesEvents, response_object
 from runestone.translate.responses_chat.request import chat_request
+from runestone.translate.responses_chat.tools import ToolMap
+
+log = logging.getLogger("runestone.providers")
+
+#: Names the hosted tools (``web_search``, ...) a bridged target could not run.
+DROPPED_TOOLS = b"x-runestone-dropped-tools"
 
 
 class ResponsesAdapter:
@@ -30,28 +37,46 @@ class ResponsesAdapter:
         self._native = native
         self._max_event = max_event
 
-    def _bridged(self, call: Call, stream: bool) -> Call:
-        body = chat_request(call.target_body(), call.provider)
+    def _bridged(self, call: Call, stream: bool) -> tuple[Call, ToolMap]:
+        body, tools = chat_request(call.target_body(), call.provider)
         body["stream"] = stream
         if not stream or not call.endpoint.spec.stream_usage:
             body.pop("stream_options", None)
-        return replace(call, body=body, operation="chat", add_stream_usage=False)
+        if tools.dropped:
+            log.info(
+                "%s: %s dropped: %s runs no such tools (the bridge to chat completions)",
+                call.request_id,
+                ", ".join(tools.dropped),
+                call.provider,
+            )
+        return replace(call, body=body, operation="chat", add_stream_usage=False), tools
 
     async def complete(self, call: Call) -> Reply:
         if self._native is not None and call.endpoint.spec.responses:
             return await self._native.complete(call)
-        reply = await self._chat.complete(self._bridged(call, stream=False))
+        bridged, tools = self._bridged(call, stream=False)
+        reply = await self._chat.complete(bridged)
         completion = orjson.loads(reply.body)
-        answer = response_object({**call.body, "model": call.model}, completion)
-        return Reply(orjson.dumps(answer))
+        answer = response_object({**call.body, "model": call.model}, completion, tools)
+        return Reply(orjson.dumps(answer), headers=_dropped(tools))
 
     async def open_stream(self, call: Call) -> UpstreamStream:
         if self._native is not None and call.endpoint.spec.responses:
             return await self._native.open_stream(call)
-        chat = await self._chat.open_stream(self._bridged(call, stream=True))
-        events = ResponsesEvents({**call.body, "model": call.model})
+        bridged, tools = self._bridged(call, stream=True)
+        chat = await self._chat.open_stream(bridged)
+        events = ResponsesEvents({**call.body, "model": call.model}, tools)
         translate, at_end = _bridge(events, call.provider)
-        return TranslatedStream(chat, translate, call.provider, at_end, limit=self._max_event)
+        stream = TranslatedStream(chat, translate, call.provider, at_end, limit=self._max_event)
+        stream.headers = _dropped(tools)
+        return stream
+
+
+def _dropped(tools: ToolMap) -> tuple[tuple[bytes, bytes], ...]:
+    """The header that tells the client which of its tools the target could not run."""
+    if not tools.dropped:
+        return ()
+    return ((DROPPED_TOOLS, ",".join(tools.dropped).encode()),)
 
 
 def _bridge(events: ResponsesEvents, provider: str) -> tuple[Translate, Callable[[], bytes]]:

@@ -174,7 +174,7 @@ class TranslatedStream:
     ending to an upstream that ended without its own.
     """
 
-    __slots__ = ("_at_end", "_limit", "_provider", "_translate", "_upstream")
+    __slots__ = ("_at_end", "_limit", "_provider", "_translate", "_upstream", "headers")
 
     def __init__(
         self,
@@ -190,6 +190,8 @@ class TranslatedStream:
         self._provider = provider
         self._at_end = at_end
         self._limit = limit
+        #: Headers the translation has for the client (``Reply.headers``).
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         reader = EventReader(self._provider, limit=self._limit)

@@ -154,6 +154,14 @@ class Router:
             return candidates, policy, None
         return candidates, policy, self._candidates(fallback, context) if fallback else []
 
+    def destinations(self, model: str, table: AliasTable) -> list[tuple[Target, Endpoint]]:
+        """Where a request for ``model`` may go under ``table``: its targets, then its
+        context fallback (a ``GatewayError`` when none can be called, as routing's)."""
+        route = self._routes.get(model) if self._routes_for is table else None
+        if route is None:
+            route = self._route(model, table)
+        return [(d.target, d.endpoint) for d in (*route.targets, *(route.fallback or ()))]
+
     def _route(self, model: str, table: AliasTable) -> _Route:
         """What ``model`` resolves to under ``table``: targets with their endpoints.
 

@@ -142,6 +142,12 @@ class RoutedStream:
         return self._accepted().candidate.target
 
     @property
+    def upstream_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """What the accepted upstream's adapter has for the client (``Reply.headers``)."""
+        headers: tuple[tuple[bytes, bytes], ...] = getattr(self._accepted().stream, "headers", ())
+        return headers
+
+    @property
     def summary(self) -> StreamSummary:
         return self._accepted().scanner.summary
 

@@ -42,6 +42,8 @@ class StreamSummary:
     usage: dict[str, object] | None = None
     finish_reason: str | None = None
     error: GatewayError | None = None
+    #: The whole answer, where the protocol's last event carries it (Responses).
+    final: dict[str, object] | None = None
 
 
 def _last_boundary(data: bytes) -> int:

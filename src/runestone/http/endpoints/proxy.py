@@ -8,9 +8,13 @@ relays the stream.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
+
+import orjson
 
 from runestone._gateway import Gateway
 from runestone._version import __version__
+from runestone.conversations import Pending
 from runestone.errors import GatewayError
 from runestone.exchange import Exchange
 from runestone.http._asgi import (
@@ -23,6 +27,8 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.http._relay import ClientState, ClientWatch, relay_to_client
+from runestone.http.endpoints.responses import refuse_dropped_tools
+from runestone.http.middleware.auth import owner_of
 from runestone.http.middleware.errors import COUNTED, REQUEST_ID, STARTED
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
@@ -33,9 +39,11 @@ _PRODUCT_AGENT = _PRODUCT[1:]
 
 
 class ProxyEndpoint:
-    def __init__(self, protocol: ClientProtocol, gateway: Gateway) -> None:
+    def __init__(self, protocol: ClientProtocol, gateway: Gateway, *, stores: bool = False) -> None:
         self.protocol = protocol
         self.gateway = gateway
+        #: The Responses API's store: conversations filled in from it, answers kept in it.
+        self._conversations = gateway.conversations if stores else None
         self._max_body = gateway.settings.max_body_bytes
         self._heartbeat = gateway.settings.heartbeat_seconds
         # The request headers read here: most of a client's (an SDK sends a dozen and
@@ -62,6 +70,13 @@ class ProxyEndpoint:
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
+            pending = None
+            if self._conversations is not None:
+                refuse_dropped_tools(body, self.gateway, exchange)
+                sent = body
+                body, pending = await self._conversations.prepare(body, owner_of(scope))
+                if body is not sent:  # what the request carries now is what it costs
+                    raw = orjson.dumps(body)
             await exchange.admit(body, raw)
             if protocol.scanner is not None and body.get("stream") is True:
                 watch = ClientWatch(receive, send, self._heartbeat)
@@ -71,11 +86,13 @@ class ProxyEndpoint:
                     watch.stop()
                     raise
                 scope[STARTED] = True  # from here on, errors end the stream in-band
-                await self._relay(routed, exchange, watch, send)
+                await self._relay(routed, exchange, watch, send, pending)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
                 answered = await exchange.complete(body)
                 headers = self._answer_headers(answered, request_id, exchange)
+                if pending is not None:
+                    await self._keep(pending, orjson.loads(answered.reply.body))
                 await send_json(send, 200, answered.reply.body, headers)
         except GatewayError as exc:
             exchange.failed(exc)
@@ -129,12 +146,23 @@ class ProxyEndpoint:
         ]
         if answer.cost is not None:
             headers.append((b"x-runestone-cost-usd", b"%.8f" % answer.cost))
+        if reply.headers:
+            headers += reply.headers
         if exchange.admission is not None:
             headers += exchange.rate_headers()
         return headers
 
+    async def _keep(self, pending: Pending, response: object) -> None:
+        assert self._conversations is not None
+        await self._conversations.keep(pending, response)
+
     async def _relay(
-        self, routed: RoutedStream, exchange: Exchange, watch: ClientWatch, send: Send
+        self,
+        routed: RoutedStream,
+        exchange: Exchange,
+        watch: ClientWatch,
+        send: Send,
+        pending: Pending | None = None,
     ) -> None:
         headers = exchange.rate_headers() if exchange.admission is not None else None
         exchange.stream_started()
@@ -142,9 +170,14 @@ class ProxyEndpoint:
         def finished(state: ClientState) -> None:
             exchange.stream_ended(routed, client_gone=state.client_gone)
 
+        def keep() -> Awaitable[None]:
+            assert pending is not None
+            return self._keep(pending, routed.summary.final)
+
         streams = self.gateway.streams
         streams.add(routed)
         try:
-            await relay_to_client(routed, watch, send, finished, headers)
+            before_end = keep if pending is not None else None
+            await relay_to_client(routed, watch, send, finished, headers, before_end)
         finally:
             streams.discard(routed)

@@ -39,6 +39,13 @@ class Principal:
         return f"<Principal {self.name} {'+'.join(sorted(self.scopes)) or 'no scopes'}>"
 
 
+def owner_of(scope: Scope) -> str:
+    """Whose a stored thing is: the client key's, or else the gateway token's."""
+    principal: Principal = scope["auth"]
+    key = principal.key
+    return f"key:{key.id}" if key is not None else f"token:{principal.name}"
+
+
 class AuthBackend(Protocol):
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal: ...
 

@@ -37,6 +37,8 @@ THINKING_BUDGETS = {
     "max": 32768,
 }
 MIN_THINKING_BUDGET = 1024
+#: What a request for ``response_format: json_object`` tells an Anthropic model.
+JSON_OBJECT = "Answer with one JSON object and nothing else: no prose, no code fences."
 
 # Fields passed on as they are, and fields with no Anthropic equivalent that change
 # nothing in the answer (dropped, as any-llm drops them).
@@ -84,6 +86,9 @@ def messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
         if isinstance(schema, dict):
             out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     system, messages = _messages(body.get("messages") or [])
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        # The Messages API has no JSON mode: the model is told, as OpenAI's requires.
+        system = f"{system}\n\n{JSON_OBJECT}" if system else JSON_OBJECT
     if system:
         out["system"] = system
     out["messages"] = messages
@@ -173,7 +178,27 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str
         elif content is None:
             content = ""
         out.append({"role": role, "content": content})
-    return system, out
+    return system, _alternating(out)
+
+
+def _alternating(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns as the Messages API takes them: the user's first, then one turn per
+    role in alternation (consecutive ones of a role merged, their blocks in order)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if out and out[-1]["role"] == message["role"]:
+            out[-1]["content"] = _blocks(out[-1]["content"]) + _blocks(message["content"])
+        else:
+            out.append(message)
+    if out and out[0]["role"] != "user":
+        out.insert(0, {"role": "user", "content": "(The conversation so far follows.)"})
+    return out
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        return content
+    return [{"type": "text", "text": content}] if content else []
 
 
 def _text_of(content: Any) -> str:

@@ -9,21 +9,24 @@ Responses event sequence clients consume, a ``sequence_number`` on every event:
 function call ``response.function_call_arguments.delta`` ... ``.done``, then
 ``response.output_item.done``; and at the end ``response.completed`` (or
 ``response.incomplete`` when the answer was cut by ``max_output_tokens``) with usage.
+The call of a tool of another kind (``tools``) is one item, sent whole once its
+arguments are (``output_item.added``, for a custom tool its
+``response.custom_tool_call_input.delta`` and ``.done``, ``output_item.done``): its
+item's fields are worked out from the arguments.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 
 import orjson
 
 from runestone.streams.sse import encode
+from runestone.translate.responses_chat.items import call_item, new_id
+from runestone.translate.responses_chat.tools import Bridged, ToolMap
 
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(12).hex()}"
+_id = new_id
 
 
 def _usage(usage: object) -> dict[str, object] | None:
@@ -64,7 +67,7 @@ def shell(request: Mapping[str, object], response_id: str, created: int) -> dict
         "tools": request.get("tools", []),
         "text": request.get("text", {"format": {"type": "text"}}),
         "reasoning": request.get("reasoning"),
-        "store": False,
+        "store": request.get("store") is not False,
         "metadata": request.get("metadata") or {},
         "usage": None,
         "error": None,
@@ -82,17 +85,6 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> dict[st
     }
 
 
-def _call_item(item_id: str, call: Mapping[str, object], status: str = "completed") -> dict:  # type: ignore[type-arg]
-    return {
-        "type": "function_call",
-        "id": item_id,
-        "call_id": call.get("call_id"),
-        "name": call.get("name"),
-        "arguments": call.get("arguments", ""),
-        "status": status,
-    }
-
-
 def _finish(response: dict[str, object], finish_reason: object) -> None:
     if finish_reason == "length":
         response["status"] = "incomplete"
@@ -104,8 +96,14 @@ def _finish(response: dict[str, object], finish_reason: object) -> None:
         response["status"] = "completed"
 
 
-def response_object(request: Mapping[str, object], completion: Mapping[str, object]) -> dict:  # type: ignore[type-arg]
+def response_object(
+    request: Mapping[str, object],
+    completion: Mapping[str, object],
+    tools: ToolMap | None = None,
+) -> dict:  # type: ignore[type-arg]
     """A whole chat completion as a Responses ``response`` object."""
+    if tools is None:
+        tools = ToolMap(request.get("tools"), "")
     created = completion.get("created")
     response = shell(
         request, _id("resp"), created if isinstance(created, int) else int(time.time())
@@ -120,15 +118,10 @@ def response_object(request: Mapping[str, object], completion: Mapping[str, obje
             output.append(_message_item(_id("msg"), text))
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
+            arguments = function.get("arguments")
+            bridged = tools.bridged(function.get("name"))
             output.append(
-                _call_item(
-                    _id("fc"),
-                    {
-                        "call_id": call.get("id"),
-                        "name": function.get("name"),
-                        "arguments": function.get("arguments", ""),
-                    },
-                )
+                call_item(bridged, call.get("id"), arguments if isinstance(arguments, str) else "")
             )
         break  # one choice: the Responses API has no n
     response["output"] = output
@@ -143,14 +136,16 @@ _DELTA_START = b'{"type":"response.output_text.delta","sequence_number":'
 class ResponsesEvents:
     """Chat-completion chunks in, Responses events out (bytes of SSE)."""
 
-    def __init__(self, request: Mapping[str, object]) -> None:
+    def __init__(self, request: Mapping[str, object], tools: ToolMap | None = None) -> None:
         self.request = request
+        self.tools = tools if tools is not None else ToolMap(request.get("tools"), "")
         self.response = shell(request, _id("resp"), int(time.time()))
         self.sequence = 0
         self.started = False
         self.finished = False
         self._text: dict[str, object] | None = None  # the open message item
         self._calls: dict[int, dict[str, object]] = {}  # open function calls by chat index
+        self._held: dict[int, dict[str, object]] = {}  # calls of other tools, sent whole
         self._output: list[dict[str, object]] = []
         self._finish_reason: object = None
         self._usage: object = None
@@ -248,29 +243,52 @@ class ResponsesEvents:
         function = call.get("function") or {}
         assert isinstance(function, dict)
         out = []
-        found = self._calls.get(index)
-        if found is None:
+        arguments = function.get("arguments")
+        held = self._held.get(index)
+        found = self._calls.get(index) if held is None else None
+        if held is None and found is None:
             out.extend(self._close_text())
-            found = _call_item(
-                _id("fc"), {"call_id": call.get("id"), "name": function.get("name")}, "in_progress"
-            )
+            bridged = self.tools.bridged(function.get("name"))
+            if bridged.kind != "function":  # sent whole once its arguments are
+                self._held[index] = {"bridged": bridged, "call_id": call.get("id")}
+                self._arguments[index] = [arguments] if isinstance(arguments, str) else []
+                return out
+            found = call_item(bridged, call.get("id"), "", "in_progress")
             found["_index"] = len(self._output)
             self._output.append(found)
             self._calls[index] = found
             out.append(
                 self._event("response.output_item.added", output_index=found["_index"], item=found)
             )
-        arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             self._arguments.setdefault(index, []).append(arguments)  # joined once, at the end
-            out.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=found["id"],
-                    output_index=found["_index"],
-                    delta=arguments,
+            if found is not None:
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=found["id"],
+                        output_index=found["_index"],
+                        delta=arguments,
+                    )
                 )
+        return out
+
+    def _close_held(self, at: int, held: Mapping[str, object]) -> list[bytes]:
+        bridged = held["bridged"]
+        assert isinstance(bridged, Bridged)
+        item = call_item(bridged, held["call_id"], "".join(self._arguments.get(at, ())))
+        index = len(self._output)
+        self._output.append(item)
+        out = [self._event("response.output_item.added", output_index=index, item=item)]
+        if item["type"] == "custom_tool_call":
+            common = {"item_id": item["id"], "output_index": index}
+            out.append(
+                self._event("response.custom_tool_call_input.delta", **common, delta=item["input"])
             )
+            out.append(
+                self._event("response.custom_tool_call_input.done", **common, input=item["input"])
+            )
+        out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
     def end(self) -> bytes:
@@ -288,6 +306,9 @@ class ResponsesEvents:
                 )
             )
             out.append(self._event("response.output_item.done", output_index=index, item=found))
+        for at, held in self._held.items():
+            out.extend(self._close_held(at, held))
+        self._held = {}
         self._calls = {}
         self.response["output"] = self._output
         self.response["usage"] = _usage(self._usage)

@@ -1,8 +1,9 @@
 """Real agent clients through the Responses bridge, against a scripted model that runs
 the client's shell tool and then answers (``tests/agent_model.py``), on a chat-only
 target and on an Anthropic-format target: the Codex CLI (``codex exec``, with the
-README's config and no feature flags), the Vercel AI SDK (its default OpenAI provider:
-Responses, ``store`` on) and the OpenAI Agents SDK with ``previous_response_id``.
+documented config, docs/api.md, and no feature flags), the Vercel AI SDK (its default
+OpenAI provider: Responses, ``store`` on) and the OpenAI Agents SDK with
+``previous_response_id``.
 
 The JavaScript clients are installed by ``scripts/test`` into ``tests/clients``.
 """
@@ -55,8 +56,8 @@ def gateway(make_gateway: MakeGateway, fake: FakeProvider) -> Gateway:
 
 
 def readme_codex_config(base_url: str, model: str) -> str:
-    """The README's ``~/.codex/config.toml``, its model and address filled in."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    """The ``~/.codex/config.toml`` of docs/api.md, its model and address filled in."""
+    readme = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
     block = readme.split("The Codex CLI, in `~/.codex/config.toml`", 1)[1]
     toml = block.split("```toml\n", 1)[1].split("```", 1)[0]
     toml = toml.replace("http://127.0.0.1:4001/v1", base_url)

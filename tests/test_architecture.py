@@ -162,7 +162,7 @@ LAYERS: list[set[str]] = [
     {"config", "_gateway", "console", "remote"},
     {"exchange"},
     {"_library", "http"},
-    {"_api", "cli", "_cli_keys", "runestone", "__main__"},
+    {"_api", "cli", "_cli_keys", "_cli_config", "_preflight", "runestone", "__main__"},
 ]
 
 

@@ -1,4 +1,4 @@
-"""Every Responses tool type on the bridge, by one rule (README: "Tools on the bridge"):
+"""Every Responses tool type on the bridge, by one rule (docs/api.md: "Tools on the bridge"):
 what a chat target is offered, the item each of its calls comes back as (whole and
 streamed), the call and output items of later turns, tool_choice of every form, hosted
 tools dropped (and said) or refused, and the conversation made strict."""

@@ -276,3 +276,26 @@ def test_the_access_log_names_the_client_a_proxy_forwarded(
     served.process.send_signal(signal.SIGTERM)
     stdout, _ = served.process.communicate(timeout=20)
     assert b'203.0.113.7:0 - "GET /health/live HTTP/1.1" 200' in stdout
+
+
+def test_sigterm_with_a_drain_delay_keeps_serving_while_not_ready(
+    tmp_path: Path, processes: list[Served]
+) -> None:
+    served = serve(tmp_path, RUNESTONE_DRAIN_DELAY="2", RUNESTONE_GRACEFUL_TIMEOUT="1")
+    processes.append(served)
+    signalled = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # Not ready (the load balancer takes it out of rotation), yet still answering.
+    assert httpx.get(f"{served.url}/health/ready").status_code == 503
+    answer = httpx.post(
+        f"{served.url}/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "still here"}]},
+    )
+    assert answer.json()["choices"][0]["message"]["content"] == "still here"
+    assert served.process.poll() is None
+    served.process.wait(15)
+    took = time.monotonic() - signalled
+    assert 2 <= took < 8  # served through the delay, then drained and exited
+    assert "draining" in served.stderr()
+    assert "Traceback" not in served.stderr()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -114,6 +114,12 @@ class Gateway:
         )
         loop = asyncio.get_running_loop()
         self._drain_timer = loop.call_later(timeout, self._end_streams, timeout)
+
+    def drain_after(self, delay: float, timeout: float, then: Callable[[], None]) -> None:
+        """Not ready from now on, still serving: ``then`` (the server's shutdown) after
+        ``delay`` seconds, and streams end ``timeout`` seconds after that."""
+        self.begin_drain(delay + timeout)
+        asyncio.get_running_loop().call_later(delay, then)
 
     def _end_streams(self, timeout: float) -> None:
         for routed in list(self.streams):

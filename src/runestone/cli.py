@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runestone._cli_config import add_config_command
 from runestone._cli_keys import add_key_commands
 from runestone._version import __version__
 from runestone.aliases import (
@@ -64,7 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (RUNESTONE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (RUNESTONE_PORT, default 4001)")
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (default 1; one per core)"
+        "--workers",
+        type=int,
+        help="worker processes (RUNESTONE_WORKERS, default 1; one per core)",
     )
     serve.add_argument(
         "--log-level",
@@ -138,6 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_aliases_check)
     add_key_commands(commands, _add_file_option, _alias_path)
+    add_config_command(commands)
     return parser
 
 
@@ -153,14 +157,23 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
         # Workers read their settings from the environment they inherit.
         os.environ["RUNESTONE_GRACEFUL_TIMEOUT"] = str(args.graceful_timeout or 0.001)
+    # A gateway that cannot do what it is configured to do does not start: exit 2, one
+    # line per problem, here rather than inside every worker.
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"runestone: {exc}", file=sys.stderr)
-        return 1
-    table = _load(None)  # fail here, clearly, rather than inside every worker
+        return 2
+    table = _load(None)
     if table is None:
-        return 1
+        return 2
+    from runestone._preflight import problems
+
+    found = problems(settings, os.environ)
+    for problem in found:
+        print(f"runestone: {problem}", file=sys.stderr)
+    if found:
+        return 2
     if settings.gateway_mode:
         print(
             "runestone: RUNESTONE_GATEWAY_MODE is for library callers; a server always calls "
@@ -175,7 +188,8 @@ def _serve(args: argparse.Namespace) -> int:
             "who reaches this port can spend your provider keys",
             file=sys.stderr,
         )
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    workers = args.workers or settings.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
         # Each worker writes its metrics here, and a scrape of any worker sums them all.
@@ -188,7 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=_log_config(args.log_level.upper()),
         host=host,
         port=port,
-        workers=args.workers,
+        workers=workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="runestone.http._server:BoundedHttpToolsProtocol",
         lifespan="on",

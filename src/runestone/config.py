@@ -18,6 +18,49 @@ from runestone.aliases._policy import FAILOVER_SECONDS
 from runestone.conversations import Bounds, ResponseStore, open_response_store
 from runestone.routing.breakers import BreakerConfig
 
+#: Every setting's variable: ``runestone serve`` refuses any other ``RUNESTONE_*`` name.
+SETTING_NAMES = (
+    "RUNESTONE_ADMIN_TOKEN",
+    "RUNESTONE_ALIASES_PATH",
+    "RUNESTONE_BODY_TIMEOUT",
+    "RUNESTONE_BREAKER_COOLDOWN",
+    "RUNESTONE_BREAKER_FAILURES",
+    "RUNESTONE_BREAKER_FAILURE_RATE",
+    "RUNESTONE_BREAKER_HALF_OPEN_TRIALS",
+    "RUNESTONE_CONNECT_TIMEOUT",
+    "RUNESTONE_DRAIN_DELAY",
+    "RUNESTONE_FAILOVER_SECONDS",
+    "RUNESTONE_GATEWAY_MODE",
+    "RUNESTONE_GRACEFUL_TIMEOUT",
+    "RUNESTONE_HEADER_TIMEOUT",
+    "RUNESTONE_HEARTBEAT_SECONDS",
+    "RUNESTONE_HOST",
+    "RUNESTONE_IDLE_TIMEOUT",
+    "RUNESTONE_LOG_FORMAT",
+    "RUNESTONE_MAX_ALIAS_DROP",
+    "RUNESTONE_MAX_BODY_BYTES",
+    "RUNESTONE_MAX_CONNECTIONS",
+    "RUNESTONE_MAX_EVENT_BYTES",
+    "RUNESTONE_MAX_HEADERS",
+    "RUNESTONE_MAX_HEADER_BYTES",
+    "RUNESTONE_MAX_UPSTREAM_BODY_BYTES",
+    "RUNESTONE_METRICS_TOKEN",
+    "RUNESTONE_PORT",
+    "RUNESTONE_READ_TIMEOUT",
+    "RUNESTONE_REDIS_PREFIX",
+    "RUNESTONE_REDIS_URL",
+    "RUNESTONE_RESPONSE_STORE_DAYS",
+    "RUNESTONE_RESPONSE_STORE_MAX_BYTES",
+    "RUNESTONE_RESPONSE_STORE_MAX_RESPONSES",
+    "RUNESTONE_SERVICE_TOKEN",
+    "RUNESTONE_START_DEGRADED",
+    "RUNESTONE_STATE_PATH",
+    "RUNESTONE_URL",
+    "RUNESTONE_USAGE_DRAIN_SECONDS",
+    "RUNESTONE_WATCH",
+    "RUNESTONE_WORKERS",
+)
+
 
 class ConfigError(ValueError):
     """A setting has a value Runestone cannot use; the message names the variable."""
@@ -45,6 +88,8 @@ class Settings:
     service_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 4001
+    #: ``runestone serve`` worker processes (``--workers`` overrides it).
+    workers: int = 1
     max_body_bytes: int = 32 * 1024 * 1024
     heartbeat_seconds: float = 15.0
     watch: WatchMode = "auto"
@@ -60,6 +105,8 @@ class Settings:
     breaker_cooldown: float = 30.0
     breaker_half_open_trials: int = 1
     graceful_timeout: float = 30.0
+    #: Seconds SIGTERM leaves the gateway serving, not ready, before it drains.
+    drain_delay: float = 0.0
     max_upstream_body_bytes: int = 64 * 1024 * 1024
     max_event_bytes: int = 4 * 1024 * 1024
     #: Seconds a stream whose use is booked (a client key's) is read on after its
@@ -77,6 +124,9 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "runestone"
     state_path: Path | None = None
+    #: Start even when the configured store does not answer (it is tried again per
+    #: request; the alias file's ``access`` section says what happens meanwhile).
+    start_degraded: bool = False
     #: What the Responses API's store keeps (the oldest go first past any bound).
     response_store: Bounds = Bounds()  # noqa: RUF009 - frozen, as EdgeLimits
 
@@ -126,6 +176,7 @@ class Settings:
             service_token=env.get("RUNESTONE_SERVICE_TOKEN") or None,
             host=env.get("RUNESTONE_HOST", cls.host),
             port=int(_number(env, "RUNESTONE_PORT", cls.port)),
+            workers=int(_number(env, "RUNESTONE_WORKERS", cls.workers)),
             max_body_bytes=int(_number(env, "RUNESTONE_MAX_BODY_BYTES", cls.max_body_bytes)),
             heartbeat_seconds=_number(env, "RUNESTONE_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
             watch=watch,
@@ -145,6 +196,7 @@ class Settings:
                 _number(env, "RUNESTONE_BREAKER_HALF_OPEN_TRIALS", cls.breaker_half_open_trials)
             ),
             graceful_timeout=_number(env, "RUNESTONE_GRACEFUL_TIMEOUT", cls.graceful_timeout),
+            drain_delay=_number(env, "RUNESTONE_DRAIN_DELAY", cls.drain_delay, zero=True),
             max_upstream_body_bytes=int(
                 _number(env, "RUNESTONE_MAX_UPSTREAM_BODY_BYTES", cls.max_upstream_body_bytes)
             ),
@@ -159,6 +211,7 @@ class Settings:
             redis_url=env.get("RUNESTONE_REDIS_URL") or None,
             redis_prefix=env.get("RUNESTONE_REDIS_PREFIX") or cls.redis_prefix,
             state_path=Path(state) if (state := env.get("RUNESTONE_STATE_PATH")) else None,
+            start_degraded=_flag(env, "RUNESTONE_START_DEGRADED"),
             response_store=_response_store(env),
         )
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from runestone.aliases._schema import Problem, SpecError, Target, parse_spec
 from runestone.aliases._yaml_nodes import Located
 from runestone.pricing import Price, price_from
-from runestone.providers import ProviderSpec
+from runestone.providers import ProviderSpec, credentials_in
 
 PROVIDER_KEYS = frozenset(
     {"base_url", "api_key_env", "headers", "prefill", "responses", "stream_usage"}
@@ -115,6 +115,14 @@ def parse_providers(section: Located, problems: list[Problem]) -> list[ProviderS
         key_env: str | None = None
         if "api_key_env" in entry.value:
             key_env = required_string(entry.value, "api_key_env", entry.line, where, problems)
+            if base_url is not None and credentials_in(base_url):
+                problems.append(
+                    Problem(
+                        entry.value["base_url"].line,
+                        f"{where}: base_url has credentials in it and api_key_env names a key: "
+                        "keep one (credentials in the URL are sent as basic auth)",
+                    )
+                )
         headers: list[tuple[str, str]] = []
         if "headers" in entry.value:
             raw = entry.value["headers"]

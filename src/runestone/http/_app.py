@@ -193,7 +193,9 @@ class RunestoneApp:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 # Served by uvicorn itself (not mounted): drain on its exit signals.
-                hook_exit_signals(self.gateway, self.settings.graceful_timeout)
+                hook_exit_signals(
+                    self.gateway, self.settings.graceful_timeout, self.settings.drain_delay
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

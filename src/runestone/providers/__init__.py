@@ -27,6 +27,7 @@ from runestone.providers._specs import (
     ProviderRegistry,
     ProviderSpec,
     WireFormat,
+    credentials_in,
     resolve_endpoint,
 )
 from runestone.providers.adapter import (
@@ -55,6 +56,7 @@ __all__ = [
     "UpstreamStream",
     "WireFormat",
     "builtin",
+    "credentials_in",
     "default_registry",
     "known_provider_names",
     "register",

@@ -96,11 +96,37 @@ def resolve_endpoint(spec: ProviderSpec, environ: Mapping[str, str]) -> Endpoint
             headers["authorization"] = f"Bearer {key}"
         elif spec.auth_style == "x-api-key":
             headers["x-api-key"] = key
+    base = base.rstrip("/")
+    public = without_userinfo(base)
+    if credentials_in(base):
+        # A server behind basic auth (http://user:pass@host/v1): sent as that header,
+        # never in the URL (where a key's header would clash with it). With a key too,
+        # the key is what is sent; the alias file and `runestone serve` refuse that pair.
+        if key is None and spec.auth_style != "none":
+            headers["authorization"] = basic_auth(base)
+        base = public
     headers.update(spec.headers)
     if key is not None:
         remember_secret(key)
-    base = base.rstrip("/")
-    return Endpoint(spec, base, key, headers, without_userinfo(base), bool(override))
+    return Endpoint(spec, base, key, headers, public, bool(override))
+
+
+def credentials_in(url: str) -> bool:
+    """Whether ``url`` carries ``user:password@`` (or ``user@``) before its host."""
+    _, sep, rest = url.partition("://")
+    return bool(sep) and "@" in rest.partition("/")[0]
+
+
+def basic_auth(url: str) -> str:
+    """The ``Authorization`` value for the credentials in ``url``."""
+    import base64
+    from urllib.parse import unquote
+
+    userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    remember_secret(token)
+    return f"Basic {token}"
 
 
 def without_userinfo(url: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import orjson
 import uvicorn
 from aiohttp import web
@@ -57,6 +59,22 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def wait_ready(process: subprocess.Popen[Any], url: str, seconds: float = 30) -> None:
+    """Until ``url``'s /health/ready answers 200; fail if ``process`` ends or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the gateway exited ({process.returncode}): {stderr!r}")
+        assert time.monotonic() < deadline, f"the gateway at {url} did not become ready"
+        time.sleep(0.1)
 
 
 # --- the fake provider ------------------------------------------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from runestone import __version__
+from tests.servers import wait_ready
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -147,16 +147,7 @@ def test_serve_answers_the_readme_quick_start(workers: str) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "runestone serve did not become ready"
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            time.sleep(0.1)
+        wait_ready(process, url)
         answer = httpx.post(
             f"{url}/v1/chat/completions",
             json={

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_socket
+from tests.servers import free_socket, wait_ready
 
 ROOT = Path(__file__).parents[1]
 BASE = "localhost/runestone-test-base:bookworm"
@@ -162,17 +162,8 @@ def running(image: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "the image's gateway did not start"
-            time.sleep(0.2)
+        wait_ready(process, url, 60)
         yield process, url
     finally:
         if process.poll() is None:

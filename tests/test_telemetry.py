@@ -25,6 +25,7 @@ from tests.servers import (
     error_response,
     free_socket,
     send_stream,
+    wait_ready,
 )
 
 HI = [{"role": "user", "content": "hi"}]
@@ -198,15 +199,7 @@ def test_metrics_sum_over_two_workers(tmp_path: Any, fake: FakeProvider) -> None
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(process, url)
         for _ in range(20):  # new connections, so both workers take some
             with httpx.Client() as client:
                 client.post(f"{url}/v1/chat/completions", json={"model": "smart", "messages": HI})

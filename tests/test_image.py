@@ -9,6 +9,7 @@ buildah and debootstrap are installed by ``scripts/test``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,6 +168,9 @@ def running(image: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
         yield process, url
     finally:
         if process.poll() is None:
+            # buildah run, killed, may leave the gateway under it running: end that first.
+            with contextlib.suppress(AssertionError, ProcessLookupError):
+                os.kill(_gateway_pid(process.pid), signal.SIGKILL)
             process.kill()
         process.wait(30)
         if process.stderr is not None:

@@ -51,6 +51,7 @@ aliases:
   refused: {{targets: [dead:primary, openai:backup], retries: 1, timeout: {TIMEOUT}}}
   single: {{targets: [openai:primary], retries: 0, timeout: {TIMEOUT}}}
   long: {{targets: [openai:primary], timeout: 1.5, idle_timeout: 1}}
+  slow-reader: {{targets: [openai:primary], timeout: 30, idle_timeout: 0.5, on_stream_cut: error}}
   spread:
     strategy: weighted
     retries: 0
@@ -336,7 +337,9 @@ def test_a_slow_reader_is_not_upstream_silence(gateway: Gateway, fake: FakeProvi
         return await send_stream(request, [*EVENTS[:1], *big, *EVENTS[4:]])
 
     fake.on("primary", everything)
-    body = {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    # A deadline far off: 20 MB through a loaded machine takes what it takes; only the
+    # upstream's silence (idle_timeout) is under test.
+    body = {"model": "slow-reader", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     received = b""
     with httpx.stream(
         "POST", f"{gateway.base_url}/chat/completions", json=body, timeout=30
@@ -482,7 +485,7 @@ def test_status_command_shows_breakers(gateway: Gateway, fake: FakeProvider) -> 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "aliases: 6 from" in result.stdout
+    assert "aliases: 7 from" in result.stdout
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("openai:primary@")]
     assert row.split()[1] == "open"
 

@@ -162,6 +162,25 @@ def test_chunk_extensions_are_bounded(edge: Served) -> None:
     assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
 
 
+def test_a_refusal_reaches_a_client_that_is_still_sending(edge: Served) -> None:
+    # The server refuses at its bound, long before the client has sent its 2 MB. Closed
+    # at once, with the rest unread, the connection was reset: about one try in eight
+    # lost the 400 or failed the client's half-close (ENOTCONN). A lingering close reads
+    # and drops the rest, and every try gets its 400.
+    body = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
+    raw = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
+        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x;ext=" % len(body)
+        + b"e" * (2 * 1024 * 1024)
+        + b"\r\n"
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    answers = [exchange(edge, raw)[:12] for _ in range(40)]
+    assert answers == [b"HTTP/1.1 400"] * 40
+
+
 @pytest.mark.parametrize(
     "headers",
     [

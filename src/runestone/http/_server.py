@@ -63,6 +63,10 @@ def connection_cap(limits: EdgeLimits) -> int:
     return max(16, soft // 2)
 
 
+#: How long a refused connection's input is still read (and dropped) before it closes.
+LINGER_SECONDS = 2.0
+
+
 def _reply(status: bytes, reason: bytes) -> bytes:
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain\r\nconnection: close\r\n"
@@ -193,9 +197,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: bytes, reason: bytes) -> None:
         self._phase = _IDLE
         self._refused = True
-        if not self.transport.is_closing():
-            self.transport.write(_reply(status, reason))
-            self.transport.close()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(_reply(status, reason))
+        # A lingering close: the refusal goes out with our end shut, and what the client
+        # is still sending is read and dropped for a moment. Closing at once, with its
+        # bytes unread, would reset the connection, and a reset can discard the refusal
+        # before the client reads it.
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     # --- reading --------------------------------------------------------------------------
 

@@ -147,18 +147,21 @@ def test_headers_over_the_limit_are_refused_however_they_arrive(edge: Served) ->
     assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
 
 
+_HI = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
+#: A chunked request whose one chunk has a 2 MB extension: far past the framing bound.
+OVERSIZED_EXTENSION = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
+    b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    + b"%x;ext=" % len(_HI)
+    + b"e" * (2 * 1024 * 1024)
+    + b"\r\n"
+    + _HI
+    + b"\r\n0\r\n\r\n"
+)
+
+
 def test_chunk_extensions_are_bounded(edge: Served) -> None:
-    body = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
-    raw = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
-        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-        + b"%x;ext=" % len(body)
-        + b"e" * (2 * 1024 * 1024)
-        + b"\r\n"
-        + body
-        + b"\r\n0\r\n\r\n"
-    )
-    answer = exchange(edge, raw)
+    answer = exchange(edge, OVERSIZED_EXTENSION)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
 
 
@@ -167,17 +170,7 @@ def test_a_refusal_reaches_a_client_that_is_still_sending(edge: Served) -> None:
     # at once, with the rest unread, the connection was reset: about one try in eight
     # lost the 400 or failed the client's half-close (ENOTCONN). A lingering close reads
     # and drops the rest, and every try gets its 400.
-    body = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
-    raw = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\n"
-        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-        + b"%x;ext=" % len(body)
-        + b"e" * (2 * 1024 * 1024)
-        + b"\r\n"
-        + body
-        + b"\r\n0\r\n\r\n"
-    )
-    answers = [exchange(edge, raw)[:12] for _ in range(40)]
+    answers = [exchange(edge, OVERSIZED_EXTENSION)[:12] for _ in range(40)]
     assert answers == [b"HTTP/1.1 400"] * 40
 
 

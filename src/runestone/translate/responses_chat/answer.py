@@ -26,8 +26,6 @@ from runestone.streams.sse import encode
 from runestone.translate.responses_chat.items import call_item, new_id
 from runestone.translate.responses_chat.tools import Bridged, ToolMap
 
-_id = new_id
-
 
 def _usage(usage: object) -> dict[str, object] | None:
     if not isinstance(usage, dict):
@@ -106,7 +104,7 @@ def response_object(
         tools = ToolMap(request.get("tools"), "")
     created = completion.get("created")
     response = shell(
-        request, _id("resp"), created if isinstance(created, int) else int(time.time())
+        request, new_id("resp"), created if isinstance(created, int) else int(time.time())
     )
     output: list[dict[str, object]] = []
     finish: object = None
@@ -115,7 +113,7 @@ def response_object(
         finish = choice.get("finish_reason")
         text = message.get("content")
         if isinstance(text, str) and text:
-            output.append(_message_item(_id("msg"), text))
+            output.append(_message_item(new_id("msg"), text))
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
             arguments = function.get("arguments")
@@ -139,7 +137,7 @@ class ResponsesEvents:
     def __init__(self, request: Mapping[str, object], tools: ToolMap | None = None) -> None:
         self.request = request
         self.tools = tools if tools is not None else ToolMap(request.get("tools"), "")
-        self.response = shell(request, _id("resp"), int(time.time()))
+        self.response = shell(request, new_id("resp"), int(time.time()))
         self.sequence = 0
         self.started = False
         self.finished = False
@@ -188,7 +186,7 @@ class ResponsesEvents:
     def _text_delta(self, text: str) -> list[bytes]:
         out = []
         if self._text is None:
-            self._text = _message_item(_id("msg"), "", "in_progress")
+            self._text = _message_item(new_id("msg"), "", "in_progress")
             self._text["content"] = []
             index = len(self._output)
             self._output.append(self._text)

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from runestone.errors import GatewayError
 from runestone.translate.responses_chat.items import (
     RESULT_TYPES,
     chat_call,
@@ -65,10 +64,6 @@ _PROVIDER_RECORDS = frozenset(
 _NO_OUTPUT = "(no output was recorded for this call)"
 
 
-def _refuse(field: str, why: str, code: str = "invalid_request") -> GatewayError:
-    return refuse(field, why, code)
-
-
 def chat_request(body: Mapping[str, object], provider: str) -> tuple[dict[str, object], ToolMap]:
     """The chat-completions body for a Responses request, and how its tools were bridged;
     or a 400 naming the field."""
@@ -101,7 +96,7 @@ def chat_request(body: Mapping[str, object], provider: str) -> tuple[dict[str, o
                 chat["response_format"] = response_format
         elif field == "previous_response_id":
             if value is not None:
-                raise _refuse(
+                raise refuse(
                     field,
                     f"{value!r} is not stored by the gateway (made with store: false, by "
                     f"another key, or expired), and {provider} is reached through the "
@@ -110,12 +105,12 @@ def chat_request(body: Mapping[str, object], provider: str) -> tuple[dict[str, o
                 )
         elif field == "truncation":
             if value not in (None, "disabled", "auto"):
-                raise _refuse(field, f"{value!r} cannot be honoured by {provider}")
+                raise refuse(field, f"{value!r} cannot be honoured by {provider}")
         elif field == "background":
             if value:
-                raise _refuse(field, f"cannot be honoured by {provider}")
+                raise refuse(field, f"cannot be honoured by {provider}")
         else:
-            raise _refuse(
+            raise refuse(
                 field,
                 f"cannot be honoured by {provider}, which has no Responses API (the gateway "
                 "bridges to its chat completions); remove it, or route to a target with the "
@@ -136,16 +131,16 @@ def _messages(items: object, tools: ToolMap) -> list[dict[str, Any]]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list):
-        raise _refuse("input", "must be a string or a list of items")
+        raise refuse("input", "must be a string or a list of items")
     messages: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise _refuse("input", f"item {index} is not an object")
+            raise refuse("input", f"item {index} is not an object")
         kind = item.get("type", "message")
         if kind == "message":
             role = _ROLES.get(str(item.get("role")))
             if role is None:
-                raise _refuse("input", f"item {index} has role {item.get('role')!r}")
+                raise refuse("input", f"item {index} has role {item.get('role')!r}")
             messages.append({"role": role, "content": _content(item.get("content"), index)})
         elif is_call(kind):
             messages.append(
@@ -164,14 +159,14 @@ def _messages(items: object, tools: ToolMap) -> list[dict[str, Any]]:
                 "input item %d of type %s left out: a chat target cannot read it", index, kind
             )
         elif kind == "item_reference":
-            raise _refuse(
+            raise refuse(
                 "input",
                 f"item {index} refers to {item.get('id')!r}, which the gateway has not "
                 "stored (made with store: false, by another key, or expired): send the "
                 "item itself",
             )
         else:
-            raise _refuse("input", f"item {index} of type {kind!r} cannot be bridged")
+            raise refuse("input", f"item {index} of type {kind!r} cannot be bridged")
     return messages
 
 
@@ -223,7 +218,7 @@ def _content(content: object, index: int) -> object:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _refuse("input", f"item {index} has content that is neither text nor parts")
+        raise refuse("input", f"item {index} has content that is neither text nor parts")
     parts: list[dict[str, object]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -232,7 +227,7 @@ def _content(content: object, index: int) -> object:
         elif kind == "input_image":
             url = part.get("image_url")
             if not isinstance(url, str):
-                raise _refuse("input", f"item {index}: an input_image needs an image_url")
+                raise refuse("input", f"item {index}: an input_image needs an image_url")
             image: dict[str, object] = {"url": url}
             if part.get("detail"):
                 image["detail"] = part["detail"]
@@ -240,7 +235,7 @@ def _content(content: object, index: int) -> object:
         elif kind == "refusal":
             parts.append({"type": "text", "text": part.get("refusal", "")})
         else:
-            raise _refuse("input", f"item {index}: content of type {kind!r} cannot be bridged")
+            raise refuse("input", f"item {index}: content of type {kind!r} cannot be bridged")
     if all(p["type"] == "text" for p in parts):
         return "".join(str(p["text"]) for p in parts)
     return parts
@@ -255,4 +250,4 @@ def _text_format(text: object) -> dict[str, object] | None:
     if fmt.get("type") == "json_schema":
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
-    raise _refuse("text", f"format {fmt.get('type')!r} cannot be bridged")
+    raise refuse("text", f"format {fmt.get('type')!r} cannot be bridged")

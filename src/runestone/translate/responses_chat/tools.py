@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from runestone.errors import GatewayError, error_for
 
 #: Run by the provider only: dropped on the bridge (or refused, where configured).
@@ -272,8 +274,6 @@ def _custom_description(description: object, fmt: object) -> str:
 
 def parse_arguments(arguments: object) -> dict[str, Any]:
     """A chat call's JSON arguments as an object ({} for anything else)."""
-    import orjson
-
     if isinstance(arguments, dict):
         return arguments
     try:

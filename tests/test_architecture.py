@@ -157,12 +157,21 @@ LAYERS: list[set[str]] = [
     {"errors", "_version", "pricing"},
     {"streams", "translate"},
     {"providers"},
-    {"protocols", "aliases", "access", "telemetry", "conversations"},
+    {"protocols", "aliases", "access", "telemetry", "conversations", "keyring", "alerts"},
     {"routing"},
     {"config", "_gateway", "console", "remote"},
     {"exchange"},
     {"_library", "http"},
-    {"_api", "cli", "_cli_keys", "_cli_config", "_preflight", "runestone", "__main__"},
+    {
+        "_api",
+        "cli",
+        "_cli_keys",
+        "_cli_admin",
+        "_cli_config",
+        "_preflight",
+        "runestone",
+        "__main__",
+    },
 ]
 
 

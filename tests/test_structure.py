@@ -46,7 +46,7 @@ def test_a_mounted_app_sees_the_principal_and_its_prefix(make_gateway: MakeGatew
     assert seen.status_code == 200
     body = seen.json()
     assert body["principal"] == "service"
-    assert body["scopes"] == ["client", "metrics", "operator"]
+    assert body["scopes"] == ["admin", "client", "metrics", "operator"]
     assert body["root_path"] == "/tools"
     assert body["path"] == "/tools/api/state"
     assert body["request_id"].startswith("req_")

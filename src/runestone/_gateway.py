@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from runestone.access import Access
+from runestone.alerts import BudgetAlerts
 from runestone.aliases import AliasStore
 from runestone.config import Settings
 from runestone.conversations import Conversations
 from runestone.errors import error_for
+from runestone.keyring import POLL_SECONDS, Keyring
 from runestone.providers import AdapterContext
 from runestone.providers._session import close_now, make_session
 from runestone.routing import Breakers, RoutedStream, Router
@@ -61,6 +63,13 @@ class Gateway:
         )
         #: The Responses API's store of responses; opened when a request first needs it.
         self.conversations = Conversations(lambda: settings.open_response_store(environ))
+        #: The keys and teams made by the admin API, merged into the alias table.
+        self.keyring = Keyring(lambda: settings.open_keyring(environ), aliases)
+        self._keyring_poll: asyncio.Task[None] | None = None
+        #: Budgets' alerts (to the webhooks) and used shares (for the gauge).
+        self.alerts = BudgetAlerts(settings.alert_webhooks, self.keyring.claim)
+        self.access.on_budget = self.alerts
+        self._alerting: asyncio.Task[None] | None = None
         aliases.on_reload = self._reloaded
 
     def __repr__(self) -> str:
@@ -89,6 +98,9 @@ class Gateway:
                 max_event_bytes=settings.max_event_bytes,
             )
             self._watcher = asyncio.create_task(self.aliases.watch(settings.watch))
+            await self.keyring.start()
+            self._keyring_poll = asyncio.create_task(self._follow_keyring())
+            self._alerting = asyncio.create_task(self.alerts.run())
             self.router = Router(
                 self.aliases,
                 self._context,
@@ -100,6 +112,12 @@ class Gateway:
                 failover=settings.failover_seconds,
             )
             return self.router
+
+    async def _follow_keyring(self) -> None:
+        """Other replicas' key changes, read within ``POLL_SECONDS``."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            await self.keyring.poll()
 
     def begin_drain(self, timeout: float) -> None:
         """Shutdown begins: report not ready; after ``timeout`` seconds, end every stream
@@ -148,11 +166,13 @@ class Gateway:
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._keyring_poll, self._alerting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._keyring_poll = self._alerting = None
+        await self.keyring.aclose()
         await self.access.aclose()
         await self.conversations.aclose()
         if self._context is not None:

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runestone.access import Store, default_state_path, open_store
+from runestone.alerts import Webhook, parse_webhooks
 from runestone.aliases import DEFAULT_ALIASES_PATH, WATCH_MODES, AliasStore, WatchMode
 from runestone.aliases._policy import FAILOVER_SECONDS
 from runestone.conversations import Bounds, ResponseStore, open_response_store
+from runestone.keyring import KeyringStore, open_keyring
 from runestone.routing.breakers import BreakerConfig
 
 #: Every setting's variable: ``runestone serve`` refuses any other ``RUNESTONE_*`` name.
 SETTING_NAMES = (
     "RUNESTONE_ADMIN_TOKEN",
+    "RUNESTONE_ALERT_WEBHOOKS",
     "RUNESTONE_ALIASES_PATH",
     "RUNESTONE_BODY_TIMEOUT",
     "RUNESTONE_BREAKER_COOLDOWN",
@@ -99,6 +102,8 @@ class Settings:
     gateway_url: str | None = None
     metrics_token: str | None = None
     admin_token: str | None = None
+    #: Where budget alerts are posted (``RUNESTONE_ALERT_WEBHOOKS``).
+    alert_webhooks: tuple[Webhook, ...] = ()
     log_json: bool = True
     breaker_failures: int = 5
     breaker_failure_rate: float = 0.5
@@ -154,6 +159,11 @@ class Settings:
             bounds=self.response_store,
         )
 
+    def open_keyring(self, environ: Mapping[str, str] | None = None) -> KeyringStore:
+        """The store of the API's keys and teams and of the audit log: beside the limits'."""
+        state = self.state_path or default_state_path(os.environ if environ is None else environ)
+        return open_keyring(redis_url=self.redis_url, prefix=self.redis_prefix, state_path=state)
+
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
             failures=self.breaker_failures,
@@ -186,6 +196,7 @@ class Settings:
             gateway_url=gateway_url,
             metrics_token=env.get("RUNESTONE_METRICS_TOKEN") or None,
             admin_token=env.get("RUNESTONE_ADMIN_TOKEN") or None,
+            alert_webhooks=_webhooks(env),
             log_json=_log_format(env) == "json",
             breaker_failures=int(_number(env, "RUNESTONE_BREAKER_FAILURES", cls.breaker_failures)),
             breaker_failure_rate=_number(
@@ -214,6 +225,13 @@ class Settings:
             start_degraded=_flag(env, "RUNESTONE_START_DEGRADED"),
             response_store=_response_store(env),
         )
+
+
+def _webhooks(env: Mapping[str, str]) -> tuple[Webhook, ...]:
+    try:
+        return parse_webhooks(env.get("RUNESTONE_ALERT_WEBHOOKS", ""))
+    except ValueError as exc:
+        raise ConfigError(f"RUNESTONE_ALERT_WEBHOOKS: {exc}") from None
 
 
 def _response_store(env: Mapping[str, str]) -> Bounds:

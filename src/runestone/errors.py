@@ -58,6 +58,15 @@ CODES: dict[str, CodeInfo] = {
     "key_expired": CodeInfo(
         401, "authentication_error", False, "client", "the client's key is past its expiry"
     ),
+    "key_blocked": CodeInfo(
+        401, "authentication_error", False, "client", "the client's key or its team is blocked"
+    ),
+    "forbidden": CodeInfo(
+        403, "permission_error", False, "client", "the credentials may not do this"
+    ),
+    "conflict": CodeInfo(
+        409, _INVALID, False, "client", "the id is taken, or the change clashes with the state"
+    ),
     "model_not_allowed": CodeInfo(
         403, "permission_error", False, "client", "the client's key may not use this model"
     ),

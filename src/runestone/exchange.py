@@ -28,7 +28,7 @@ import contextlib
 from collections.abc import Awaitable, Iterator
 
 from runestone._gateway import Gateway
-from runestone.access import Admission, Spent, rate_headers_for
+from runestone.access import Admission, Spent, end_user_of, rate_headers_for, tags_of
 from runestone.aliases import KeySpec
 from runestone.errors import GatewayError
 from runestone.protocols import ClientProtocol
@@ -47,11 +47,13 @@ class Exchange:
         "_setup",
         "_streamed",
         "admission",
+        "end_user_header",
         "forward",
         "key",
         "protocol",
         "request_id",
         "table",
+        "tags_header",
         "trace",
     )
 
@@ -82,6 +84,9 @@ class Exchange:
         if key is not None:
             self.trace.key = key.id
         self.admission: Admission | None = None
+        #: The ``x-runestone-user`` and ``x-runestone-tags`` headers, if sent.
+        self.end_user_header: str | None = None
+        self.tags_header: str | None = None
         self._closed = False
         self._setup = 0.0  # seconds from the request's arrival to its stream's 200
         self._streamed = False
@@ -99,7 +104,11 @@ class Exchange:
         model = self.trace.model = str(body["model"])
         if self.key is not None:
             access = self._gateway.access
-            self.admission = await access.admit(self.key, self.table, model, body, raw)
+            end_user = end_user_of(body, self.end_user_header)
+            tags = tags_of(self.tags_header)
+            self.admission = await access.admit(
+                self.key, self.table, model, body, raw, end_user, tags
+            )
 
     def complete(self, body: dict[str, object]) -> Awaitable[Routed]:
         """Route a non-streamed request; its answer goes to ``answered``."""

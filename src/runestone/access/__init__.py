@@ -1,15 +1,17 @@
 """Keys, rate limits and budgets for many teams, exact across processes and replicas.
 
 The exchange calls one pair: ``Access.admit`` before a request goes upstream and
-``Access.settle`` when it is over. The keys and limits come from the alias file
-(``runestone.aliases``); the counters from a ``Store``: SQLite on one host
+``Access.settle`` when it is over. The keys and limits come from the alias table
+(``runestone.aliases``: the file's, with the admin API's merged in by
+``runestone.keyring``); the counters from a ``Store``: SQLite on one host
 (``RUNESTONE_STATE_PATH``), Redis for several (``RUNESTONE_REDIS_URL``).
 
 Modules: ``_limits`` (limits as checks), ``_worst_case`` (the most a request
 can use), ``_windows`` (calendar and rolling windows), ``_store`` (the store interface),
-``_sqlite`` and ``_redis`` (the two stores), ``_gate`` (admit and settle), ``_booking``
-(what a settled request books), ``_refusals`` (the errors and rate headers), ``_report``
-(usage), ``_keygen`` (new keys).
+``_sqlite`` (with ``_sqlite_schema``) and ``_redis`` (the two stores), ``_gate`` (admit
+and settle), ``_admission`` (what an admitted request holds), ``_booking`` (what a
+settled request books), ``_attribution`` (end users and tags), ``_refusals`` (the errors
+and rate headers), ``_report`` (usage), ``_keygen`` (new keys).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from runestone.access._admission import Admission, rate_headers_for
+from runestone.access._attribution import end_user_of, tags_of
 from runestone.access._booking import Spent
-from runestone.access._gate import Access, Admission, rate_headers_for
+from runestone.access._gate import Access
 from runestone.access._keygen import digest, new_key
 from runestone.access._refusals import rate_headers
 from runestone.access._report import usage_report
@@ -49,9 +53,11 @@ __all__ = [
     "StateError",
     "Store",
     "digest",
+    "end_user_of",
     "new_key",
     "open_store",
     "rate_headers",
     "rate_headers_for",
+    "tags_of",
     "usage_report",
 ]

@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from runestone.access._admission import Admission, new_lease
+from runestone.access._attribution import Names
 from runestone.access._booking import NOTHING, LedgerNames, Spent, booking
-from runestone.access._limits import Plan
-from runestone.access._refusals import rate_headers, refusal
+from runestone.access._limits import Limit, Plan
+from runestone.access._refusals import refusal
 from runestone.access._report import usage_report
 from runestone.access._store import (
     MAX_AMOUNT,
     STORE_TIMEOUT,
     Addition,
-    Check,
     Decision,
     LedgerEntry,
     Request,
@@ -55,31 +53,6 @@ log = logging.getLogger("runestone.access")
 MAX_PENDING = 100_000
 _RETRY_SECONDS = 1.0
 _PRICES_KEPT = 1000
-
-# Lease ids: a secret per-process prefix and a counter. Request ids are public (a client
-# may even choose its own): a lease named by one could be shared, replayed or guessed.
-_LEASE_PREFIX = "l" + os.urandom(12).hex()
-_leases = itertools.count(1)
-
-
-def new_lease() -> str:
-    return f"{_LEASE_PREFIX}{next(_leases):x}"
-
-
-@dataclass(slots=True)
-class Admission:
-    """What one admitted request holds, until ``settle``."""
-
-    key: KeySpec
-    team: TeamSpec | None
-    table: AliasTable
-    lease: str
-    plan: Plan
-    checks: tuple[Check, ...]
-    used: Mapping[str, float]
-    #: The most the request can use, and the highest price it can be charged at.
-    bound: Bound
-    price: Price | None
 
 
 class Access:
@@ -111,6 +84,12 @@ class Access:
         self._plans: dict[int, Plan] = {}
         self._prices: dict[str, Price | None] = {}
         self._ledger_name = LedgerNames()
+        self._names = Names()
+        self._end_user_plans: dict[tuple[int, str | None], Plan] = {}
+        #: Told of each budget's use (spent and reserved) after every settlement and
+        #: budget refusal: (limit, used share, window start, seconds to keep, resets,
+        #: whether a request was refused for it).
+        self.on_budget: Callable[[Limit, float, float, float, float, bool], None] | None = None
         self._day: tuple[float, float, str] = (0.0, 0.0, "")
 
     @property
@@ -144,9 +123,12 @@ class Access:
         model: str,
         body: Mapping[str, object],
         raw: bytes,
+        end_user: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Admission:
-        """Check the key's model list and every limit of the key and its team; take what
-        the request needs, or raise the client's error."""
+        """Check the key's model list and every limit of the key and its team (and of
+        the end user, if the key budgets them); take what the request needs, or raise
+        the client's error."""
         if not key.allows(model):
             raise error_for(
                 "model_not_allowed",
@@ -157,14 +139,18 @@ class Access:
         team = access.teams.get(key.team) if key.team else None
         if table is not self._table:
             self._table, self._plans, self._prices = table, {}, {}
-        plan = self._plans.get(id(key))
-        if plan is None:
-            plan = self._plans[id(key)] = Plan.of(key, team)
+            self._end_user_plans = {}
+        if key.end_user_budget is None:
+            plan = self._plans.get(id(key))
+            if plan is None:
+                plan = self._plans[id(key)] = Plan.of(key, team)
+        else:
+            plan = self._end_user_plan(key, team, end_user)
         bound = worst_case(body, raw)
         price = self._price(model, table)
         lease = new_lease()
         if not plan.limits:
-            return Admission(key, team, table, lease, plan, (), {}, bound, price)
+            return Admission(key, team, table, lease, plan, (), {}, bound, price, end_user, tags)
         now = self.clock()
         reserve = bound.cost(price, access.settings.default_reservation_usd)
         checks = plan.checks(now, min(reserve, MAX_AMOUNT) if plan.budgets else 0.0)
@@ -180,8 +166,35 @@ class Access:
             error = exc if isinstance(exc, StateError) else _no_answer(self._store)
             return self._without_store(key, team, table, lease, plan, bound, price, error)
         if decision.refused is not None:
+            refused = decision.refused
+            if refused.counter in plan.budget_counters and self.on_budget is not None:
+                used = decision.used.get(refused.counter, 0.0)
+                for limit in plan.budget_limits:
+                    if limit.counter == refused.counter:  # no request fits: its 100% alert
+                        self._tell_budget(limit, used, 0.0, now, exhausted=True)
             raise refusal(decision, key, team, now)
-        return Admission(key, team, table, lease, plan, checks, decision.used, bound, price)
+        return Admission(
+            key, team, table, lease, plan, checks, decision.used, bound, price, end_user, tags
+        )
+
+    def _end_user_plan(self, key: KeySpec, team: TeamSpec | None, end_user: str | None) -> Plan:
+        plans = self._end_user_plans
+        plan = plans.get((id(key), end_user))
+        if plan is None:
+            if len(plans) >= _PRICES_KEPT * 10:  # end users are the clients' to name
+                plans.clear()
+            plan = plans[(id(key), end_user)] = Plan.of(key, team, end_user)
+        return plan
+
+    def _tell_budget(
+        self, limit: Limit, used: float, extra: float, now: float, *, exhausted: bool = False
+    ) -> None:
+        """A budget's use after a request, to ``on_budget`` (alerts and the gauge);
+        ``exhausted``: a request was refused for it."""
+        assert self.on_budget is not None
+        span = window(limit.period, limit.rolling, now)
+        share = (used + extra) / limit.limit
+        self.on_budget(limit, share, span.bucket, span.keep, span.resets, exhausted)
 
     def _price(self, model: str, table: AliasTable) -> Price | None:
         if model in self._prices:
@@ -242,6 +255,9 @@ class Access:
             for limit in plan.budget_limits:
                 span = window(limit.period, limit.rolling, now)
                 additions.append(Addition(limit.counter, span.bucket, usd, span.keep))
+            if self.on_budget is not None and admission.checks:
+                for limit in plan.budget_limits:
+                    self._tell_budget(limit, admission.used.get(limit.counter, 0.0), usd, now)
         if booked.estimated:
             log.info(
                 "key %s: no usable usage from %s; booked the worst case, $%.6f",
@@ -249,15 +265,21 @@ class Access:
                 spent.target,
                 usd,
             )
+        day = self._today(now)
+        key_id = admission.key.id
+        names = self._names
+        end_user = admission.end_user
         ledger = LedgerEntry(
-            self._today(now),
-            admission.key.id,
+            day,
+            key_id,
             admission.team.id if admission.team else "",
             self._ledger_name(spent.target, admission.table),
             min(booked.input_tokens, MAX_AMOUNT),
             min(booked.output_tokens, MAX_AMOUNT),
             usd,
             int(booked.estimated),
+            names(day, key_id, "user", end_user) if end_user else "",
+            tuple(names(day, key_id, "tag", tag) for tag in admission.tags),
         )
         self._pending.append(Settlement(admission.lease, holds, additions, ledger))
         self._kick()
@@ -369,10 +391,3 @@ def _no_answer(store: Store | None) -> StateError:
 
 def _owner(settlement: Settlement) -> str:
     return settlement.ledger.key if settlement.ledger is not None else "-"
-
-
-def rate_headers_for(admission: Admission | None, now: float) -> list[tuple[bytes, bytes]]:
-    """The ``x-ratelimit-*`` headers of an admitted request (none without limits)."""
-    if admission is None or not admission.checks:
-        return []
-    return rate_headers(admission.used, admission.checks, now)

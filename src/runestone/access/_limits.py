@@ -28,6 +28,8 @@ class Limit:
     kind: Literal["rpm", "tpm", "parallel", "budget"]
     period: Period = "minute"
     rolling: bool = False
+    #: A budget's alert thresholds (shares of ``limit``).
+    alerts: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +43,26 @@ class Plan:
     #: What settling books: tokens to these counters, spend to those.
     token_limits: tuple[Limit, ...] = ()
     budget_limits: tuple[Limit, ...] = ()
+    budget_counters: frozenset[str] = frozenset()
     #: The checks of the current windows (from, until, checks): every request in the
     #: same windows has the same, but for the budgets' reservations.
     _current: list[tuple[float, float, tuple[Check, ...]]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, key: KeySpec, team: TeamSpec | None) -> Plan:
+    def of(cls, key: KeySpec, team: TeamSpec | None, end_user: str | None = None) -> Plan:
+        """The key's plan; with ``end_user``, its end-user budget too (if it has one)."""
         found = _limits(f"k:{key.id}", key.limits)
         if team is not None:
             found += _limits(f"t:{team.id}", team.limits)
+        budget = key.end_user_budget
+        if budget is not None:
+            counter = f"e:{key.id}:{end_user or '-'}:{budget.name}"
+            found.append(Limit(counter, budget.usd, "budget", budget.per, budget.rolling))
         holds = tuple(lim.counter for lim in found if lim.kind in ("parallel", "budget"))
         budgets = tuple(lim for lim in found if lim.kind == "budget")
         tokens = tuple(lim for lim in found if lim.kind == "tpm")
-        return cls(tuple(found), holds, bool(budgets), tokens, budgets)
+        counters = frozenset(lim.counter for lim in budgets)
+        return cls(tuple(found), holds, bool(budgets), tokens, budgets, counters)
 
     def checks(self, now: float, reserve: float) -> tuple[Check, ...]:
         current = self._current
@@ -84,7 +93,14 @@ def _limits(scope: str, limits: Limits) -> list[Limit]:
         found.append(Limit(f"{scope}:parallel", limits.max_parallel, "parallel"))
     for budget in limits.budgets:
         found.append(
-            Limit(f"{scope}:{budget.name}", budget.usd, "budget", budget.per, budget.rolling)
+            Limit(
+                f"{scope}:{budget.name}",
+                budget.usd,
+                "budget",
+                budget.per,
+                budget.rolling,
+                budget.alerts,
+            )
         )
     return found
 

@@ -22,8 +22,10 @@ from runestone.access._store import (
     Decision,
     Request,
     Settlement,
+    SpendRow,
     StateError,
     UsageRow,
+    spend_names,
 )
 
 _MODES = {"count": "0", "lease": "1", "level": "2"}
@@ -189,6 +191,12 @@ async def bounded(awaitable: Any, seconds: float, url: str) -> Any:
         raise StateError(f"redis {where}: {type(exc).__name__}: {exc}") from None
 
 
+def _days_from(since_day: str) -> list[str]:
+    first = dt.date.fromisoformat(since_day)
+    today = dt.datetime.now(dt.UTC).date()
+    return [str(first + dt.timedelta(days=n)) for n in range((today - first).days + 1)]
+
+
 class RedisStore:
     name = "redis"
 
@@ -230,6 +238,15 @@ class RedisStore:
                 script.add(name, f"{row}\tusd", entry.usd, _LEDGER_SECONDS)
                 if entry.estimated:
                     script.add(name, f"{row}\testimated", entry.estimated, _LEDGER_SECONDS)
+                for kind, who in spend_names(entry):
+                    by = f"{entry.key}\t{kind}\t{who}"
+                    for field, amount in (
+                        ("requests", 1),
+                        ("input_tokens", entry.input_tokens),
+                        ("output_tokens", entry.output_tokens),
+                        ("usd", entry.usd),
+                    ):
+                        script.add(f"s:{entry.day}", f"{by}\t{field}", amount, _LEDGER_SECONDS)
         for request in requests:
             script.args += ("Q", request.lease, repr(request.expires), str(len(request.checks)))
             script.checks(request.checks)
@@ -253,9 +270,7 @@ class RedisStore:
 
     async def usage(self, since_day: str, keys: Sequence[str] | None = None) -> list[UsageRow]:
         wanted = None if keys is None else set(keys)
-        first = dt.date.fromisoformat(since_day)
-        today = dt.datetime.now(dt.UTC).date()
-        days = [str(first + dt.timedelta(days=n)) for n in range((today - first).days + 1)]
+        days = _days_from(since_day)
         pipe = self._client.pipeline(transaction=False)
         for day in days:
             pipe.hgetall(f"{self._tag}:u:{day}")
@@ -280,6 +295,35 @@ class RedisStore:
                         int(numbers.get("output_tokens", 0)),
                         numbers.get("usd", 0.0),
                         int(numbers.get("estimated", 0)),
+                    )
+                )
+        return rows
+
+    async def spend_by(self, since_day: str, keys: Sequence[str] | None = None) -> list[SpendRow]:
+        wanted = None if keys is None else set(keys)
+        days = _days_from(since_day)
+        pipe = self._client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(f"{self._tag}:s:{day}")
+        replies = await self._call(pipe.execute())
+        rows = []
+        for day, fields in zip(days, replies, strict=True):
+            table: dict[tuple[str, str, str], dict[str, float]] = {}
+            for name, value in fields.items():
+                key, kind, who, field = name.split("\t")
+                if wanted is None or key in wanted:
+                    table.setdefault((key, kind, who), {})[field] = float(value)
+            for (key, kind, who), n in sorted(table.items()):
+                rows.append(
+                    SpendRow(
+                        day,
+                        key,
+                        kind,
+                        who,
+                        int(n.get("requests", 0)),
+                        int(n.get("input_tokens", 0)),
+                        int(n.get("output_tokens", 0)),
+                        n.get("usd", 0.0),
                     )
                 )
         return rows

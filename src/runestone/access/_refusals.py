@@ -18,6 +18,9 @@ def refusal(decision: Decision, key: KeySpec, team: TeamSpec | None, now: float)
     owner = f"key {key.id!r}"
     if check.counter.startswith("t:") and team is not None:
         owner = f"team {team.id!r} (of key {key.id!r})"
+    elif check.counter.startswith("e:"):
+        end_user = check.counter[len(f"e:{key.id}:") :].rpartition(":")[0]
+        owner = f"end user {end_user!r} of key {key.id!r}"
     limit = check.counter.rpartition(":")[2]
     wait = max(check.resets - now, 0.0)
     used = decision.used.get(check.counter, 0.0)

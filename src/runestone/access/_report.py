@@ -1,6 +1,7 @@
 """Usage per key, team and model, read from the store (``GET /admin/usage``,
 ``runestone keys usage``, the console): every limit's use in its current window, and the
-spend booked per UTC day, summed for today and this month.
+spend booked per UTC day, summed for today and this month: per model, per end user and
+per tag.
 
 A report is one page of keys, in order of id (``limit`` of them after the id ``after``;
 ``next`` names the page that follows), so that its cost and size do not grow with the
@@ -16,13 +17,15 @@ from dataclasses import replace
 from typing import Any
 
 from runestone.access._limits import checks_for
-from runestone.access._store import Check, Store, UsageRow
+from runestone.access._store import Check, SpendRow, Store, UsageRow
 from runestone.access._windows import iso
 from runestone.aliases import AccessTable, KeySpec
 
 #: Keys per page unless asked otherwise, and the most a page may hold.
 PAGE = 100
 MAX_PAGE = 1000
+#: The most rows of spend per end user (or tag) a report holds: the largest.
+MAX_ROWS = 1000
 
 
 async def usage_report(
@@ -36,7 +39,8 @@ async def usage_report(
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-    every = sorted(access.keys.values(), key=lambda k: k.id)
+    # One entry per key: a rotated key is there under its old digest too, for a while.
+    every = sorted({k.id: k for k in access.keys.values()}.values(), key=lambda k: k.id)
     if only is not None:
         keys = [k for k in every if k.id == only]
         following = None
@@ -51,7 +55,9 @@ async def usage_report(
     owners = [(f"k:{key.id}", key.limits) for key in keys]
     owners += [(f"t:{team}", access.teams[team].limits) for team in teams]
     limits = await _limits(store, owners, now)
-    rows = await store.usage(today.replace(day=1).isoformat(), [k.id for k in keys])
+    month = today.replace(day=1).isoformat()
+    rows = await store.usage(month, [k.id for k in keys])
+    spent_by = await store.spend_by(month, [k.id for k in keys])
     report: dict[str, Any] = {
         "generated_at": iso(now),
         "store": store.name,
@@ -64,6 +70,12 @@ async def usage_report(
         "today": _totals(row for row in rows if row.day == today.isoformat()),
         "month": _totals(rows),
     }
+    for kind, name in (("user", "end_users"), ("tag", "tags")):
+        found = [row for row in spent_by if row.kind == kind]
+        report[name] = {
+            "today": _by_name(row for row in found if row.day == today.isoformat()),
+            "month": _by_name(found),
+        }
     return report
 
 
@@ -125,4 +137,27 @@ def _totals(rows: Iterable[UsageRow]) -> list[dict[str, Any]]:
             "estimated": int(n[4]),
         }
         for (key, team, model), n in sorted(summed.items())
+    ]
+
+
+def _by_name(rows: Iterable[SpendRow]) -> list[dict[str, Any]]:
+    """Spend per key and end user (or tag), the largest first, at most ``MAX_ROWS``."""
+    summed: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        numbers = summed.setdefault((row.key, row.name), [0, 0, 0, 0.0])
+        numbers[0] += row.requests
+        numbers[1] += row.input_tokens
+        numbers[2] += row.output_tokens
+        numbers[3] += row.usd
+    ranked = sorted(summed.items(), key=lambda item: (-item[1][3], item[0]))[:MAX_ROWS]
+    return [
+        {
+            "key": key,
+            "name": name,
+            "requests": int(n[0]),
+            "input_tokens": int(n[1]),
+            "output_tokens": int(n[2]),
+            "usd": round(n[3], 8),
+        }
+        for (key, name), n in ranked
     ]

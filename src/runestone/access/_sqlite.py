@@ -37,51 +37,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from runestone.access._sqlite_schema import ADD, HOLD, LEDGER, SCHEMA, SPEND_BY, USAGE
 from runestone.access._store import (
     STORE_TIMEOUT,
     Check,
     Decision,
     Request,
     Settlement,
+    SpendRow,
     StateError,
     UsageRow,
+    spend_names,
 )
 
 T = TypeVar("T")
 
-_SCHEMA = """
-create table if not exists buckets (
-    counter text not null, start real not null, amount real not null, expires real not null,
-    primary key (counter, start)) without rowid;
-create table if not exists holds (
-    process text not null, counter text not null, amount real not null, expires real not null,
-    primary key (process, counter)) without rowid;
-create table if not exists ledger (
-    day text not null, key text not null, team text not null, model text not null,
-    requests integer not null, input_tokens integer not null, output_tokens integer not null,
-    usd real not null, estimated integer not null default 0,
-    primary key (day, key, team, model)) without rowid;
-"""
-
-_ADD = (
-    "insert into buckets values (?, ?, ?, ?) on conflict do update set "
-    "amount = amount + excluded.amount, expires = max(expires, excluded.expires)"
-)
-_HOLD = (
-    "insert into holds values (?, ?, ?, ?) on conflict do update set "
-    "amount = excluded.amount, expires = max(expires, excluded.expires)"
-)
-_LEDGER = (
-    "insert into ledger values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do update set "
-    "requests = requests + excluded.requests, "
-    "input_tokens = input_tokens + excluded.input_tokens, "
-    "output_tokens = output_tokens + excluded.output_tokens, usd = usd + excluded.usd, "
-    "estimated = estimated + excluded.estimated"
-)
-_USAGE = (
-    "select day, key, team, model, requests, input_tokens, output_tokens, usd, estimated "
-    "from ledger where day >= ?"
-)
 _SWEEP_EVERY = 60.0
 
 Parts = tuple[tuple[str, float], ...]
@@ -103,7 +73,7 @@ class SQLiteStore:
             # Durable against a crash of the process (WAL); an OS crash may lose the last
             # commits, which reservations' expiry then makes good.
             self._db.execute("pragma synchronous = normal")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             columns = {row[1] for row in self._db.execute("pragma table_info(ledger)")}
             if "estimated" not in columns:  # a state file of an earlier version
                 self._db.execute(
@@ -217,6 +187,7 @@ class SQLiteStore:
             adds: dict[tuple[str, float], list[float]] = {}
             changed: set[str] = set()
             ledger: dict[tuple[str, str, str, str], list[float]] = {}
+            spent_by: dict[tuple[str, str, str, str], list[float]] = {}
             mine = self._mine
             for settled in settlements:
                 parts = self._parts.pop(settled.lease, None)
@@ -236,14 +207,24 @@ class SQLiteStore:
                     row[2] += entry.output_tokens
                     row[3] += entry.usd
                     row[4] += entry.estimated
+                    for kind, name in spend_names(entry):
+                        row = spent_by.setdefault(
+                            (entry.day, entry.key, kind, name), [0, 0, 0, 0.0]
+                        )
+                        row[0] += 1
+                        row[1] += entry.input_tokens
+                        row[2] += entry.output_tokens
+                        row[3] += entry.usd
             decisions = [self._admit(request, adds, changed, taken) for request in requests]
             if changed:
                 process, expiry = self._process, self._mine_expires
-                db.executemany(_HOLD, [(process, c, mine[c], expiry.get(c, now)) for c in changed])
+                db.executemany(HOLD, [(process, c, mine[c], expiry.get(c, now)) for c in changed])
             if adds:
-                db.executemany(_ADD, [(c, s, a, e) for (c, s), (a, e) in adds.items()])
+                db.executemany(ADD, [(c, s, a, e) for (c, s), (a, e) in adds.items()])
             if ledger:
-                db.executemany(_LEDGER, [(*k, *v) for k, v in ledger.items()])
+                db.executemany(LEDGER, [(*k, *v) for k, v in ledger.items()])
+            if spent_by:
+                db.executemany(SPEND_BY, [(*k, *v) for k, v in spent_by.items()])
             if now - self._swept > _SWEEP_EVERY:
                 self._swept = now
                 db.execute("delete from buckets where expires < ?", (now,))
@@ -331,7 +312,7 @@ class SQLiteStore:
         return await self._call(self._read_usage, since_day, keys)
 
     def _read_usage(self, since_day: str, keys: Sequence[str] | None) -> list[UsageRow]:
-        query, parameters = _USAGE, [since_day]
+        query, parameters = USAGE, [since_day]
         if keys is not None:
             query += f" and key in ({', '.join('?' * len(keys))})"
             parameters += keys
@@ -341,6 +322,21 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise self._error(exc) from None
         return [UsageRow(*row) for row in rows]
+
+    async def spend_by(self, since_day: str, keys: Sequence[str] | None = None) -> list[SpendRow]:
+        return await self._call(self._read_spend_by, since_day, keys)
+
+    def _read_spend_by(self, since_day: str, keys: Sequence[str] | None) -> list[SpendRow]:
+        query, parameters = "select * from spend_by where day >= ?", [since_day]
+        if keys is not None:
+            query += f" and key in ({', '.join('?' * len(keys))})"
+            parameters += keys
+        try:
+            self._keep_shm()
+            rows = self._db.execute(query, parameters).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc) from None
+        return [SpendRow(*row) for row in rows]
 
     async def check(self) -> None:
         try:

@@ -87,6 +87,29 @@ class LedgerEntry:
     output_tokens: int
     usd: float
     estimated: int = 0
+    #: Who it was for, and its tags (already bounded: see ``_attribution``).
+    end_user: str = ""
+    tags: tuple[str, ...] = ()
+
+
+def spend_names(entry: LedgerEntry) -> list[tuple[str, str]]:
+    """The (kind, name) rows an entry is booked under besides its key's."""
+    found = [("user", entry.end_user)] if entry.end_user else []
+    return found + [("tag", tag) for tag in entry.tags]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """Spend per UTC day, key and end user (``kind`` "user") or tag (``kind`` "tag")."""
+
+    day: str
+    key: str
+    kind: str
+    name: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    usd: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +162,10 @@ class Store(Protocol):
 
     async def usage(self, since_day: str, keys: Sequence[str] | None = None) -> list[UsageRow]:
         """The ledger's rows from ``since_day`` on, of ``keys`` only when given."""
+        ...
+
+    async def spend_by(self, since_day: str, keys: Sequence[str] | None = None) -> list[SpendRow]:
+        """Spend per end user and tag from ``since_day`` on, of ``keys`` only when given."""
         ...
 
     async def check(self) -> None:

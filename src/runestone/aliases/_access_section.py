@@ -29,8 +29,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from runestone.aliases._keys import (
+    DEFAULT_ALERTS,
     NO_ACCESS,
     PERIODS,
+    ROLES,
     AccessSettings,
     AccessTable,
     Budget,
@@ -46,8 +48,18 @@ from runestone.aliases._yaml_nodes import Located
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASH = re.compile(r"^sha256:([0-9a-f]{64})$")
 _LIMIT_KEYS = frozenset({"rpm", "tpm", "max_parallel", "budgets"})
-_KEY_KEYS = _LIMIT_KEYS | {"hash", "models", "expires", "team", "hosted_tools"}
-_BUDGET_KEYS = frozenset({"usd", "per", "rolling"})
+#: What a key declares besides its secret's hash (the API's keys take the same settings).
+KEY_SETTINGS = _LIMIT_KEYS | {
+    "models",
+    "expires",
+    "team",
+    "hosted_tools",
+    "role",
+    "end_user_budget",
+}
+TEAM_SETTINGS = _LIMIT_KEYS
+_KEY_KEYS = KEY_SETTINGS | {"hash"}
+_BUDGET_KEYS = frozenset({"usd", "per", "rolling", "alerts"})
 _ACCESS_KEYS = frozenset({"on_state_error", "default_reservation_usd", "reservation_ttl"})
 
 
@@ -97,7 +109,7 @@ def _parse_teams(section: Located | None, problems: list[Problem]) -> dict[str, 
         entry_shape="expected a map of limits",
     ):
         unknown_keys(value, _LIMIT_KEYS, where, problems)
-        teams[team_id] = TeamSpec(team_id, _parse_limits(value, where, problems), line)
+        teams[team_id] = team_entry(team_id, value, where, problems, line)
     return teams
 
 
@@ -117,22 +129,71 @@ def _parse_keys(
         digest = _digest(value.get("hash"), line, where, problems)
         if digest is not None and digest in keys:
             problems.append(Problem(line, f"{where}: same hash as key {keys[digest].id!r}"))
-        models = _models(value.get("models"), where, problems)
-        expires = _date(value.get("expires"), where, problems)
-        team = value.get("team")
-        team_id = None
-        if team is not None:
-            if not isinstance(team.value, str) or team.value not in teams:
-                known = ", ".join(sorted(teams)) or "none declared under 'teams'"
-                problems.append(Problem(team.line, f"{where}: unknown team (known: {known})"))
-            else:
-                team_id = team.value
-        limits = _parse_limits(value, where, problems)
-        hosted = hosted_tools(value.get("hosted_tools"), where, problems)
-        if len(problems) > before or digest is None:
+        key = key_entry(key_id, digest or "", value, teams, where, problems, line)
+        if len(problems) > before or digest is None or key is None:
             continue
-        keys[digest] = KeySpec(key_id, digest, limits, models, expires, team_id, line, hosted)
+        keys[digest] = key
     return keys
+
+
+def key_entry(
+    key_id: str,
+    digest: str,
+    value: Mapping[str, Located],
+    teams: Mapping[str, TeamSpec],
+    where: str,
+    problems: list[Problem],
+    line: int = 0,
+) -> KeySpec | None:
+    """One key's settings (``KEY_SETTINGS``), checked; None when a problem was found."""
+    before = len(problems)
+    models = _models(value.get("models"), where, problems)
+    expires = _date(value.get("expires"), where, problems)
+    team = value.get("team")
+    team_id = None
+    if team is not None and team.value is not None:
+        if not isinstance(team.value, str) or team.value not in teams:
+            known = ", ".join(sorted(teams)) or "none declared under 'teams'"
+            problems.append(Problem(team.line, f"{where}: unknown team (known: {known})"))
+        else:
+            team_id = team.value
+    limits = _parse_limits(value, where, problems)
+    hosted = hosted_tools(value.get("hosted_tools"), where, problems)
+    role = value.get("role")
+    if role is not None and role.value not in ROLES:
+        problems.append(Problem(role.line, f"{where}: 'role' must be one of {', '.join(ROLES)}"))
+    if role is not None and role.value == "team_admin" and team_id is None:
+        problems.append(Problem(role.line, f"{where}: a team_admin key needs a 'team'"))
+    per_user = value.get("end_user_budget")
+    end_user_budget = None
+    if per_user is not None and per_user.value is not None:
+        found = _budgets(Located([per_user], per_user.line), f"{where} end_user_budget", problems)
+        end_user_budget = found[0] if found else None
+    if len(problems) > before:
+        return None
+    return KeySpec(
+        key_id,
+        digest,
+        limits,
+        models,
+        expires,
+        team_id,
+        line,
+        hosted,
+        role=role.value if role is not None else "client",  # type: ignore[arg-type]
+        end_user_budget=end_user_budget,
+    )
+
+
+def team_entry(
+    team_id: str, value: Mapping[str, Located], where: str, problems: list[Problem], line: int = 0
+) -> TeamSpec:
+    """One team's settings (``TEAM_SETTINGS``), checked."""
+    return TeamSpec(team_id, _parse_limits(value, where, problems), line)
+
+
+def valid_id(text: object) -> bool:
+    return isinstance(text, str) and _ID.match(text) is not None
 
 
 def _digest(entry: Located | None, line: int, where: str, problems: list[Problem]) -> str | None:
@@ -220,6 +281,7 @@ def _budgets(entry: Located | None, where: str, problems: list[Problem]) -> tupl
         usd = item.value.get("usd")
         per = item.value.get("per")
         rolling = item.value.get("rolling")
+        alerts = _alerts(item.value.get("alerts"), where, problems)
         amount = usd.value if usd is not None else None
         if (
             isinstance(amount, bool)
@@ -231,12 +293,26 @@ def _budgets(entry: Located | None, where: str, problems: list[Problem]) -> tupl
         ):
             problems.append(Problem(item.line, shape + " (rolling: true|false)"))
             continue
-        budget = Budget(float(amount), per.value, bool(rolling.value) if rolling else False)
+        budget = Budget(float(amount), per.value, bool(rolling.value) if rolling else False, alerts)
         if any(b.name == budget.name for b in budgets):
             problems.append(Problem(item.line, f"{where}: two budgets per {budget.per}"))
             continue
         budgets.append(budget)
     return tuple(budgets)
+
+
+def _alerts(entry: Located | None, where: str, problems: list[Problem]) -> tuple[float, ...]:
+    """A budget's alert thresholds: percentages of it, from 1 to 100 (``[]``: none)."""
+    if entry is None:
+        return DEFAULT_ALERTS
+    values = entry.value if isinstance(entry.value, list) else None
+    if values is None or not all(
+        isinstance(v.value, int | float) and not isinstance(v.value, bool) and 0 < v.value <= 100
+        for v in values
+    ):
+        problems.append(Problem(entry.line, f"{where}: 'alerts' is a list of percentages, 1-100"))
+        return DEFAULT_ALERTS
+    return tuple(sorted({float(v.value) / 100 for v in values}))
 
 
 def _parse_settings(section: Located | None, problems: list[Problem]) -> AccessSettings:

@@ -18,6 +18,14 @@ StateErrorMode = Literal["open", "closed"]
 #: What a target that cannot run a provider's hosted tools (web search, ...) does with a
 #: request that offers them: leave them out (and say so), or refuse it.
 HostedTools = Literal["drop", "refuse"]
+#: What a key may do besides calling models: ``admin`` manages every key and team (as the
+#: operators' token does), ``team_admin`` the keys of its own team; ``client`` only itself.
+Role = Literal["client", "team_admin", "admin"]
+ROLES: tuple[Role, ...] = ("client", "team_admin", "admin")
+#: Where a key or team was declared: the alias file (read-only through the API), or the API.
+Source = Literal["file", "api"]
+#: The shares of a budget at which its alerts go out, unless the budget names its own.
+DEFAULT_ALERTS = (0.5, 0.8, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +35,8 @@ class Budget:
     usd: float
     per: Period
     rolling: bool = False
+    #: Shares of ``usd`` (0 < share <= 1) at which an alert goes out, once per window.
+    alerts: tuple[float, ...] = DEFAULT_ALERTS
 
     @property
     def name(self) -> str:
@@ -51,6 +61,8 @@ class TeamSpec:
     id: str
     limits: Limits
     line: int = 0
+    blocked: bool = False
+    source: Source = "file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,13 @@ class KeySpec:
     team: str | None = None
     line: int = 0
     hosted_tools: HostedTools = "drop"
+    role: Role = "client"
+    blocked: bool = False
+    source: Source = "file"
+    #: A rotated key's old secret works until then (epoch seconds); None: no such end.
+    not_after: float | None = None
+    #: At most this much spent per end user of the key (``user``, ``metadata.user_id``).
+    end_user_budget: Budget | None = None
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatchcase(model, allowed) for allowed in self.models)

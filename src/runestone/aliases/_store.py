@@ -79,7 +79,9 @@ class AliasStore:
         #: The largest share of the aliases in use a reload may drop without the file
         #: saying ``allow_shrink: true``.
         self.max_drop = max_drop
-        self._table = AliasTable({}, table_version(b""), str(self.path))
+        self._table = self._file_table = AliasTable({}, table_version(b""), str(self.path))
+        #: Adds what does not come from the file (the keys and teams made by the API).
+        self._overlay: Callable[[AliasTable], AliasTable] | None = None
         self._status = ReloadStatus(ok=False, version="", source=str(self.path), error="not loaded")
         self._last_seen = ""
         self._lock = threading.Lock()
@@ -96,6 +98,22 @@ class AliasStore:
         return self._table
 
     @property
+    def file_table(self) -> AliasTable:
+        """The table as the file alone declares it (without the API's keys and teams)."""
+        return self._file_table
+
+    def overlay(self, merge: Callable[[AliasTable], AliasTable] | None) -> None:
+        """From now on the table in use is ``merge(file table)``, after every reload too;
+        call it again (with the same function) when what it adds has changed."""
+        with self._lock:
+            self._overlay = merge
+            self._table = merge(self._file_table) if merge is not None else self._file_table
+
+    def _merged(self, table: AliasTable) -> AliasTable:
+        self._file_table = table
+        return self._overlay(table) if self._overlay is not None else table
+
+    @property
     def status(self) -> ReloadStatus:
         return self._status
 
@@ -107,7 +125,7 @@ class AliasStore:
         table = load_alias_file(self.path, self.known_providers)
         now = time.time()
         with self._lock:
-            self._table = table
+            self._table = self._merged(table)
             self._last_seen = table.version
             self._status = ReloadStatus(
                 ok=True,
@@ -159,7 +177,7 @@ class AliasStore:
             refusal = self._shrinks_too_much(table)
             if refusal is not None:
                 return self._failed(refusal, key=version, now=now, already_seen=True)
-            self._table = table  # the one assignment lookups can observe
+            self._table = self._merged(table)  # the one assignment lookups can observe
             self._status = replace(
                 self._status,
                 ok=True,

@@ -31,6 +31,11 @@ from runestone.http.endpoints import (
     UsageEndpoint,
     live,
 )
+from runestone.http.endpoints._admin_access import Refusals
+from runestone.http.endpoints.admin_audit import AuditEndpoint
+from runestone.http.endpoints.admin_keys import KeysEndpoint
+from runestone.http.endpoints.admin_openapi import OpenApiEndpoint
+from runestone.http.endpoints.admin_teams import TeamsEndpoint
 from runestone.http.endpoints.console import ConsoleApi, ConsoleFiles
 from runestone.http.endpoints.responses import StoredResponsesEndpoint
 from runestone.http.middleware import AuthenticationMiddleware, ErrorMiddleware, TokenBackend
@@ -61,10 +66,15 @@ class RunestoneApp:
         self.aliases = aliases
         self.telemetry = Telemetry()
         self.gateway = Gateway(settings, aliases, environ=environ, telemetry=self.telemetry)
-        self.metrics = PrometheusMetrics(self.telemetry.tallies, self.gateway.breaker_states)
+        self.metrics = PrometheusMetrics(
+            self.telemetry.tallies, self.gateway.breaker_states, self.gateway.alerts.gauge
+        )
         self.telemetry.subscribe(self.metrics)
         self.telemetry.subscribe(RequestLog(json_lines=settings.log_json))
         self.console = ConsoleStats(self.telemetry.tallies)
+        #: Refused credentials per source: bursts audited, the admin API closed to floods.
+        self.refusals = Refusals(self.gateway.keyring)
+        self._audits: set[asyncio.Task[None]] = set()
         if otel.configured(environ):
             try:
                 self.add_tracing(otel.from_environment())
@@ -74,7 +84,12 @@ class RunestoneApp:
                     "'runestone[otel]'",
                     exc,
                 )
-        self.routes: list[Route | Mount] = [*self._model_api(), *self._operations(), *mounts]
+        self.routes: list[Route | Mount] = [
+            *self._model_api(),
+            *self._operations(),
+            *self._admin_api(),
+            *mounts,
+        ]
         self._stack = self._build_stack()
 
     def _model_api(self) -> list[Route]:
@@ -111,10 +126,22 @@ class RunestoneApp:
             Route("/metrics", MetricsEndpoint(self.metrics), scope=METRICS),
             Route("/health/live", live),
             Route("/health/ready", ReadyEndpoint(self.gateway)),
-            Route("/admin/usage", UsageEndpoint(self.gateway), scope=OPERATOR),
+            Route("/admin/usage", UsageEndpoint(self.gateway, self.refusals)),
             Route("/console", files := ConsoleFiles()),
             Route("/console/static/{name}", files),
             Route("/console/api/overview", ConsoleApi(self.gateway, self.console), scope=OPERATOR),
+        ]
+
+    def _admin_api(self) -> list[Route]:
+        keys = KeysEndpoint(self.gateway, self.refusals)
+        teams = TeamsEndpoint(self.gateway, self.refusals)
+        return [
+            Route("/admin/keys", keys, also=("POST",)),
+            Route("/admin/keys/{rest}", keys, also=("POST", "PATCH", "DELETE")),
+            Route("/admin/teams", teams, also=("POST",)),
+            Route("/admin/teams/{rest}", teams, also=("PATCH", "DELETE")),
+            Route("/admin/audit", AuditEndpoint(self.gateway, self.refusals)),
+            Route("/admin/openapi.json", OpenApiEndpoint(self.refusals)),
         ]
 
     def _build_stack(self) -> ASGIApp:
@@ -138,6 +165,16 @@ class RunestoneApp:
             self.telemetry, request_id=request_id, route=route, table=self.aliases.table
         )
         trace.failed(error, stream=False)
+        audit = self.refusals.refused(scope, error)
+        if audit is not None:
+            task = asyncio.get_running_loop().create_task(audit)
+            self._audits.add(task)
+            task.add_done_callback(self._audit_done)
+
+    def _audit_done(self, task: asyncio.Task[None]) -> None:
+        self._audits.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("audit: cannot write a refused-credentials burst: %s", task.exception())
 
     def add_tracing(self, traces: Subscriber) -> None:
         """Subscribe a trace exporter (``runestone.telemetry.otel.OTelTraces``).

@@ -46,6 +46,7 @@ class PrometheusMetrics:
         self,
         tallies: Tallies,
         breakers: Callable[[], Iterable[dict[str, object]]] | None = None,
+        budgets: Callable[[], Iterable[tuple[str, str, float]]] | None = None,
     ) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.tallies = tallies
@@ -139,6 +140,8 @@ class PrometheusMetrics:
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
             r.register(_BreakerCollector(breakers))
+        if budgets is not None and not self.multiprocess:
+            r.register(_BudgetCollector(budgets))
         # Processes share the metrics through files: each request must reach them before
         # another worker's scrape, so the tallies hand on every change at once.
         tallies.eager = tallies.eager or self.multiprocess
@@ -355,4 +358,21 @@ class _BreakerCollector(Collector):
         for breaker in self._breakers():
             value = {"closed": 0, "half_open": 1, "open": 2}[str(breaker["state"])]
             family.add_metric([str(breaker["target"])], value)
+        yield family
+
+
+class _BudgetCollector(Collector):
+    """Each budget's used share (spent and reserved), as its last request left it."""
+
+    def __init__(self, budgets: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self._budgets = budgets
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "runestone_budget_used_ratio",
+            "Share of each key's and team's budget used in its current window (1 = spent)",
+            labels=["owner", "budget"],
+        )
+        for owner, budget, share in self._budgets():
+            family.add_metric([owner, budget], share)
         yield family

@@ -119,7 +119,7 @@ async function refresh(signingIn) {
   try {
     const answer = await fetch("/console/api/overview?window=" + $("window").value,
       { headers, cache: "no-store" });
-    if (answer.status === 401) {
+    if (answer.status === 401 || answer.status === 403) {
       sessionStorage.removeItem(TOKEN_KEY);
       showLogin(token ? "The gateway refused that token." : "");
       return;

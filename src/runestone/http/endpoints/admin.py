@@ -14,18 +14,24 @@ from runestone._gateway import Gateway
 from runestone.access._report import MAX_PAGE, PAGE
 from runestone.errors import error_for
 from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
+from runestone.http.endpoints._admin_access import Refusals
+from runestone.http.middleware.auth import OPERATOR, requires
 
 
 class UsageEndpoint:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, refusals: Refusals) -> None:
         self.gateway = gateway
+        self.refusals = refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.refusals.check(scope)
+        if OPERATOR not in scope["auth"].scopes:
+            requires(scope, OPERATOR)
         table = self.gateway.aliases.table
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         only = query.get("key", [None])[0]
         if only is not None and table.access.by_id(only) is None:
-            raise error_for("not_found", f"no key {only!r} in the alias file", param="key")
+            raise error_for("not_found", f"no key {only!r}", param="key")
         raw_limit = query.get("limit", [str(PAGE)])[0]
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
             raise error_for("invalid_request", f"limit must be from 1 to {MAX_PAGE}", param="limit")

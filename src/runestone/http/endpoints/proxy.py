@@ -35,6 +35,9 @@ from runestone.providers import Forwarded
 from runestone.routing import Routed, RoutedStream
 
 _PRODUCT = f" runestone/{__version__}"
+#: Who a request is for, and its tags: booked with its use, never sent upstream.
+_END_USER = b"x-runestone-user"
+_TAGS = b"x-runestone-tags"
 _PRODUCT_AGENT = _PRODUCT[1:]
 
 
@@ -48,7 +51,13 @@ class ProxyEndpoint:
         self._heartbeat = gateway.settings.heartbeat_seconds
         # The request headers read here: most of a client's (an SDK sends a dozen and
         # more) are passed over with one test each.
-        self._read = protocol.forward_headers | {b"content-length", b"user-agent", b"traceparent"}
+        self._read = protocol.forward_headers | {
+            b"content-length",
+            b"user-agent",
+            b"traceparent",
+            _END_USER,
+            _TAGS,
+        }
 
     def __repr__(self) -> str:
         return f"<ProxyEndpoint {self.protocol.operation}>"
@@ -56,7 +65,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = self.protocol
         request_id: str = scope[REQUEST_ID]
-        declared, forward, traceparent = self._read_headers(scope)
+        declared, forward, traceparent, attribution = self._read_headers(scope)
         exchange = Exchange(
             self.gateway,
             protocol,
@@ -65,6 +74,8 @@ class ProxyEndpoint:
             forward=forward,
             traceparent=traceparent,
         )
+        if attribution is not None:
+            exchange.end_user_header, exchange.tags_header = attribution
         scope[COUNTED] = True  # the exchange's trace counts it, whatever happens
         escaped: BaseException | None = None
         try:
@@ -103,7 +114,9 @@ class ProxyEndpoint:
         finally:
             exchange.close(escaped)
 
-    def _read_headers(self, scope: Scope) -> tuple[int | None, Forwarded, str | None]:
+    def _read_headers(
+        self, scope: Scope
+    ) -> tuple[int | None, Forwarded, str | None, tuple[str | None, str | None] | None]:
         """In one pass: the declared body length, what goes upstream, the trace context.
 
         What goes upstream of the client's own format: the headers its protocol forwards,
@@ -111,7 +124,7 @@ class ProxyEndpoint:
         that a provider's logs still say which application called.
         """
         read = self._read
-        declared = traceparent = None
+        declared = traceparent = end_user = tags = None
         headers = {"user-agent": _PRODUCT_AGENT}
         for name, value in scope["headers"]:
             if name not in read:
@@ -123,10 +136,15 @@ class ProxyEndpoint:
                 headers["user-agent"] = value.decode("latin-1") + _PRODUCT
             elif name == b"traceparent":
                 traceparent = value.decode("latin-1")
+            elif name == _END_USER:
+                end_user = value.decode("utf-8", "replace")
+            elif name == _TAGS:
+                tags = value.decode("latin-1")
             else:
                 headers[name.decode()] = value.decode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        return declared, Forwarded(headers, query.decode("latin-1")), traceparent
+        attribution = (end_user, tags) if end_user is not None or tags is not None else None
+        return declared, Forwarded(headers, query.decode("latin-1")), traceparent, attribution
 
     @staticmethod
     def _answer_headers(

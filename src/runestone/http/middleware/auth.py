@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,14 @@ from runestone.http._asgi import ASGIApp, Receive, Scope, Send
 CLIENT = "client"
 METRICS = "metrics"
 OPERATOR = "operator"
+#: ``admin`` manages every key and team (the admin API); a key's role may grant it.
+ADMIN = "admin"
+#: What a key's role adds to calling models.
+_ROLE_SCOPES = {
+    "client": frozenset({CLIENT}),
+    "team_admin": frozenset({CLIENT}),
+    "admin": frozenset({CLIENT, ADMIN, OPERATOR}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,19 @@ class Principal:
 
     def __repr__(self) -> str:
         return f"<Principal {self.name} {'+'.join(sorted(self.scopes)) or 'no scopes'}>"
+
+    @property
+    def authenticated(self) -> bool:
+        """It presented good credentials (a key, even a blocked one, or a token)."""
+        return self.key is not None or self.name in _TOKEN_NAMES
+
+    @property
+    def actor(self) -> str:
+        """Who it is, as the audit log names it."""
+        return f"key:{self.key.id}" if self.key is not None else f"token:{self.name}"
+
+
+_TOKEN_NAMES = frozenset({"service", "admin", "metrics"})
 
 
 def owner_of(scope: Scope) -> str:
@@ -79,7 +101,7 @@ class TokenBackend:
         self._keys = keys
         # The operators' own token for the console and the details, without model access.
         self._admin_bearer = b"Bearer " + admin_token.encode() if admin_token else None
-        self._admin = Principal("admin", frozenset({METRICS, OPERATOR}))
+        self._admin = Principal("admin", frozenset({METRICS, OPERATOR, ADMIN}))
         self._token = service_token.encode() if service_token else None
         self._bearer = b"Bearer " + self._token if self._token else None
         metrics = metrics_token or service_token
@@ -91,11 +113,10 @@ class TokenBackend:
         if self._metrics_bearer is None and self._admin_bearer is None:
             anonymous.update((METRICS, OPERATOR))
         self._anonymous = Principal("anonymous", frozenset(anonymous))
-        service = {CLIENT, OPERATOR} if self._separate_metrics else {CLIENT, METRICS, OPERATOR}
+        service = {CLIENT, OPERATOR, ADMIN} | (set() if self._separate_metrics else {METRICS})
         self._service = Principal("service", frozenset(service))
         self._metrics = Principal("metrics", frozenset({METRICS, OPERATOR}))
         self._keyless = Principal("anonymous", self._anonymous.scopes - {CLIENT})
-        self._client = frozenset({CLIENT})
         self._principals: dict[str, Principal] = {}
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
@@ -149,11 +170,16 @@ class TokenBackend:
         key = keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return self._keyless
-        if key.expires is not None and key.expired(dt.datetime.now(dt.UTC).date()):
+        if key.not_after is not None and time.time() >= key.not_after:
+            return self._keyless  # a rotated key's old secret, past its grace
+        if key.blocked or (key.expires is not None and key.expired(dt.datetime.now(dt.UTC).date())):
             return Principal(key.id, frozenset(), key)
         principal = self._principals.get(digest)
         if principal is None or principal.key is not key:  # new, or reloaded
-            principal = self._principals[digest] = Principal(key.id, self._client, key)
+            if len(self._principals) > 100_000:
+                self._principals.clear()  # revoked keys' principals must not pile up
+            principal = Principal(key.id, _ROLE_SCOPES[key.role], key)
+            self._principals[digest] = principal
         return principal
 
 
@@ -164,6 +190,8 @@ _REFUSALS = {
     "RUNESTONE_ADMIN_TOKEN or RUNESTONE_METRICS_TOKEN",
     METRICS: "/metrics needs 'Authorization: Bearer <token>' with RUNESTONE_METRICS_TOKEN "
     "(or the service token when no metrics token is set)",
+    ADMIN: "the admin API needs RUNESTONE_ADMIN_TOKEN, RUNESTONE_SERVICE_TOKEN or a key "
+    "with an admin role, in 'Authorization: Bearer <token>'",
 }
 
 
@@ -171,12 +199,21 @@ def requires(scope: Scope, needed: str) -> None:
     """Raise ``unauthorized`` unless the request's principal holds ``needed``."""
     principal: Principal | None = scope.get("auth")
     if principal is None or needed not in principal.scopes:
-        if principal is not None and principal.key is not None and needed == CLIENT:
+        key = principal.key if principal is not None else None
+        if key is not None and key.blocked:
+            raise error_for(
+                "key_blocked",
+                f"key {key.id!r} is blocked{' (or its team is)' if key.team else ''}: ask "
+                "the gateway's operators",
+            )
+        if key is not None and not principal.scopes:  # type: ignore[union-attr]
             raise error_for(
                 "key_expired",
-                f"key {principal.key.id!r} expired on {principal.key.expires}: ask the "
-                "gateway's operators for a new one",
+                f"key {key.id!r} expired on {key.expires}: ask the gateway's operators "
+                "for a new one",
             )
+        if principal is not None and principal.authenticated:
+            raise error_for("forbidden", f"{principal.actor} may not do this: {_REFUSALS[needed]}")
         raise error_for("unauthorized", _REFUSALS[needed])
 
 

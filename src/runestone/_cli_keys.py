@@ -1,4 +1,5 @@
-"""``runestone keys``: make a client key, and show spend per key, team and model."""
+"""``runestone keys``: make a client key, and show spend per key, team and model; with
+a gateway named (``--url``, ``RUNESTONE_URL``), the admin API's verbs (``_cli_admin``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runestone._cli_admin import (
+    add_admin_commands,
+    call,
+    create,
+    gateway_of,
+    settings_from,
+    show,
+)
 from runestone.aliases import PERIODS, AliasFileError, load_alias_file
 
 _BUDGET = re.compile(r"^(\d+(?:\.\d+)?)/(" + "|".join(PERIODS) + r")(~?)$")
@@ -46,7 +55,15 @@ def add_key_commands(commands: Any, file_option: Any, alias_path: Any) -> None:
     create.add_argument("--models", help="comma-separated aliases or patterns it may use")
     create.add_argument("--team", help="the team whose limits it shares")
     create.add_argument("--expires", help="last day it works, YYYY-MM-DD (UTC)")
+    create.add_argument("--role", choices=("client", "team_admin", "admin"))
+    create.add_argument("--metadata", help="a JSON object (with --url)")
+    create.add_argument(
+        "--url",
+        help="make it in a running gateway (default RUNESTONE_URL; the token is "
+        "RUNESTONE_ADMIN_TOKEN): printed with its secret, and nothing to paste",
+    )
     create.set_defaults(handler=_create)
+    add_admin_commands(actions)
 
     usage = actions.add_parser(
         "usage",
@@ -57,13 +74,38 @@ def add_key_commands(commands: Any, file_option: Any, alias_path: Any) -> None:
     )
     usage.add_argument("id", metavar="ID", nargs="?", help="one key only")
     usage.add_argument("--json", action="store_true", help="the report as JSON")
+    usage.add_argument("--url", help="ask a running gateway instead (default RUNESTONE_URL)")
     file_option(usage)
     usage.set_defaults(handler=lambda args: _usage(args, alias_path))
+
+
+def budgets_of(texts: list[str]) -> list[dict[str, Any]] | None:
+    """``--budget`` values as budgets; None (after saying why) if one is malformed."""
+    budgets: list[dict[str, Any]] = []
+    for text in texts:
+        match = _BUDGET.match(text)
+        if match is None:
+            print(
+                f"runestone: --budget {text!r}: expected USD/PERIOD, e.g. 50/day", file=sys.stderr
+            )
+            return None
+        amount, per, rolling = match.groups()
+        budget: dict[str, Any] = {"usd": float(amount), "per": per}
+        if rolling:
+            budget["rolling"] = True
+        budgets.append(budget)
+    return budgets
 
 
 def _create(args: argparse.Namespace) -> int:
     from runestone.access import digest, new_key
 
+    gateway = gateway_of(args)
+    if gateway is not None:
+        budgets = budgets_of(args.budget)
+        if budgets is None:
+            return 2
+        return create(gateway, args.id, settings_from(args, budgets))
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", args.id):
         print("runestone: a key id is letters, digits and '.-_'", file=sys.stderr)
         return 2
@@ -80,18 +122,15 @@ def _create(args: argparse.Namespace) -> int:
                 print(f"runestone: --{name.replace('_', '-')} must be positive", file=sys.stderr)
                 return 2
             lines.append(f"    {name}: {value}")
-    budgets = []
-    for text in args.budget:
-        match = _BUDGET.match(text)
-        if match is None:
-            print(
-                f"runestone: --budget {text!r}: expected USD/PERIOD, e.g. 50/day", file=sys.stderr
-            )
-            return 2
-        amount, per, rolling = match.groups()
-        budgets.append(f"{{usd: {amount}, per: {per}{', rolling: true' if rolling else ''}}}")
+    budgets = budgets_of(args.budget)
+    if budgets is None:
+        return 2
     if budgets:
-        lines.append(f"    budgets: [{', '.join(budgets)}]")
+        written = [
+            f"{{usd: {b['usd']:g}, per: {b['per']}{', rolling: true' if b.get('rolling') else ''}}}"
+            for b in budgets
+        ]
+        lines.append(f"    budgets: [{', '.join(written)}]")
     if args.expires:
         try:
             dt.date.fromisoformat(args.expires)
@@ -101,6 +140,8 @@ def _create(args: argparse.Namespace) -> int:
         lines.append(f"    expires: {args.expires}")
     if args.team:
         lines.append(f"    team: {args.team}")
+    if args.role:
+        lines.append(f"    role: {args.role}")
     print(f"key: {key}")
     print("(shown only now: give it to its owner; the gateway keeps only its hash)\n")
     print("keys:")
@@ -112,6 +153,14 @@ def _usage(args: argparse.Namespace, alias_path: Any) -> int:
     from runestone.access import StateError, usage_report
     from runestone.config import Settings
 
+    gateway = gateway_of(args)
+    if gateway is not None:
+        where = f"/admin/keys/{args.id}/usage" if args.id else "/admin/usage"
+        status, answer = call(gateway, "GET", where)
+        if status != 200 or args.json:
+            return show(status, answer)
+        _print_report(answer)
+        return 0
     path: Path = alias_path(args.file)
     try:
         table = load_alias_file(path)

@@ -4,6 +4,8 @@ on both stores."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,27 @@ def test_end_user_names_are_bounded_per_key_and_day() -> None:
     assert names("2026-12-07", "app", "user", "user-1") == "user-1"  # a known name stays
     assert names("2026-12-07", "other-key", "user", "new") == "new"  # bounds are per key
     assert names("2026-12-08", "app", "user", "late") == "late"  # and per day
+
+
+async def test_a_background_task_that_loses_its_cancellation_still_stops() -> None:
+    """As the keyring's poll does when a cancellation meets a store call's own timeout
+    (it becomes a TimeoutError, handled as a store failure): the gateway's shutdown
+    cancels again, so the task ends and the shutdown does not hang."""
+    from runestone._gateway import _stop
+
+    gone = asyncio.Event()
+
+    async def swallows_one_cancel() -> None:
+        # Lost, as in a store call that timed out at the same moment:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            gone.set()
+
+    task = asyncio.create_task(swallows_one_cancel())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await _stop(task)
+    assert gone.is_set() and task.done() and time.monotonic() - started < 1.0

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-#: The settings ``create`` and ``update`` take, as (option, setting, type).
+from runestone.aliases import PERIODS
+
+_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)/(" + "|".join(PERIODS) + r")(~?)$")
+#: The settings ``create`` and ``update`` take, as (option, setting).
 NUMBERS = (("--rpm", "rpm"), ("--tpm", "tpm"), ("--max-parallel", "max_parallel"))
 
 
@@ -96,6 +100,24 @@ def create(gateway: tuple[str, str | None], key_id: str, settings: dict[str, Any
     print("(shown only now: give it to its owner; the gateway keeps only its hash)\n")
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def budgets_of(texts: list[str]) -> list[dict[str, Any]] | None:
+    """``--budget`` values as budgets; None (after saying why) if one is malformed."""
+    budgets: list[dict[str, Any]] = []
+    for text in texts:
+        match = _BUDGET.match(text)
+        if match is None:
+            print(
+                f"runestone: --budget {text!r}: expected USD/PERIOD, e.g. 50/day", file=sys.stderr
+            )
+            return None
+        amount, per, rolling = match.groups()
+        budget: dict[str, Any] = {"usd": float(amount), "per": per}
+        if rolling:
+            budget["rolling"] = True
+        budgets.append(budget)
+    return budgets
 
 
 def add_admin_commands(actions: Any) -> None:
@@ -190,8 +212,6 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from runestone._cli_keys import budgets_of
-
     args.verb = "update"
     args.role = None
     budgets = budgets_of(args.budget)

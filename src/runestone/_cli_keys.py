@@ -13,15 +13,14 @@ from typing import Any
 
 from runestone._cli_admin import (
     add_admin_commands,
+    budgets_of,
     call,
     create,
     gateway_of,
     settings_from,
     show,
 )
-from runestone.aliases import PERIODS, AliasFileError, load_alias_file
-
-_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)/(" + "|".join(PERIODS) + r")(~?)$")
+from runestone.aliases import AliasFileError, load_alias_file
 
 
 def add_key_commands(commands: Any, file_option: Any, alias_path: Any) -> None:
@@ -77,24 +76,6 @@ def add_key_commands(commands: Any, file_option: Any, alias_path: Any) -> None:
     usage.add_argument("--url", help="ask a running gateway instead (default RUNESTONE_URL)")
     file_option(usage)
     usage.set_defaults(handler=lambda args: _usage(args, alias_path))
-
-
-def budgets_of(texts: list[str]) -> list[dict[str, Any]] | None:
-    """``--budget`` values as budgets; None (after saying why) if one is malformed."""
-    budgets: list[dict[str, Any]] = []
-    for text in texts:
-        match = _BUDGET.match(text)
-        if match is None:
-            print(
-                f"runestone: --budget {text!r}: expected USD/PERIOD, e.g. 50/day", file=sys.stderr
-            )
-            return None
-        amount, per, rolling = match.groups()
-        budget: dict[str, Any] = {"usd": float(amount), "per": per}
-        if rolling:
-            budget["rolling"] = True
-        budgets.append(budget)
-    return budgets
 
 
 def _create(args: argparse.Namespace) -> int:

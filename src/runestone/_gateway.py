@@ -9,7 +9,6 @@ down in order; the ASGI app runs them from its lifespan, the library on first us
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
@@ -28,6 +27,21 @@ from runestone.routing import Breakers, RoutedStream, Router
 from runestone.telemetry import AliasReload, StoreFailed, Telemetry
 
 log = logging.getLogger("runestone.gateway")
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait for its end. A cancellation can be lost inside
+    a store call (Python 3.11's ``asyncio.timeout`` turns one that meets its own deadline
+    into ``TimeoutError``, which the task handles as a store failure and goes on): so it
+    is cancelled again until it ends, for at most two seconds."""
+    for _ in range(8):
+        task.cancel()
+        done, _pending = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a background task failed: %r", task.exception())
+            return
+    log.error("a background task did not stop: %r", task)
 
 
 class Gateway:
@@ -168,9 +182,7 @@ class Gateway:
             self._drain_timer = None
         for task in (self._watcher, self._keyring_poll, self._alerting):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _stop(task)
         self._watcher = self._keyring_poll = self._alerting = None
         await self.keyring.aclose()
         await self.access.aclose()

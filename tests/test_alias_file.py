@@ -134,7 +134,7 @@ def test_unknown_top_level_key() -> None:
 def test_unknown_key_in_alias_map() -> None:
     (found,) = problems("aliases:\n  a: {provider: x, model: y, modle: z}\n")
     assert found.startswith("aliases.yaml:2: alias 'a': unknown key 'modle' (expected: ")
-    assert "model, on_stream_cut, provider, retries, strategy, targets, timeout" in found
+    assert "model, on_stream_cut, prompt_cache, provider, retries, strategy, targets" in found
 
 
 def test_empty_provider_part() -> None:

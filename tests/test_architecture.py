@@ -157,7 +157,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_version", "pricing"},
     {"streams", "translate"},
     {"providers"},
-    {"protocols", "aliases", "access", "telemetry", "conversations", "keyring", "alerts"},
+    {"protocols", "aliases", "access", "telemetry", "conversations", "keyring", "alerts", "cache"},
     {"routing"},
     {"config", "_gateway", "console", "remote"},
     {"exchange"},

@@ -17,6 +17,7 @@ import aiohttp
 from runestone.access import Access
 from runestone.alerts import BudgetAlerts
 from runestone.aliases import AliasStore
+from runestone.cache import ResponseCache
 from runestone.config import Settings
 from runestone.conversations import Conversations
 from runestone.errors import error_for
@@ -80,6 +81,8 @@ class Gateway:
         #: The keys and teams made by the admin API, merged into the alias table.
         self.keyring = Keyring(lambda: settings.open_keyring(environ), aliases)
         self._keyring_poll: asyncio.Task[None] | None = None
+        #: The exact response cache; its store opens when a request first needs it.
+        self.cache = ResponseCache(lambda: settings.open_cache(environ))
         #: Budgets' alerts (to the webhooks) and used shares (for the gauge).
         self.alerts = BudgetAlerts(settings.alert_webhooks, self.keyring.claim)
         self.access.on_budget = self.alerts
@@ -185,6 +188,7 @@ class Gateway:
                 await _stop(task)
         self._watcher = self._keyring_poll = self._alerting = None
         await self.keyring.aclose()
+        await self.cache.aclose()
         await self.access.aclose()
         await self.conversations.aclose()
         if self._context is not None:

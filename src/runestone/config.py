@@ -16,6 +16,8 @@ from runestone.access import Store, default_state_path, open_store
 from runestone.alerts import Webhook, parse_webhooks
 from runestone.aliases import DEFAULT_ALIASES_PATH, WATCH_MODES, AliasStore, WatchMode
 from runestone.aliases._policy import FAILOVER_SECONDS
+from runestone.cache import CacheBounds, open_cache
+from runestone.cache._store import CacheStore
 from runestone.conversations import Bounds, ResponseStore, open_response_store
 from runestone.keyring import KeyringStore, open_keyring
 from runestone.routing.breakers import BreakerConfig
@@ -30,6 +32,8 @@ SETTING_NAMES = (
     "RUNESTONE_BREAKER_FAILURES",
     "RUNESTONE_BREAKER_FAILURE_RATE",
     "RUNESTONE_BREAKER_HALF_OPEN_TRIALS",
+    "RUNESTONE_CACHE_MAX_BYTES",
+    "RUNESTONE_CACHE_MAX_ENTRIES",
     "RUNESTONE_CONNECT_TIMEOUT",
     "RUNESTONE_DRAIN_DELAY",
     "RUNESTONE_FAILOVER_SECONDS",
@@ -134,6 +138,8 @@ class Settings:
     start_degraded: bool = False
     #: What the Responses API's store keeps (the oldest go first past any bound).
     response_store: Bounds = Bounds()  # noqa: RUF009 - frozen, as EdgeLimits
+    #: What the exact response cache keeps (the oldest go first past either bound).
+    cache_bounds: CacheBounds = CacheBounds()  # noqa: RUF009 - frozen, as EdgeLimits
 
     def alias_store(self, known_providers: Collection[str] | None = None) -> AliasStore:
         """The alias store these settings name (not loaded yet)."""
@@ -157,6 +163,16 @@ class Settings:
             prefix=self.redis_prefix,
             state_path=state,
             bounds=self.response_store,
+        )
+
+    def open_cache(self, environ: Mapping[str, str] | None = None) -> CacheStore:
+        """The exact response cache's store: beside the limits'."""
+        state = self.state_path or default_state_path(os.environ if environ is None else environ)
+        return open_cache(
+            redis_url=self.redis_url,
+            prefix=self.redis_prefix,
+            state_path=state,
+            bounds=self.cache_bounds,
         )
 
     def open_keyring(self, environ: Mapping[str, str] | None = None) -> KeyringStore:
@@ -224,7 +240,16 @@ class Settings:
             state_path=Path(state) if (state := env.get("RUNESTONE_STATE_PATH")) else None,
             start_degraded=_flag(env, "RUNESTONE_START_DEGRADED"),
             response_store=_response_store(env),
+            cache_bounds=_cache_bounds(env),
         )
+
+
+def _cache_bounds(env: Mapping[str, str]) -> CacheBounds:
+    default = CacheBounds()
+    return CacheBounds(
+        max_entries=int(_number(env, "RUNESTONE_CACHE_MAX_ENTRIES", default.max_entries)),
+        max_bytes=int(_number(env, "RUNESTONE_CACHE_MAX_BYTES", default.max_bytes)),
+    )
 
 
 def _webhooks(env: Mapping[str, str]) -> tuple[Webhook, ...]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from runestone.access._admission import Admission, rate_headers_for
 from runestone.access._attribution import end_user_of, tags_of
 from runestone.access._booking import Spent
-from runestone.access._gate import Access
+from runestone.access._gate import Access, check_model
 from runestone.access._keygen import digest, new_key
 from runestone.access._refusals import rate_headers
 from runestone.access._report import usage_report
@@ -52,6 +52,7 @@ __all__ = [
     "Spent",
     "StateError",
     "Store",
+    "check_model",
     "digest",
     "end_user_of",
     "new_key",

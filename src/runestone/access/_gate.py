@@ -55,6 +55,16 @@ _RETRY_SECONDS = 1.0
 _PRICES_KEPT = 1000
 
 
+def check_model(key: KeySpec, model: str) -> None:
+    """Raise the client's error unless ``key`` may use ``model``."""
+    if not key.allows(model):
+        raise error_for(
+            "model_not_allowed",
+            f"key {key.id!r} may not use model {model!r} (allowed: {', '.join(key.models)})",
+            param="model",
+        )
+
+
 class Access:
     """Keys' and teams' limits against a ``Store``; one per process."""
 
@@ -129,12 +139,7 @@ class Access:
         """Check the key's model list and every limit of the key and its team (and of
         the end user, if the key budgets them); take what the request needs, or raise
         the client's error."""
-        if not key.allows(model):
-            raise error_for(
-                "model_not_allowed",
-                f"key {key.id!r} may not use model {model!r} (allowed: {', '.join(key.models)})",
-                param="model",
-            )
+        check_model(key, model)
         access = table.access
         team = access.teams.get(key.team) if key.team else None
         if table is not self._table:

@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from runestone.aliases._cache_section import cache_spec
 from runestone.aliases._keys import (
     DEFAULT_ALERTS,
     NO_ACCESS,
@@ -169,6 +170,7 @@ def key_entry(
     if per_user is not None and per_user.value is not None:
         found = _budgets(Located([per_user], per_user.line), f"{where} end_user_budget", problems)
         end_user_budget = found[0] if found else None
+    cache = cache_spec(value.get("cache"), where, problems)
     if len(problems) > before:
         return None
     return KeySpec(
@@ -182,6 +184,7 @@ def key_entry(
         hosted,
         role=role.value if role is not None else "client",  # type: ignore[arg-type]
         end_user_budget=end_user_budget,
+        cache=cache,
     )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Collection
 from types import MappingProxyType
 
 from runestone.aliases._access_section import hosted_tools, parse_access
+from runestone.aliases._cache_section import cache_spec
 from runestone.aliases._keys import NO_ACCESS, AccessTable
 from runestone.aliases._policy import (
     DEFAULT_POLICY,
@@ -56,7 +57,18 @@ TOP_LEVEL_KEYS = frozenset(
     {"aliases", "providers", "defaults", "prices", "allow_shrink", "keys", "teams", "access"}
 )
 ALIAS_MAP_KEYS = (
-    frozenset({"provider", "model", "targets", "context_fallback", "hosted_tools"}) | POLICY_KEYS
+    frozenset(
+        {
+            "provider",
+            "model",
+            "targets",
+            "context_fallback",
+            "hosted_tools",
+            "cache",
+            "prompt_cache",
+        }
+    )
+    | POLICY_KEYS
 )
 TARGET_MAP_KEYS = frozenset({"provider", "model", "target", "weight", "prefill"})
 
@@ -241,9 +253,22 @@ def _parse_alias(
         if given.value != []:
             context_fallback = tuple(_parse_targets(given, f"{where} context_fallback", problems))
     hosted = hosted_tools(value.get("hosted_tools"), where, problems)
+    cache = cache_spec(value.get("cache"), where, problems)
+    prompt_cache = value.get("prompt_cache")
+    if prompt_cache is not None and not isinstance(prompt_cache.value, bool):
+        problems.append(Problem(prompt_cache.line, f"{where}: prompt_cache is true|false"))
     if len(problems) > before or not targets:
         return None
-    return Alias(name, tuple(targets), entry.line, policy, context_fallback, hosted)
+    return Alias(
+        name,
+        tuple(targets),
+        entry.line,
+        policy,
+        context_fallback,
+        hosted,
+        cache,
+        prompt_cache is None or bool(prompt_cache.value),
+    )
 
 
 def _parse_targets(entry: Located, where: str, problems: list[Problem]) -> list[Target]:

@@ -28,6 +28,21 @@ Source = Literal["file", "api"]
 DEFAULT_ALERTS = (0.5, 0.8, 1.0)
 
 
+CacheScope = Literal["key", "team", "global"]
+CACHE_SCOPES: tuple[CacheScope, ...] = ("key", "team", "global")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """The exact response cache, for an alias or a key: answers kept ``ttl`` seconds,
+    shared by the requests of one key (``scope``: or of its team, or of everyone); a
+    request with ``temperature`` above 0 is not served from it unless ``temperature``."""
+
+    ttl: float
+    scope: CacheScope = "key"
+    temperature: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """At most ``usd`` spent per calendar ``per`` (UTC), or per rolling ``per``."""
@@ -84,6 +99,8 @@ class KeySpec:
     not_after: float | None = None
     #: At most this much spent per end user of the key (``user``, ``metadata.user_id``).
     end_user_budget: Budget | None = None
+    #: Its requests' answers are cached (unless their alias says how).
+    cache: CacheSpec | None = None
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatchcase(model, allowed) for allowed in self.models)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from runestone.aliases._keys import NO_ACCESS, AccessTable, HostedTools
+from runestone.aliases._keys import NO_ACCESS, AccessTable, CacheSpec, HostedTools
 from runestone.aliases._policy import DEFAULT_POLICY, Policy
 from runestone.pricing import Price
 from runestone.providers import ProviderSpec
@@ -42,6 +42,10 @@ class Alias:
     context_fallback: tuple[Target, ...] | None = None
     #: What a target without a provider's hosted tools does with them (``KeySpec``'s).
     hosted_tools: HostedTools = "drop"
+    #: The exact response cache for its requests (None: the key's, if it has one).
+    cache: CacheSpec | None = None
+    #: Prompt-cache breakpoints placed for a target of another format (Anthropic's).
+    prompt_cache: bool = True
 
     @property
     def every_target(self) -> tuple[Target, ...]:
@@ -70,6 +74,8 @@ class Alias:
             if self.context_fallback is None
             else tuple(filled(t) for t in self.context_fallback),
             self.hosted_tools,
+            self.cache,
+            self.prompt_cache,
         )
 
 

@@ -33,6 +33,7 @@ from runestone.http.endpoints import (
 )
 from runestone.http.endpoints._admin_access import Refusals
 from runestone.http.endpoints.admin_audit import AuditEndpoint
+from runestone.http.endpoints.admin_cache import CacheEndpoint
 from runestone.http.endpoints.admin_keys import KeysEndpoint
 from runestone.http.endpoints.admin_openapi import OpenApiEndpoint
 from runestone.http.endpoints.admin_teams import TeamsEndpoint
@@ -141,6 +142,7 @@ class RunestoneApp:
             Route("/admin/teams", teams, also=("POST",)),
             Route("/admin/teams/{rest}", teams, also=("PATCH", "DELETE")),
             Route("/admin/audit", AuditEndpoint(self.gateway, self.refusals)),
+            Route("/admin/cache", CacheEndpoint(self.gateway, self.refusals), method="DELETE"),
             Route("/admin/openapi.json", OpenApiEndpoint(self.refusals)),
         ]
 

@@ -16,6 +16,7 @@ by the metrics and the console), ``prometheus``, ``logs``, ``otel``.
 from runestone.telemetry.events import (
     AliasReload,
     AttemptFinished,
+    CacheLookup,
     Event,
     Outcome,
     RequestFinished,
@@ -29,6 +30,7 @@ __all__ = [
     "Answer",
     "AttemptFinished",
     "AttemptObserver",
+    "CacheLookup",
     "Event",
     "Outcome",
     "RequestFinished",

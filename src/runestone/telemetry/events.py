@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-Outcome = Literal["complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated"]
+Outcome = Literal[
+    "complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated", "cached"
+]
 
 
 class RequestFinished(NamedTuple):
@@ -40,6 +42,7 @@ class RequestFinished(NamedTuple):
     traceparent: str | None = None  # the client's W3C trace context, if it sent one
     rescued_from: str | None = None  # a stream completed after this target broke off
     key: str = "-"  # the client key's id (ids come from the alias file: bounded)
+    cache: str | None = None  # the response cache's part: hit, miss or bypass
 
     @property
     def overhead(self) -> float:
@@ -75,4 +78,14 @@ class StoreFailed:
     store: str
 
 
-Event = RequestFinished | AttemptFinished | AliasReload | StoreFailed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheLookup:
+    """The response cache was asked: ``hit`` (``saved`` USD not spent), ``miss`` or
+    ``bypass``."""
+
+    route: str
+    result: str
+    saved: float | None = None
+
+
+Event = RequestFinished | AttemptFinished | AliasReload | StoreFailed | CacheLookup

@@ -10,6 +10,7 @@ from runestone.providers import Call
 from runestone.telemetry.events import (
     AliasReload,
     AttemptFinished,
+    CacheLookup,
     Event,
     RequestFinished,
     StoreFailed,
@@ -28,6 +29,7 @@ _EVENT_TYPES: tuple[type[Event], ...] = (
     AttemptFinished,
     AliasReload,
     StoreFailed,
+    CacheLookup,
 )
 
 

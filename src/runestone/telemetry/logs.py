@@ -48,6 +48,7 @@ class RequestLog:
                         "cost_usd": event.cost,
                         "rescued_from": event.rescued_from,
                         "key": None if event.key == "-" else event.key,
+                        "cache": event.cache,
                     }
                 ).decode()
             )

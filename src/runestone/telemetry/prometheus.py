@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from runestone.telemetry._local_metrics import HistogramChild, LocalCounter, LocalHistogram
-from runestone.telemetry.events import AliasReload, Event, StoreFailed
+from runestone.telemetry.events import AliasReload, CacheLookup, Event, StoreFailed
 from runestone.telemetry.tallies import (
     BOUNDS,
     LATENCY_BUCKETS,
@@ -40,7 +40,7 @@ MAX_MODELS = 200
 
 
 class PrometheusMetrics:
-    EVENTS = (AliasReload, StoreFailed)
+    EVENTS = (AliasReload, StoreFailed, CacheLookup)
 
     def __init__(
         self,
@@ -120,6 +120,18 @@ class PrometheusMetrics:
             ["store"],
             registry=r,
         )
+        self.cache_lookups = counter(
+            "runestone_cache_lookups",
+            "Requests the response cache applied to, by route and result: hit, miss, bypass",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_saved = counter(
+            "runestone_cache_saved_usd",
+            "What the answers served from the cache had cost",
+            [],
+            registry=r,
+        )
         self.in_flight = _InFlight(r, tallies, self.multiprocess)
         self.reloads = Counter(
             "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
@@ -148,7 +160,11 @@ class PrometheusMetrics:
         tallies.readers.append(self._take)
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, StoreFailed):
+        if isinstance(event, CacheLookup):
+            self.child(self.cache_lookups, event.route, event.result).inc()
+            if event.saved:
+                self.child(self.cache_saved, event.route).inc(event.saved)
+        elif isinstance(event, StoreFailed):
             self.child(self.store_errors, event.store).inc()
         elif isinstance(event, AliasReload):
             if not event.initial:  # a start-up load is not a reload

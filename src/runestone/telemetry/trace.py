@@ -59,6 +59,7 @@ class RequestTrace:
         "_relayed",
         "_table",
         "account",
+        "cache",
         "key",
         "model",
         "request_id",
@@ -83,6 +84,7 @@ class RequestTrace:
         self.route = route
         self.model = ""  # the requested name, once the body has been read
         self.key = "-"  # the client key's id, once authenticated by one
+        self.cache: str | None = None  # hit, miss or bypass, when a cache applies
         #: What the request used, once finished (what limits and budgets book).
         self.account: Account | None = None
         self.traceparent = traceparent
@@ -153,6 +155,21 @@ class RequestTrace:
         )
         overhead = max(elapsed - upstream, 0.0)
         return Answer(overhead * 1000, upstream * 1000, cost)
+
+    def served_from_cache(self, *, target: str, stream: bool) -> None:
+        """The answer came from the response cache: no upstream, nothing charged."""
+        provider, _, model = target.partition(":")
+        self.account = Account(target, UNKNOWN, 0.0, False)
+        self._finish(
+            provider=provider or "-",
+            model=model or "-",
+            status=200,
+            stream=stream,
+            attempts=0,
+            duration=time.perf_counter() - self.started,
+            outcome="cached",
+            cost=0.0,
+        )
 
     def failed(self, error: GatewayError, *, stream: bool) -> None:
         """The request ends in an error envelope (nothing was streamed)."""
@@ -300,5 +317,6 @@ class RequestTrace:
                     traceparent=self.traceparent,
                     rescued_from=rescued_from,
                     key=self.key,
+                    cache=self.cache,
                 )
             )

@@ -115,6 +115,9 @@ def document() -> dict[str, Any]:
                 "delete": _op("Delete a team without keys", answer="Team"),
             },
             "/admin/audit": {"get": _op("The audit log, newest first", answer="Audit")},
+            "/admin/cache": {
+                "delete": _op("Forget cached answers: ?key, ?team, ?alias, ?all", answer="Any")
+            },
             "/admin/usage": {
                 "get": _op("Spend per key, team, model, end user and tag", answer="Usage")
             },

@@ -14,6 +14,8 @@ import orjson
 
 from runestone._gateway import Gateway
 from runestone._version import __version__
+from runestone.access import check_model
+from runestone.cache import Decision, decide
 from runestone.conversations import Pending
 from runestone.errors import GatewayError
 from runestone.exchange import Exchange
@@ -27,17 +29,20 @@ from runestone.http._asgi import (
     send_json,
 )
 from runestone.http._relay import ClientState, ClientWatch, relay_to_client
+from runestone.http.endpoints._cached import StreamTap, cache_header, send_hit
 from runestone.http.endpoints.responses import refuse_dropped_tools
 from runestone.http.middleware.auth import owner_of
 from runestone.http.middleware.errors import COUNTED, REQUEST_ID, STARTED
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
 from runestone.routing import Routed, RoutedStream
+from runestone.telemetry import CacheLookup
 
 _PRODUCT = f" runestone/{__version__}"
 #: Who a request is for, and its tags: booked with its use, never sent upstream.
 _END_USER = b"x-runestone-user"
 _TAGS = b"x-runestone-tags"
+_CACHE_CONTROL = b"cache-control"
 _PRODUCT_AGENT = _PRODUCT[1:]
 
 
@@ -57,7 +62,11 @@ class ProxyEndpoint:
             b"traceparent",
             _END_USER,
             _TAGS,
+            _CACHE_CONTROL,
         }
+        #: The exact response cache, for the operations it serves.
+        self._cache = gateway.cache if protocol.operation != "count_tokens" else None
+        self._max_cached = gateway.settings.cache_bounds.max_entry
 
     def __repr__(self) -> str:
         return f"<ProxyEndpoint {self.protocol.operation}>"
@@ -65,7 +74,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = self.protocol
         request_id: str = scope[REQUEST_ID]
-        declared, forward, traceparent, attribution = self._read_headers(scope)
+        declared, forward, traceparent, extras = self._read_headers(scope)
         exchange = Exchange(
             self.gateway,
             protocol,
@@ -74,10 +83,12 @@ class ProxyEndpoint:
             forward=forward,
             traceparent=traceparent,
         )
-        if attribution is not None:
-            exchange.end_user_header, exchange.tags_header = attribution
+        cache_control = None
+        if extras is not None:
+            exchange.end_user_header, exchange.tags_header, cache_control = extras
         scope[COUNTED] = True  # the exchange's trace counts it, whatever happens
         escaped: BaseException | None = None
+        decision: Decision | None = None
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
@@ -88,6 +99,19 @@ class ProxyEndpoint:
                 body, pending = await self._conversations.prepare(body, owner_of(scope))
                 if body is not sent:  # what the request carries now is what it costs
                     raw = orjson.dumps(body)
+            if self._cache is not None:
+                decision = decide(
+                    exchange.table,
+                    exchange.key,
+                    owner_of(scope),
+                    protocol.operation,
+                    body,
+                    cache_control,
+                )
+                if decision is not None and await self._answered_from_cache(
+                    decision, exchange, send, str(body["model"])
+                ):
+                    return
             await exchange.admit(body, raw)
             if protocol.scanner is not None and body.get("stream") is True:
                 watch = ClientWatch(receive, send, self._heartbeat)
@@ -97,14 +121,20 @@ class ProxyEndpoint:
                     watch.stop()
                     raise
                 scope[STARTED] = True  # from here on, errors end the stream in-band
-                await self._relay(routed, exchange, watch, send, pending)
+                await self._relay(routed, exchange, watch, send, pending, decision)
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
                 answered = await exchange.complete(body)
                 headers = self._answer_headers(answered, request_id, exchange)
                 if pending is not None:
                     await self._keep(pending, orjson.loads(answered.reply.body))
+                if decision is not None:
+                    headers += cache_header(decision)
                 await send_json(send, 200, answered.reply.body, headers)
+                if decision is not None:
+                    self._store(
+                        decision, exchange, answered.reply.content_type, answered.reply.body
+                    )
         except GatewayError as exc:
             exchange.failed(exc)
             raise
@@ -113,10 +143,50 @@ class ProxyEndpoint:
             raise
         finally:
             exchange.close(escaped)
+            if decision is not None:
+                self._cache.finish(decision, None)  # type: ignore[union-attr]
+
+    async def _answered_from_cache(
+        self, decision: Decision, exchange: Exchange, send: Send, model: str
+    ) -> bool:
+        """Send the stored answer if there is one (or an identical request in flight
+        brings one); count the lookup either way."""
+        cache = self._cache
+        assert cache is not None
+        entry = await cache.lookup(decision)
+        if entry is None and decision.read:
+            entry = await cache.follow(decision)
+        exchange.trace.cache = decision.state
+        self.gateway.telemetry.emit(
+            CacheLookup(
+                route=self.protocol.operation,
+                result=decision.state,
+                saved=entry.cost if entry is not None else None,
+            )
+        )
+        if entry is None:
+            return False
+        exchange.trace.model = model
+        if exchange.key is not None:
+            check_model(exchange.key, model)
+        await send_hit(send, entry, exchange.request_id)
+        exchange.trace.served_from_cache(target=entry.target, stream=entry.stream)
+        return True
+
+    def _store(
+        self, decision: Decision, exchange: Exchange, content_type: bytes | str, body: bytes
+    ) -> None:
+        account = exchange.trace.account
+        if account is None or not decision.write:
+            return
+        kind = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+        assert self._cache is not None
+        entry = self._cache.entry(decision, kind, body, account.target, account.cost)
+        self._cache.finish(decision, entry)
 
     def _read_headers(
         self, scope: Scope
-    ) -> tuple[int | None, Forwarded, str | None, tuple[str | None, str | None] | None]:
+    ) -> tuple[int | None, Forwarded, str | None, tuple[str | None, str | None, str | None] | None]:
         """In one pass: the declared body length, what goes upstream, the trace context.
 
         What goes upstream of the client's own format: the headers its protocol forwards,
@@ -124,7 +194,7 @@ class ProxyEndpoint:
         that a provider's logs still say which application called.
         """
         read = self._read
-        declared = traceparent = end_user = tags = None
+        declared = traceparent = end_user = tags = cache_control = None
         headers = {"user-agent": _PRODUCT_AGENT}
         for name, value in scope["headers"]:
             if name not in read:
@@ -140,11 +210,15 @@ class ProxyEndpoint:
                 end_user = value.decode("utf-8", "replace")
             elif name == _TAGS:
                 tags = value.decode("latin-1")
+            elif name == _CACHE_CONTROL:
+                cache_control = value.decode("latin-1")
             else:
                 headers[name.decode()] = value.decode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        attribution = (end_user, tags) if end_user is not None or tags is not None else None
-        return declared, Forwarded(headers, query.decode("latin-1")), traceparent, attribution
+        extras = None
+        if end_user is not None or tags is not None or cache_control is not None:
+            extras = (end_user, tags, cache_control)
+        return declared, Forwarded(headers, query.decode("latin-1")), traceparent, extras
 
     @staticmethod
     def _answer_headers(
@@ -181,8 +255,14 @@ class ProxyEndpoint:
         watch: ClientWatch,
         send: Send,
         pending: Pending | None = None,
+        decision: Decision | None = None,
     ) -> None:
         headers = exchange.rate_headers() if exchange.admission is not None else None
+        tap = None
+        if decision is not None:
+            headers = (headers or []) + cache_header(decision)
+            if decision.write:
+                send = tap = StreamTap(send, self._max_cached)
         exchange.stream_started()
 
         def finished(state: ClientState) -> None:
@@ -199,3 +279,14 @@ class ProxyEndpoint:
             await relay_to_client(routed, watch, send, finished, headers, before_end)
         finally:
             streams.discard(routed)
+        summary = routed.summary
+        if (
+            tap is not None
+            and summary.done
+            and summary.error is None
+            and not watch.state.client_gone
+        ):
+            kept = tap.body()
+            if kept is not None:
+                assert decision is not None
+                self._store(decision, exchange, tap.content_type, kept)

@@ -16,6 +16,9 @@ Scenarios:
 - ``stream_coalesced``: the same, the upstream writing every event at once (many events
   per read); ``stream_spaced``: a write every 2 ms, as a model produces tokens;
 - ``stream_tools``: a tool call whose arguments come in 50 pieces;
+- ``cached_request``: ``request`` on an alias with the exact response cache, the same
+  body every time: every request after the first is a hit (next to the bare forwarder,
+  which goes upstream each time);
 - ``translated_*``: an OpenAI-format client on an Anthropic-format upstream, an
   Anthropic-format client (Claude Code) on an OpenAI-format one, and a Responses client
   (Codex, the Agents SDK) on a target that serves chat completions only (the bridge):
@@ -49,6 +52,7 @@ aliases:
   bench-tools: openai:bench-tools
   bench-claude: anthropic:bench-model
   bench-bridged: chatonly:bench-model
+  bench-cached: {targets: [openai:bench-model], cache: {ttl: 1h}}
 """
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 
@@ -116,6 +120,8 @@ SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
     ),
     "translated_responses_to_chat": ("/v1/responses", _responses(False), False, False),
     "translated_responses_to_chat_stream": ("/v1/responses", _responses(True), False, True),
+    # The same request every time: after the first, answered from the exact cache.
+    "cached_request": ("/v1/chat/completions", _chat("bench-cached", False), True, False),
 }
 
 

@@ -26,7 +26,7 @@ from tests.test_telemetry import scrape, value
 
 __all__ = ["processes", "store_env"]
 
-KEYS = {name: f"rsk-cache-test-{name}-0123456789" for name in ("a", "b", "c")}
+KEYS = {name: f"rsk-cache-test-{name}-0123456789" for name in ("a", "b", "c", "d")}
 ALIASES = (
     "defaults: {retries: 0}\n"
     "aliases:\n"
@@ -46,6 +46,7 @@ ALIASES = (
     "    budgets: [{usd: 100, per: day}]\n"
     f"  b:\n    hash: sha256:{digest(KEYS['b'])}\n    team: one\n"
     f"  c:\n    hash: sha256:{digest(KEYS['c'])}\n    team: two\n"
+    f"  d:\n    hash: sha256:{digest(KEYS['d'])}\n    cache: {{ttl: 1m}}\n"
 )
 HI = [{"role": "user", "content": "hi"}]
 
@@ -334,3 +335,37 @@ def test_a_failing_store_fails_no_request(
     assert [a.headers["x-runestone-cache"] for a in answers] == ["miss"] * 3
     assert upstream.calls == 3
     assert served.stderr().count("response cache: a lookup failed") == 1  # said once
+
+
+def test_a_key_may_turn_the_cache_on_for_itself(gateway: Served, upstream: Upstream) -> None:
+    first = ask(gateway.url, "d", model="plain")  # an alias without a cache of its own
+    assert first.headers["x-runestone-cache"] == "miss"
+    within(2.0, lambda: ask(gateway.url, "d", model="plain").headers["x-runestone-cache"] == "hit")
+    assert text(ask(gateway.url, "d", model="plain")) == text(first)
+    assert "x-runestone-cache" not in ask(gateway.url, "a", model="plain").headers
+
+
+def test_the_cache_keeps_its_bounds_oldest_first(
+    tmp_path: Path,
+    processes: list[Served],
+    store_env: dict[str, str],
+    fake: FakeProvider,
+    upstream: Upstream,
+) -> None:
+    served = serve(
+        tmp_path,
+        aliases=ALIASES,
+        RUNESTONE_CACHE_MAX_ENTRIES="2",
+        **provider_env(fake),
+        **store_env,
+    )
+    processes.append(served)
+    for n in range(3):  # three different requests, kept one after another
+        ask(served.url, max_tokens=10 + n)
+        within(
+            2.0,
+            lambda n=n: ask(served.url, max_tokens=10 + n).headers["x-runestone-cache"] == "hit",
+        )
+    assert ask(served.url, max_tokens=12).headers["x-runestone-cache"] == "hit"
+    assert ask(served.url, max_tokens=11).headers["x-runestone-cache"] == "hit"
+    assert ask(served.url, max_tokens=10).headers["x-runestone-cache"] == "miss"  # the oldest

@@ -69,6 +69,7 @@ def test_create_use_rotate_and_revoke_a_key_in_the_page(
 
     # Rotate: a new secret is shown; both work during the grace period.
     row.get_by_role("button", name="Rotate").click()
+    expect(page.locator("#admin-status")).to_contain_text("Rotated key web-1")
     expect(page.locator("#new-secret-value")).to_have_text(re.compile(r"^rsk-"))
     expect(page.locator("#new-secret-value")).not_to_have_text(secret)
     rotated = page.locator("#new-secret-value").inner_text()

@@ -508,4 +508,5 @@ def test_json_formats_reach_an_anthropic_target(gateway: Gateway, fake: FakeProv
         "format": {"type": "json_schema", "schema": schema}
     }
     post(gateway, {"model": "claude", "input": "Hi", "text": {"format": {"type": "json_object"}}})
-    assert "JSON object" in fake.seen[-1].body["system"]
+    (system,) = fake.seen[-1].body["system"]  # one block, with a prompt-cache breakpoint
+    assert "JSON object" in system["text"] and system["cache_control"] == {"type": "ephemeral"}

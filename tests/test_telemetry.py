@@ -338,7 +338,7 @@ def test_usage_is_the_answers_own_and_only_counts() -> None:
     # Anthropic's cache reads and writes are input too, apart from its input_tokens.
     cached = b'{"usage": {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 10,'
     cached += b' "cache_creation_input_tokens": 5}}'
-    assert from_body(cached) == Usage(18, 4, 10)
+    assert from_body(cached) == Usage(18, 4, 10, 5)  # 5 written to the cache
     # A usage object anywhere but at the top is a client's or a model's, not the answer's.
     echoed = b'{"usage": {"input_tokens": 3, "output_tokens": 4}, "metadata": {"usage":'
     echoed += b' {"input_tokens": 0, "output_tokens": 0}}}'

@@ -22,22 +22,38 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
+    #: Tokens written to a prompt cache (Anthropic's: a quarter above input); unset: input.
+    cache_write: float | None = None
 
-    def cost(self, input_tokens: int | None, output_tokens: int | None, cached: int = 0) -> float:
+    @property
+    def cache_write_rate(self) -> float:
+        return self.input if self.cache_write is None else self.cache_write
+
+    def cost(
+        self,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached: int = 0,
+        written: int = 0,
+    ) -> float:
         given, taken = input_tokens or 0, output_tokens or 0
         cached = min(cached, given)
+        written = min(written, given - cached)
         cached_rate = self.input if self.cached_input is None else self.cached_input
+        write_rate = self.cache_write_rate
+        plain = given - cached - written
         return (
-            (given - cached) * self.input + cached * cached_rate + taken * self.output
+            plain * self.input + cached * cached_rate + written * write_rate + taken * self.output
         ) / 1_000_000
 
 
 def price_from(value: Mapping[str, object]) -> Price | None:
-    """A ``Price`` from a {input, output, cached_input} map, or None if it is not one."""
+    """A ``Price`` from a {input, output, cached_input, cache_write} map, or None if it is
+    not one."""
     numbers = {}
-    for key in ("input", "output", "cached_input"):
+    for key in ("input", "output", "cached_input", "cache_write"):
         raw = value.get(key)
-        if raw is None and key == "cached_input":
+        if raw is None and key in ("cached_input", "cache_write"):
             continue
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             return None

@@ -47,7 +47,9 @@ class Bound:
         """The request's worst-case cost in USD; ``default`` for what cannot be bounded."""
         if price is None:
             return default * (1 + self.unbounded_parts)
-        cost = self.input_tokens * price.input / 1_000_000 + self.unbounded_parts * default
+        # Every input token at the dearest rate it can be billed at: written to a cache.
+        rate = max(price.input, price.cache_write_rate)
+        cost = self.input_tokens * rate / 1_000_000 + self.unbounded_parts * default
         if self.output_tokens is None:
             return cost + default
         return cost + self.output_tokens * price.output / 1_000_000

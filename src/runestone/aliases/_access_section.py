@@ -57,6 +57,7 @@ KEY_SETTINGS = _LIMIT_KEYS | {
     "hosted_tools",
     "role",
     "end_user_budget",
+    "cache",
 }
 TEAM_SETTINGS = _LIMIT_KEYS
 _KEY_KEYS = KEY_SETTINGS | {"hash"}

@@ -17,7 +17,8 @@ _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 def parse_prices(section: Located, problems: list[Problem]) -> dict[str, Price]:
-    """provider:model -> {input, output, cached_input} in USD per million tokens."""
+    """provider:model -> {input, output, cached_input, cache_write} in USD per million
+    tokens."""
     if not isinstance(section.value, dict):
         problems.append(Problem(section.line, "'prices' must map provider:model to prices"))
         return {}
@@ -31,13 +32,13 @@ def parse_prices(section: Located, problems: list[Problem]) -> dict[str, Price]:
         value = entry.value
         plain = {k: v.value for k, v in value.items()} if isinstance(value, dict) else None
         price = price_from(plain) if plain is not None else None
-        unknown = set(plain or {}) - {"input", "output", "cached_input"}
+        unknown = set(plain or {}) - {"input", "output", "cached_input", "cache_write"}
         if price is None or unknown:
             problems.append(
                 Problem(
                     entry.line,
-                    f"prices: {spec!r} needs input and output (and optionally cached_input), "
-                    "numbers of USD per million tokens, and nothing else",
+                    f"prices: {spec!r} needs input and output (and optionally cached_input "
+                    "and cache_write), numbers of USD per million tokens, and nothing else",
                 )
             )
             continue

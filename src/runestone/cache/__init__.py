@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runestone.aliases import AliasTable, KeySpec
 from runestone.cache._decision import Decision, decide
 from runestone.cache._store import CacheBounds, CacheStore, Entry
 
@@ -42,6 +43,18 @@ class ResponseCache:
         self._writes: set[asyncio.Task[None]] = set()
         self.last_error: str | None = None
         self.clock: Callable[[], float] = time.time
+        self._table: AliasTable | None = None
+        self._table_caches = False
+
+    def may_apply(self, table: AliasTable, key: KeySpec | None) -> bool:
+        """Whether any cache is configured for a request with ``key`` under ``table``:
+        one test per request when none is (the table's answer is kept per table)."""
+        if key is not None and key.cache is not None:
+            return True
+        if table is not self._table:
+            aliases = [*table.aliases.values(), *(alias for _, alias in table.patterns)]
+            self._table, self._table_caches = table, any(a.cache for a in aliases)
+        return self._table_caches
 
     @property
     def store(self) -> CacheStore:

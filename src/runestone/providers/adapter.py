@@ -47,6 +47,8 @@ class Call:
     forward: Forwarded = NOTHING_FORWARDED
     #: Ask the upstream for a usage chunk the client did not ask for (it is hidden again).
     add_stream_usage: bool = False
+    #: Place prompt-cache breakpoints when the request is translated (the alias's say).
+    prompt_cache: bool = True
 
     @property
     def provider(self) -> str:

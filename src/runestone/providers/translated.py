@@ -30,6 +30,7 @@ from runestone.translate.chat_anthropic.chat_to_messages import (
 )
 from runestone.translate.chat_anthropic.messages_events import MessageEvents
 from runestone.translate.chat_anthropic.messages_to_chat import chat_request, message
+from runestone.translate.chat_anthropic.prompt_cache import with_breakpoints
 
 #: One upstream event (its type, or None for a data-only event, and its data) to the
 #: client's bytes; raises a ``GatewayError`` for an in-band error.
@@ -103,7 +104,8 @@ class ChatToAnthropicAdapter(_TranslatingAdapter):
     WHAT = "an Anthropic message"
 
     def _request(self, call: Call) -> object:
-        return messages_request(call.body, call.model)
+        request = messages_request(call.body, call.model)
+        return with_breakpoints(request) if call.prompt_cache else request
 
     def _answer(self, data: object) -> dict[str, Any] | None:
         if not isinstance(data, dict) or data.get("type") != "message":

@@ -64,6 +64,8 @@ class _Route:
     targets: tuple[_Destination, ...]
     #: Where a prompt too long for a target goes; None: on to the other targets.
     fallback: tuple[_Destination, ...] | None
+    #: Prompt-cache breakpoints placed for a target of another format.
+    prompt_cache: bool = True
 
 
 @dataclass(slots=True)
@@ -147,7 +149,7 @@ class Router:
             route = self._route(model, table)
         policy = route.policy
         wants_usage = streaming and protocol.add_stream_usage(body)
-        context = (body, request_id, protocol.operation, forward, wants_usage)
+        context = (body, request_id, protocol.operation, forward, wants_usage, route.prompt_cache)
         candidates = self._candidates(route.targets, context)
         fallback = route.fallback
         if fallback is None:
@@ -184,6 +186,7 @@ class Router:
             policy.completed(len(usable), self.failover),
             usable,
             None if fallback is None else self._usable(fallback, registry, errors),
+            alias.prompt_cache if alias is not None else True,
         )
         if not errors and len(self._routes) < _ROUTES_KEPT:
             self._routes[model] = route
@@ -208,10 +211,10 @@ class Router:
     def _candidates(
         self,
         destinations: tuple[_Destination, ...],
-        context: tuple[dict[str, object], str, Operation, Forwarded, bool],
+        context: tuple[dict[str, object], str, Operation, Forwarded, bool, bool],
     ) -> list[Candidate]:
         """This request's attempt at each destination, with the destination's breaker."""
-        body, request_id, operation, forward, wants_usage = context
+        body, request_id, operation, forward, wants_usage, prompt_cache = context
         breaker = self.breakers.get
         found = []
         for target, endpoint, key in destinations:  # a plain loop: this runs per request
@@ -223,6 +226,7 @@ class Router:
                 operation,
                 forward,
                 wants_usage and endpoint.spec.stream_usage,
+                prompt_cache,
             )
             found.append(Candidate(target, call, breaker(key)))
         return found

@@ -126,7 +126,9 @@ class RequestTrace:
         if used.input is None or used.output is None:
             return None
         price = self._table.prices.get(spec) or packaged_prices().get(spec)
-        return None if price is None else price.cost(used.input, used.output, used.cached)
+        if price is None:
+            return None
+        return price.cost(used.input, used.output, used.cached, used.written)
 
     def answered(self, *, target: Target, attempts: int, upstream: float, body: bytes) -> Answer:
         """A non-streamed answer is about to be sent: emit its event, return its figures."""

@@ -21,11 +21,12 @@ MAX_TOKENS = 100_000_000
 
 class Usage(NamedTuple):
     """Tokens in (cache reads and writes included) and out; ``cached`` of the input read
-    from a prompt cache. None where unknown."""
+    from a prompt cache, ``written`` of it written to one. None where unknown."""
 
     input: int | None
     output: int | None
     cached: int = 0
+    written: int = 0
 
 
 UNKNOWN = Usage(None, None)
@@ -67,7 +68,20 @@ def read(usage: object, provider: str = "-", *, output: bool = True) -> Usage:
         log.warning("%s reported usage that is not a count of tokens: %.200s", provider, usage)
         return UNKNOWN
     total = given + created + reads
-    return Usage(total, taken, min(cached + reads, total))
+    read_back = min(cached + reads, total)
+    written = created or _written(usage)
+    return Usage(total, taken, read_back, min(written, total - read_back))
+
+
+def _written(usage: dict[str, object]) -> int:
+    """Input tokens written to a prompt cache, where an OpenAI-shaped usage translated
+    from Anthropic's says so (``prompt_tokens_details.cache_write_tokens``)."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        found = details.get("cache_write_tokens")
+        if type(found) is int and 0 <= found <= MAX_TOKENS:
+            return found
+    return 0
 
 
 def _cached(usage: dict[str, object]) -> object:

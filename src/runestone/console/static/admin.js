@@ -53,8 +53,8 @@ $("create-key").addEventListener("submit", async (event) => {
     const made = await adminCall("POST", "/admin/keys", body);
     $("create-key").reset();
     showSecret(made.id, made.secret);
-    say("Created key " + made.id + ".");
     await loadAdmin();
+    say("Created key " + made.id + ".");
   } catch (error) { fail(error); }
 });
 
@@ -66,8 +66,8 @@ $("edit-key").addEventListener("submit", async (event) => {
   const body = { rpm, budgets: budget === null ? null : [{ usd: budget, per: "day" }] };
   try {
     await adminCall("PATCH", "/admin/keys/" + encodeURIComponent(id), body);
+    await loadAdmin();  // the list redrawn first: what the message says is on the page
     say("Saved key " + id + ".");
-    await loadAdmin();
   } catch (error) { fail(error); }
 });
 
@@ -82,8 +82,8 @@ function revokeButton(key) {
     }
     try {
       await adminCall("DELETE", "/admin/keys/" + encodeURIComponent(key.id));
-      say("Revoked key " + key.id + ".");
       await loadAdmin();
+      say("Revoked key " + key.id + ".");
     } catch (error) { fail(error); }
   });
   return button;
@@ -96,8 +96,8 @@ function rotateButton(key) {
       const rotated = await adminCall("POST", "/admin/keys/" + encodeURIComponent(key.id) +
         "/rotate", { grace_seconds: 3600 });
       showSecret(rotated.id, rotated.secret);
-      say("Rotated key " + key.id + ": the old secret works for one more hour.");
       await loadAdmin();
+      say("Rotated key " + key.id + ": the old secret works for one more hour.");
     } catch (error) { fail(error); }
   });
   return button;

@@ -99,7 +99,7 @@ class ProxyEndpoint:
                 body, pending = await self._conversations.prepare(body, owner_of(scope))
                 if body is not sent:  # what the request carries now is what it costs
                     raw = orjson.dumps(body)
-            if self._cache is not None:
+            if self._cache is not None and self._cache.may_apply(exchange.table, exchange.key):
                 decision = decide(
                     exchange.table,
                     exchange.key,

@@ -4,11 +4,13 @@ The rule for every field a client may send (Claude Code sends most of them):
 
 - **translated**: ``model``, ``messages``, ``system``, ``max_tokens``, ``temperature``,
   ``top_p``, ``stop_sequences``, ``stream``, ``tools``, ``tool_choice``,
-  ``prompt_cache_key``, ``service_tier``, ``thinking`` with ``type`` ``enabled`` (a
+  ``prompt_cache_key``, ``service_tier``, ``metadata.user_id`` (as OpenAI's
+  ``safety_identifier``, which its caches and abuse checks key on), ``thinking`` with
+  ``type`` ``enabled`` (a
   reasoning effort from its budget) or ``disabled``, and ``output_config`` (its
   ``effort`` becomes the reasoning effort, its ``format`` a JSON-schema response format);
 - **dropped**, because they concern only the client's bookkeeping or Anthropic's own
-  context handling and the answer is the same without them: ``metadata``,
+  context handling and the answer is the same without them: the rest of ``metadata``,
   ``context_management``, ``betas``, ``cache_control`` and ``thinking`` with ``type``
   ``adaptive`` (the model decides how much to think);
 - **refused** with a 400 that names the field, because dropping it would change the
@@ -37,9 +39,10 @@ _TRANSLATED = frozenset(
         "tool_choice",
         "prompt_cache_key",
         "service_tier",
+        "metadata",
     }
 )
-_DROPPED = frozenset({"metadata", "context_management", "betas", "cache_control"})
+_DROPPED = frozenset({"context_management", "betas", "cache_control"})
 _THINKING = frozenset({"enabled", "disabled", "adaptive"})
 
 

@@ -45,6 +45,10 @@ def chat_request(arguments: dict[str, Any], model: str) -> dict[str, Any]:
     for name in ("prompt_cache_key", "service_tier", "temperature", "top_p"):
         if arguments.get(name) is not None:
             out[name] = arguments[name]
+    metadata = arguments.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user, str) and user:
+        out["safety_identifier"] = user  # OpenAI's name for the end user, for its caches
     if arguments.get("stop_sequences") is not None:
         out["stop"] = arguments["stop_sequences"]
     out["stream"] = bool(arguments.get("stream"))

@@ -63,6 +63,8 @@ class SQLiteKeyring:
         return self._db
 
     async def version(self) -> int:
+        if self._db is None and not self.path.exists():
+            return 0  # no key made by API yet: a stat, not a thread hop, four times a second
         return await self._call(self._version)
 
     def _version(self) -> int:

@@ -84,15 +84,23 @@ def main() -> int:
     )
     parser.add_argument("--only", default="request,stream_coalesced")
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--bare",
+        default="aiohttp",
+        help="bare forwarders to compare with, comma-separated: aiohttp (the reference), "
+        "reqwest (its twin on pyreqwest)",
+    )
     args = parser.parse_args()
+    bares = args.bare.split(",")
     mock_port, gateway_port, bare_port = 9120, 9121, 9122
     env = bench_env(mock_port, gateway_port)
     mock = subprocess.Popen(
         [sys.executable, str(HERE / "mock_upstream.py"), "--port", str(mock_port)]
     )
     gateway = [sys.executable, "-m", "runestone", "serve", "--log-level", "warning"]
-    print("| scenario (instructions per unit) | runestone | bare | ratio |")
-    print("|---|---|---|---|")
+    columns = " | ".join(f"bare {b} | ratio" for b in bares)
+    print(f"| scenario (instructions per unit) | runestone | {columns} |")
+    print("|---|---|" + "---|---|" * len(bares))
     try:
         wait_port(mock_port)
         for name in args.only.split(","):
@@ -105,21 +113,23 @@ def main() -> int:
                 body,
                 args.requests,
             )
-            theirs = (
-                instructions(
-                    bare_forwarder(bare_port),
-                    env,
-                    bare_port,
-                    f"http://127.0.0.1:{bare_port}{path}",
-                    body,
-                    args.requests,
+            cells = []
+            for kind in bares:
+                theirs = (
+                    instructions(
+                        bare_forwarder(bare_port, kind),
+                        env,
+                        bare_port,
+                        f"http://127.0.0.1:{bare_port}{path}",
+                        body,
+                        args.requests,
+                    )
+                    if with_bare
+                    else None
                 )
-                if with_bare
-                else None
-            )
-            ratio = f"{ours / theirs:.2f}" if theirs else "—"
-            bare = f"{theirs / 1000:,.0f}k" if theirs else "—"
-            print(f"| {name} | {ours / 1000:,.0f}k | {bare} | {ratio} |", flush=True)
+                ratio = f"{ours / theirs:.2f}" if theirs else "—"
+                cells.append(f"{theirs / 1000:,.0f}k | {ratio}" if theirs else "— | —")
+            print(f"| {name} | {ours / 1000:,.0f}k | {' | '.join(cells)} |", flush=True)
     finally:
         stop((mock,))
     return 0

@@ -181,10 +181,17 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def bare_forwarder(port: int) -> list[str]:
-    """The command that serves bench/bare_forwarder.py (run it from the repository root)."""
+#: The bare forwarders: on aiohttp (the reference), and its twin on pyreqwest.
+BARE_FORWARDERS = {
+    "aiohttp": "bench.bare_forwarder:app",
+    "reqwest": "bench.bare_forwarder_reqwest:app",
+}
+
+
+def bare_forwarder(port: int, kind: str = "aiohttp") -> list[str]:
+    """The command that serves a bare forwarder (run it from the repository root)."""
     return [
-        sys.executable, "-m", "uvicorn", "bench.bare_forwarder:app", "--port", str(port),
+        sys.executable, "-m", "uvicorn", BARE_FORWARDERS[kind], "--port", str(port),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "critical",
     ]  # fmt: skip
 

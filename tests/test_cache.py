@@ -26,7 +26,7 @@ from tests.test_telemetry import scrape, value
 
 __all__ = ["processes", "store_env"]
 
-KEYS = {name: f"rsk-cache-test-{name}-0123456789" for name in ("a", "b", "c", "d")}
+KEYS = {name: f"rsk-cache-test-{name}-0123456789" for name in ("a", "b", "c", "d", "e")}
 ALIASES = (
     "defaults: {retries: 0}\n"
     "aliases:\n"
@@ -47,6 +47,7 @@ ALIASES = (
     f"  b:\n    hash: sha256:{digest(KEYS['b'])}\n    team: one\n"
     f"  c:\n    hash: sha256:{digest(KEYS['c'])}\n    team: two\n"
     f"  d:\n    hash: sha256:{digest(KEYS['d'])}\n    cache: {{ttl: 1m}}\n"
+    f"  e:\n    hash: sha256:{digest(KEYS['e'])}\n    models: [plain]\n"
 )
 HI = [{"role": "user", "content": "hi"}]
 
@@ -369,3 +370,12 @@ def test_the_cache_keeps_its_bounds_oldest_first(
     assert ask(served.url, max_tokens=12).headers["x-runestone-cache"] == "hit"
     assert ask(served.url, max_tokens=11).headers["x-runestone-cache"] == "hit"
     assert ask(served.url, max_tokens=10).headers["x-runestone-cache"] == "miss"  # the oldest
+
+
+def test_a_hit_is_only_for_a_key_that_may_use_the_model(
+    gateway: Served, upstream: Upstream
+) -> None:
+    ask(gateway.url, "a", model="shared")  # a global entry
+    within(2.0, lambda: ask(gateway.url, "b", model="shared").headers["x-runestone-cache"] == "hit")
+    refused = ask(gateway.url, "e", model="shared")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"

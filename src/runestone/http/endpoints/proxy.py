@@ -143,8 +143,8 @@ class ProxyEndpoint:
             raise
         finally:
             exchange.close(escaped)
-            if decision is not None:
-                self._cache.finish(decision, None)  # type: ignore[union-attr]
+            if decision is not None and self._cache is not None:
+                self._cache.finish(decision, None)  # a leader that failed frees its followers
 
     async def _answered_from_cache(
         self, decision: Decision, exchange: Exchange, send: Send, model: str
@@ -153,6 +153,8 @@ class ProxyEndpoint:
         brings one); count the lookup either way."""
         cache = self._cache
         assert cache is not None
+        if exchange.key is not None:
+            check_model(exchange.key, model)  # no answer, cached or not, for another model
         entry = await cache.lookup(decision)
         if entry is None and decision.read:
             entry = await cache.follow(decision)
@@ -167,8 +169,6 @@ class ProxyEndpoint:
         if entry is None:
             return False
         exchange.trace.model = model
-        if exchange.key is not None:
-            check_model(exchange.key, model)
         await send_hit(send, entry, exchange.request_id)
         exchange.trace.served_from_cache(target=entry.target, stream=entry.stream)
         return True

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from runestone.access import digest
 from tests.conftest import MakeGateway
-from tests.servers import FakeProvider, Gateway, completion, keep
+from tests.servers import FakeProvider, Gateway, completion, keep, same_minute
 from tests.test_cli import run
 from tests.test_telemetry import scrape, value
 
@@ -217,6 +217,7 @@ def test_max_parallel_hit_and_released(
                 )
             )
 
+    same_minute()
     statuses = sorted(r.status_code for r in asyncio.run(burst()))
     assert statuses == [200, 200, 429]
     time.sleep(0.05)
@@ -238,8 +239,7 @@ def test_team_limits_are_shared_by_its_keys(make_gateway: MakeGateway, tmp_path:
 def test_budget_refuses_until_the_window_resets(make_gateway: MakeGateway, tmp_path: Path) -> None:
     budget = key_entry("a", budgets="[{usd: 0.03, per: minute}]")
     gateway = start(make_gateway, tmp_path, aliases_with(budget))
-    if time.time() % 60 > 50:  # the calls below must fall in one calendar minute
-        time.sleep(60 - time.time() % 60 + 0.1)
+    same_minute()
     statuses = []
     for _ in range(5):
         statuses.append(call(gateway, KEYS["a"], max_tokens=7).status_code)

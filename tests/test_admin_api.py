@@ -15,6 +15,7 @@ import pytest
 
 from runestone.access import digest
 from tests.redis_server import RedisServer
+from tests.servers import same_minute
 from tests.test_serve import Served, processes, serve
 
 __all__ = ["processes"]
@@ -148,6 +149,7 @@ def test_changes_block_and_limits_apply_on_both_replicas(pair: tuple[Served, Ser
     refused = chat(two.url, secret)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
     within(1.0, lambda: chat(one.url, secret).status_code == 403)
+    same_minute()
     admin(one.url, "PATCH", "/admin/keys/limited", json={"models": None, "rpm": 2})
     assert [chat(one.url, secret).status_code for _ in range(3)] == [200, 200, 429]
     # An unknown setting and a bad one are the client's errors, and change nothing.

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from runestone.access import digest
 from tests.conftest import MakeGateway
-from tests.servers import FakeProvider, Gateway, error_response
+from tests.servers import FakeProvider, Gateway, error_response, same_minute
 
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "console-screenshots"
 TOKEN = "console-test-token"
@@ -175,6 +175,7 @@ def test_the_console_shows_the_gateway_live(
     path.write_text(ALIASES)
 
     # Keys: spend against budgets, and the most recent refusals.
+    same_minute()
     assert send(gateway, "smart", 5, key=KEY) == [200, 200, 200, 200, 429]
     page.get_by_role("tab", name="Keys and budgets").click()
     keys = page.locator("#keys-body")

@@ -23,6 +23,7 @@ from tests.servers import (
     FakeProvider,
     ServerThread,
     free_socket,
+    same_minute,
     send_stream,
     stream_events,
 )
@@ -254,6 +255,7 @@ async def _spend() -> dict[str, Any]:
 
 @pytest.mark.usefixtures("keyed")
 async def test_the_library_applies_a_keys_limits_and_books_its_spend() -> None:
+    same_minute()
     await runestone.route_chat({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
     streamed = runestone.route_stream({"model": "smart", "messages": HELLO}, key=LIBRARY_KEY)
     assert [c async for c in streamed]

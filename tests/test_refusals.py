@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import MakeGateway
-from tests.servers import FakeProvider, Gateway, error_response
+from tests.servers import FakeProvider, Gateway, error_response, same_minute
 from tests.test_access import HI, KEYS, SERVICE, key_entry
 from tests.test_accounting import aliases, begin
 from tests.test_telemetry import scrape, value
@@ -45,6 +45,7 @@ def test_refusals_are_counted_logged_and_shown(
     state = {"RUNESTONE_STATE_PATH": str(tmp_path / "state.sqlite3")}
     keys = key_entry("a", rpm="1", models="[smart]")
     gateway = begin(make_gateway, fake, aliases(keys), state)
+    same_minute()
     with caplog.at_level(logging.INFO, logger="runestone.requests"):
         assert ask(gateway, "rsk-a-stranger").status_code == 401
         assert ask(gateway, None).status_code == 401

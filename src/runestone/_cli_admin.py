@@ -213,7 +213,6 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _update(args: argparse.Namespace) -> int:
     args.verb = "update"
-    args.role = None
     budgets = budgets_of(args.budget)
     if budgets is None:
         return 2

@@ -173,15 +173,9 @@ class Keyring:
         blocked: bool | None,
         actor: str,
     ) -> Record:
-        changed = dict(record)
         if settings is not None:
-            spec = check_key_settings(record["id"], settings)
-            self._check_team(spec.team)
-            changed["settings"] = settings
-        if metadata is not None:
-            changed["metadata"] = metadata
-        if blocked is not None:
-            changed["blocked"] = blocked
+            self._check_team(check_key_settings(record["id"], settings).team)
+        changed = _changed(record, settings, metadata, blocked)
         await self._put(f"key:{record['id']}", self._stamp(changed, actor))
         return changed
 
@@ -235,14 +229,9 @@ class Keyring:
         blocked: bool | None,
         actor: str,
     ) -> Record:
-        changed = dict(record)
         if settings is not None:
             check_team_settings(record["id"], settings)
-            changed["settings"] = settings
-        if metadata is not None:
-            changed["metadata"] = metadata
-        if blocked is not None:
-            changed["blocked"] = blocked
+        changed = _changed(record, settings, metadata, blocked)
         await self._put(f"team:{record['id']}", self._stamp(changed, actor))
         return changed
 
@@ -281,3 +270,14 @@ class Keyring:
         if self._store is not None:
             await self._store.aclose()
             self._store = None
+
+
+def _changed(
+    record: Record,
+    settings: dict[str, Any] | None,
+    metadata: dict[str, Any] | None,
+    blocked: bool | None,
+) -> Record:
+    """A copy of ``record`` with what an update gives (None: left as it was)."""
+    given = {"settings": settings, "metadata": metadata, "blocked": blocked}
+    return record | {name: value for name, value in given.items() if value is not None}

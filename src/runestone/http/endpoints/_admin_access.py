@@ -74,6 +74,14 @@ def caller_of(scope: Scope) -> Caller:
     return Caller(principal, False, key.team if key.role == "team_admin" else None, key.id)
 
 
+def operator_of(scope: Scope, what: str) -> Caller:
+    """The caller of an operators-only route, or the refusal (``what`` it may not do)."""
+    caller = caller_of(scope)
+    if not caller.operator:
+        raise forbidden(caller, what)
+    return caller
+
+
 def forbidden(caller: Caller, what: str) -> GatewayError:
     return error_for("forbidden", f"{caller.actor} may not {what}")
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
+
 from runestone.aliases import KeySpec, TeamSpec
+from runestone.aliases._access_section import valid_id
 from runestone.errors import error_for
 from runestone.keyring import Record, settings_of
 
@@ -92,15 +95,14 @@ def split_body(
             f"unknown fields {unknown} (known: id, {', '.join(sorted(known))})",
         )
     metadata = body.get("metadata")
-    if metadata is not None:
-        import orjson
-
-        if not isinstance(metadata, dict) or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-            raise error_for(
-                "invalid_request",
-                f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes",
-                param="metadata",
-            )
+    if metadata is not None and (
+        not isinstance(metadata, dict) or len(orjson.dumps(metadata)) > MAX_METADATA_BYTES
+    ):
+        raise error_for(
+            "invalid_request",
+            f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes",
+            param="metadata",
+        )
     blocked = body.get("blocked")
     if blocked is not None and not isinstance(blocked, bool):
         raise error_for("invalid_request", "blocked must be true or false", param="blocked")
@@ -117,3 +119,29 @@ def patched(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
         else:
             merged[name] = value
     return merged
+
+
+def new_id(body: dict[str, Any]) -> str:
+    """The ``id`` of a create body (taken out of it), or the client's error."""
+    found = body.pop("id", None)
+    if not valid_id(found):
+        raise error_for(
+            "invalid_request",
+            "id: 1-64 letters, digits and '.-_', first a letter or digit",
+            param="id",
+        )
+    assert isinstance(found, str)
+    return found
+
+
+def change_of(
+    kind: str, changes: dict[str, Any], metadata: dict[str, Any] | None, blocked: bool | None
+) -> tuple[str, dict[str, Any]]:
+    """An update's audit action (``key.block``, ``team.update``...) and what it changed."""
+    what: dict[str, Any] = {"settings": changes} if changes else {}
+    if metadata is not None:
+        what["metadata"] = metadata
+    if blocked is not None:
+        what["blocked"] = blocked
+    verb = "block" if blocked else "unblock" if blocked is False else "update"
+    return f"{kind}.{verb}", what

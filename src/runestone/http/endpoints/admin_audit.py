@@ -13,7 +13,7 @@ from typing import Any
 from runestone._gateway import Gateway
 from runestone.errors import error_for
 from runestone.http._asgi import Receive, Scope, Send
-from runestone.http.endpoints._admin_access import Refusals, caller_of, forbidden
+from runestone.http.endpoints._admin_access import Refusals, operator_of
 from runestone.http.endpoints.admin_keys import answer, page_size, query_of
 from runestone.keyring import MAX_AUDIT_PAGE
 
@@ -27,9 +27,7 @@ class AuditEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.refusals.check(scope)
-        caller = caller_of(scope)
-        if not caller.operator:
-            raise forbidden(caller, "read the audit log")
+        operator_of(scope, "read the audit log")
         query = query_of(scope)
         limit = page_size(query)
         wanted = {name: query[name] for name in ("actor", "target") if name in query}

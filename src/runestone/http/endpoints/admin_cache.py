@@ -10,7 +10,7 @@ from runestone._gateway import Gateway
 from runestone.access import StateError
 from runestone.errors import error_for
 from runestone.http._asgi import Receive, Scope, Send
-from runestone.http.endpoints._admin_access import Refusals, audited, caller_of, forbidden
+from runestone.http.endpoints._admin_access import Refusals, audited, operator_of
 from runestone.http.endpoints.admin_keys import answer, query_of
 
 
@@ -21,9 +21,7 @@ class CacheEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.refusals.check(scope)
-        caller = caller_of(scope)
-        if not caller.operator:
-            raise forbidden(caller, "purge the response cache")
+        operator_of(scope, "purge the response cache")
         query = query_of(scope)
         owner = None
         if "key" in query:

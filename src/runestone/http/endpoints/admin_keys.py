@@ -17,14 +17,13 @@ Keys of the alias file are listed and read here, but only the file changes them.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
 from runestone._gateway import Gateway
 from runestone.aliases import KeySpec
-from runestone.aliases._access_section import KEY_SETTINGS, valid_id
+from runestone.aliases._access_section import KEY_SETTINGS
 from runestone.errors import error_for
 from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
 from runestone.http.endpoints._admin_access import (
@@ -35,7 +34,13 @@ from runestone.http.endpoints._admin_access import (
     forbidden,
     json_body,
 )
-from runestone.http.endpoints._admin_views import key_view, patched, split_body
+from runestone.http.endpoints._admin_views import (
+    change_of,
+    key_view,
+    new_id,
+    patched,
+    split_body,
+)
 from runestone.keyring import Record
 from runestone.keyring._records import check_key_settings
 
@@ -182,14 +187,7 @@ class KeysEndpoint:
         if not caller.operator and caller.team is None:
             raise forbidden(caller, "create keys")
         body = await json_body(receive)
-        key_id = body.pop("id", None)
-        if not valid_id(key_id):
-            raise error_for(
-                "invalid_request",
-                "id: 1-64 letters, digits and '.-_', first a letter or digit",
-                param="id",
-            )
-        assert isinstance(key_id, str)
+        key_id = new_id(body)
         if caller.team is not None:
             body.setdefault("team", caller.team)
         settings, metadata, _ = split_body(body, KEY_SETTINGS)
@@ -217,12 +215,7 @@ class KeysEndpoint:
                 raise forbidden(caller, "move a key to another team")
             self._within_team(caller, check_key_settings(record["id"], settings))
         changed = await self.keyring.update_key(record, settings, metadata, blocked, caller.actor)
-        what: dict[str, Any] = {"settings": changes} if changes else {}
-        if metadata is not None:
-            what["metadata"] = metadata
-        if blocked is not None:
-            what["blocked"] = blocked
-        action = "key.block" if blocked else "key.unblock" if blocked is False else "key.update"
+        action, what = change_of("key", changes, metadata, blocked)
         await audited(self.keyring, scope, action, f"key:{record['id']}", what)
         await answer(send, 200, key_view(changed, None, self.keyring.clock()))
 

@@ -8,7 +8,7 @@ import orjson
 
 from runestone._version import __version__
 from runestone.http._asgi import JSON, Receive, Scope, Send, send_json
-from runestone.http.endpoints._admin_access import Refusals, caller_of, forbidden
+from runestone.http.endpoints._admin_access import Refusals, operator_of
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _BUDGET = {
@@ -206,7 +206,5 @@ class OpenApiEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.refusals.check(scope)
-        caller = caller_of(scope)
-        if not caller.operator:
-            raise forbidden(caller, "read the admin API's description")
+        operator_of(scope, "read the admin API's description")
         await send_json(send, 200, self._body, [(b"content-type", JSON)])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from runestone._gateway import Gateway
 from runestone.aliases import TeamSpec
-from runestone.aliases._access_section import TEAM_SETTINGS, valid_id
+from runestone.aliases._access_section import TEAM_SETTINGS
 from runestone.errors import error_for
 from runestone.http._asgi import Receive, Scope, Send
 from runestone.http.endpoints._admin_access import (
@@ -27,7 +27,13 @@ from runestone.http.endpoints._admin_access import (
     forbidden,
     json_body,
 )
-from runestone.http.endpoints._admin_views import patched, split_body, team_view
+from runestone.http.endpoints._admin_views import (
+    change_of,
+    new_id,
+    patched,
+    split_body,
+    team_view,
+)
 from runestone.http.endpoints.admin_keys import answer, page_size, query_of
 from runestone.keyring import Record
 
@@ -105,14 +111,7 @@ class TeamsEndpoint:
 
     async def _create(self, caller: Caller, scope: Scope, receive: Receive, send: Send) -> None:
         body = await json_body(receive)
-        team_id = body.pop("id", None)
-        if not valid_id(team_id):
-            raise error_for(
-                "invalid_request",
-                "id: 1-64 letters, digits and '.-_', first a letter or digit",
-                param="id",
-            )
-        assert isinstance(team_id, str)
+        team_id = new_id(body)
         settings, metadata, _ = split_body(body, TEAM_SETTINGS)
         record = await self.keyring.create_team(team_id, settings, metadata or {}, caller.actor)
         await audited(
@@ -130,11 +129,6 @@ class TeamsEndpoint:
         changes, metadata, blocked = split_body(await json_body(receive), TEAM_SETTINGS)
         settings = patched(record["settings"], changes) if changes else None
         changed = await self.keyring.update_team(record, settings, metadata, blocked, caller.actor)
-        what: dict[str, object] = {"settings": changes} if changes else {}
-        if metadata is not None:
-            what["metadata"] = metadata
-        if blocked is not None:
-            what["blocked"] = blocked
-        action = "team.block" if blocked else "team.unblock" if blocked is False else "team.update"
+        action, what = change_of("team", changes, metadata, blocked)
         await audited(self.keyring, scope, action, f"team:{record['id']}", what)
         await answer(send, 200, team_view(changed, None, self._members(record["id"])))

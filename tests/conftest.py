@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,12 @@ def provider_env(fake: FakeProvider) -> dict[str, str]:
 MakeGateway = Callable[..., Gateway]
 
 
+def _transport_env() -> dict[str, str]:
+    """The suite runs on the transport the environment names (the gates of either)."""
+    kind = os.environ.get("RUNESTONE_UPSTREAM_TRANSPORT")
+    return {"RUNESTONE_UPSTREAM_TRANSPORT": kind} if kind else {}
+
+
 @pytest.fixture
 def make_gateway(
     server_thread: ServerThread, fake: FakeProvider, tmp_path: Path
@@ -91,7 +98,7 @@ def make_gateway(
     ) -> Gateway:
         path = tmp_path / f"aliases-{len(started)}.yaml"
         path.write_text(aliases_yaml)
-        full_env = {**provider_env(fake), **(env or {})}
+        full_env = {**provider_env(fake), **_transport_env(), **(env or {})}
         base = Settings.from_env(full_env)
         # Each test's own state (limits, spend, stored responses) unless it names one.
         own_state = {"state_path": tmp_path / "state" / "state.sqlite3"}

@@ -41,7 +41,7 @@ def both(server_thread: ServerThread, fake: FakeProvider) -> Iterator[Harness]:
         env={"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": fake.url},
         model=MODEL,
         operation="chat",
-        ours=lambda session: ChatToAnthropicAdapter(session, max_body=64 * 1024 * 1024),
+        ours=lambda wire: ChatToAnthropicAdapter(wire, max_body=64 * 1024 * 1024),
         oracle=AnyLLMChatAdapter,
     )
 

@@ -32,7 +32,7 @@ def both(server_thread: ServerThread, fake: FakeProvider) -> Iterator[Harness]:
         env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{fake.url}/v1"},
         model=MODEL,
         operation="messages",
-        ours=lambda session: MessagesToOpenAIAdapter(session, max_body=64 * 1024 * 1024),
+        ours=lambda wire: MessagesToOpenAIAdapter(wire, max_body=64 * 1024 * 1024),
         oracle=AnyLLMMessagesAdapter,
     )
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from runestone.errors import GatewayError
@@ -14,6 +14,7 @@ from runestone.providers import ProviderRegistry
 from runestone.providers.adapter import Call, Operation
 from runestone.providers.anyllm import AnyLLMClients
 from runestone.providers.builtin import BUILTIN
+from runestone.providers.wire import Wire, WireKind, make_wire
 from tests.servers import FakeProvider, ServerThread
 
 
@@ -62,7 +63,7 @@ def harness(
     env: dict[str, str],
     model: str,
     operation: Operation,
-    ours: Callable[[aiohttp.ClientSession], Any],
+    ours: Callable[[Wire], Any],
     oracle: Callable[[AnyLLMClients], Any],
 ) -> Iterator[Harness]:
     endpoint = ProviderRegistry(BUILTIN, env).endpoint(provider)
@@ -78,7 +79,10 @@ def harness(
     made = Harness(thread, fake, call)
 
     async def open_() -> None:
-        made.state["session"] = aiohttp.ClientSession()
+        # The wire the suite runs on (conftest's RUNESTONE_UPSTREAM_TRANSPORT).
+        reqwest = os.environ.get("RUNESTONE_UPSTREAM_TRANSPORT") == "reqwest"
+        kind: WireKind = "reqwest" if reqwest else "aiohttp"
+        made.state["session"] = make_wire(kind, connect_timeout=10, read_timeout=300)
         made.state["clients"] = AnyLLMClients()
         made.state["ours"] = ours(made.state["session"])
         made.state["oracle"] = oracle(made.state["clients"])
@@ -88,6 +92,6 @@ def harness(
 
     async def close() -> None:
         await made.state["clients"].aclose()
-        await made.state["session"].close()
+        await made.state["session"].aclose()
 
     thread.run(close())

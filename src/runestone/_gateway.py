@@ -12,8 +12,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
 from runestone.access import Access
 from runestone.alerts import BudgetAlerts
 from runestone.aliases import AliasStore
@@ -23,7 +21,7 @@ from runestone.conversations import Conversations
 from runestone.errors import error_for
 from runestone.keyring import POLL_SECONDS, Keyring
 from runestone.providers import AdapterContext
-from runestone.providers._session import close_now, make_session
+from runestone.providers.wire import Wire, make_wire
 from runestone.routing import Breakers, RoutedStream, Router
 from runestone.telemetry import AliasReload, StoreFailed, Telemetry
 
@@ -61,7 +59,7 @@ class Gateway:
         self.environ = environ
         self.telemetry = telemetry or Telemetry()
         self.router: Router | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._wire: Wire | None = None
         self._context: AdapterContext | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
@@ -106,11 +104,13 @@ class Gateway:
                 return self.router
             settings = self.settings
             self.aliases.load()
-            self._session = make_session(
-                connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
+            self._wire = make_wire(
+                settings.upstream_transport,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
             )
             self._context = AdapterContext(
-                self._session,
+                self._wire,
                 max_upstream_body=settings.max_upstream_body_bytes,
                 max_event_bytes=settings.max_event_bytes,
             )
@@ -175,8 +175,8 @@ class Gateway:
         self._end_streams(0)
         for routed in list(self.streams):
             routed.close()
-        if self._session is not None:
-            close_now(self._session)
+        if self._wire is not None:
+            self._wire.close_now()
 
     async def aclose(self) -> None:
         """Stop the watcher, close the adapters' resources and the session."""
@@ -194,7 +194,7 @@ class Gateway:
         if self._context is not None:
             await self._context.aclose()
             self._context = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._wire is not None:
+            await self._wire.aclose()
+            self._wire = None
         self.router = None

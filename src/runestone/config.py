@@ -20,6 +20,7 @@ from runestone.cache import CacheBounds, open_cache
 from runestone.cache._store import CacheStore
 from runestone.conversations import Bounds, ResponseStore, open_response_store
 from runestone.keyring import KeyringStore, open_keyring
+from runestone.providers.wire import WIRE_KINDS, WireKind
 from runestone.routing.breakers import BreakerConfig
 
 #: Every setting's variable: ``runestone serve`` refuses any other ``RUNESTONE_*`` name.
@@ -62,6 +63,7 @@ SETTING_NAMES = (
     "RUNESTONE_SERVICE_TOKEN",
     "RUNESTONE_START_DEGRADED",
     "RUNESTONE_STATE_PATH",
+    "RUNESTONE_UPSTREAM_TRANSPORT",
     "RUNESTONE_URL",
     "RUNESTONE_USAGE_DRAIN_SECONDS",
     "RUNESTONE_WATCH",
@@ -102,6 +104,8 @@ class Settings:
     watch: WatchMode = "auto"
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    #: The upstream HTTP transport (``runestone.providers.wire``).
+    upstream_transport: WireKind = "aiohttp"
     gateway_mode: bool = False
     gateway_url: str | None = None
     metrics_token: str | None = None
@@ -208,6 +212,7 @@ class Settings:
             watch=watch,
             connect_timeout=_number(env, "RUNESTONE_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=_number(env, "RUNESTONE_READ_TIMEOUT", cls.read_timeout),
+            upstream_transport=_transport(env),
             gateway_mode=gateway_mode,
             gateway_url=gateway_url,
             metrics_token=env.get("RUNESTONE_METRICS_TOKEN") or None,
@@ -290,6 +295,16 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     if value > 1:
         raise ConfigError(f"{name} must be a share from 0 to 1, not {env.get(name)!r}")
     return value
+
+
+def _transport(env: Mapping[str, str]) -> WireKind:
+    value = env.get("RUNESTONE_UPSTREAM_TRANSPORT") or "aiohttp"
+    for kind in WIRE_KINDS:
+        if value == kind:
+            return kind
+    raise ConfigError(
+        f"RUNESTONE_UPSTREAM_TRANSPORT must be one of {', '.join(WIRE_KINDS)}, not {value!r}"
+    )
 
 
 def _log_format(env: Mapping[str, str]) -> str:

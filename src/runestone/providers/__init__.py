@@ -8,7 +8,8 @@ file join per table snapshot.
 
 Modules: ``_specs`` (rows and endpoints), ``_registry`` (the registration seam),
 ``adapter`` (the adapter interface), ``errors`` (provider failures mapped by table),
-``_session`` (the upstream HTTP pool), one module per adapter, ``builtin`` (the rows).
+``wire`` (the upstream HTTP transport: ``wire_aiohttp`` over ``_session``'s pool, or
+``wire_reqwest``), one module per adapter, ``builtin`` (the rows).
 """
 
 # Last: the built-in rows and adapters register through the seam above.

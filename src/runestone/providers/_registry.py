@@ -31,7 +31,7 @@ def register_adapter(operation: Operation, wire_format: str, factory: AdapterFac
     A later registration for the same pair replaces the earlier one, so a translator of
     one's own can take over a pair from the built-in.
 
-    >>> register_adapter("chat", "acme", lambda context: AcmeAdapter(context.session))
+    >>> register_adapter("chat", "acme", lambda context: AcmeAdapter(context.wire))
     """
     _ADAPTERS[(operation, wire_format)] = factory
 

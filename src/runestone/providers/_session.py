@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 
 import aiohttp
 
@@ -21,7 +22,11 @@ def make_session(
     every request. No cookie jar: one session serves every client, and cookies a
     provider sets (a CDN's) must not ride along on everyone else's requests.
     """
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    # aiohttp makes its default TLS context once, at import; a CA bundle named in
+    # SSL_CERT_FILE is read when the session is made, as the reqwest wire does.
+    bundle = os.environ.get("SSL_CERT_FILE")
+    tls = ssl.create_default_context(cafile=bundle) if bundle else True
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30, ssl=tls)
     trust_env = any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
     return aiohttp.ClientSession(
         connector=connector,

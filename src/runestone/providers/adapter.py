@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-import aiohttp
-
 from runestone.errors import GatewayError
 from runestone.providers._specs import Endpoint
+from runestone.providers.wire import Wire
 
 #: What a client asked for, as an adapter sees it. Each client wire format (see
 #: ``runestone.protocols``) serves one or more of these.
@@ -114,13 +113,14 @@ class Adapter(Protocol):
 
 @dataclass(slots=True)
 class AdapterContext:
-    """What adapters of one gateway share: the upstream session and shared resources.
+    """What adapters of one gateway share: the upstream wire and shared resources.
 
     ``shared`` hands out one instance per key (one any-llm client cache, say) that the
     gateway closes with ``aclose`` when it stops.
     """
 
-    session: aiohttp.ClientSession
+    #: The process's upstream HTTP transport (``runestone.providers.wire``).
+    wire: Wire
     #: The most an upstream's non-streamed answer may be, decompressed.
     max_upstream_body: int = 64 * 1024 * 1024
     #: The most one SSE event of an upstream may be, on every path that reads one.

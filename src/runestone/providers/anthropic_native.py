@@ -7,7 +7,7 @@ default version).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
 
@@ -18,5 +18,5 @@ _PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens
 
 
 class AnthropicMessagesAdapter(SessionAdapter):
-    def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
+    def _prepare(self, call: Call) -> tuple[str, bytes, Mapping[str, str]]:
         return _PATHS[call.operation], orjson.dumps(call.target_body()), call.endpoint.headers

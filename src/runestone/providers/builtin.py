@@ -131,14 +131,14 @@ for _spec in BUILTIN:
 def _passthrough(context: AdapterContext) -> Adapter:
     return context.shared(
         "openai-passthrough",
-        lambda: OpenAICompatibleAdapter(context.session, max_body=context.max_upstream_body),
+        lambda: OpenAICompatibleAdapter(context.wire, max_body=context.max_upstream_body),
     )
 
 
 def _anthropic(context: AdapterContext) -> Adapter:
     return context.shared(
         "anthropic-passthrough",
-        lambda: AnthropicMessagesAdapter(context.session, max_body=context.max_upstream_body),
+        lambda: AnthropicMessagesAdapter(context.wire, max_body=context.max_upstream_body),
     )
 
 
@@ -150,7 +150,7 @@ def _chat_to_anthropic(context: AdapterContext) -> Adapter:
     return context.shared(
         "chat-to-anthropic",
         lambda: ChatToAnthropicAdapter(
-            context.session,
+            context.wire,
             max_body=context.max_upstream_body,
             max_event=context.max_event_bytes,
         ),
@@ -165,7 +165,7 @@ def _messages_to_openai(context: AdapterContext) -> Adapter:
     return context.shared(
         "messages-to-openai",
         lambda: MessagesToOpenAIAdapter(
-            context.session,
+            context.wire,
             max_body=context.max_upstream_body,
             max_event=context.max_event_bytes,
         ),

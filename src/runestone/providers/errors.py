@@ -6,7 +6,8 @@ in ``error.code``; OpenRouter puts the HTTP status there and details in ``metada
 then by the HTTP status, then by message patterns. A transport failure (refused,
 reset, timed out) is mapped by exception class: adapters wrap both the send and the
 reading of the answer in ``map_transport_errors(provider)``, the one boundary where
-aiohttp's exceptions become gateway errors (as httpx's ``map_httpcore_exceptions``).
+the transport's exceptions (aiohttp's or pyreqwest's) become gateway errors (as httpx's
+``map_httpcore_exceptions``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
+from typing import Protocol
 
 import aiohttp
 import orjson
 
 from runestone.errors import CODES, GatewayError, error_for
 from runestone.providers.redact import redact
+
+try:
+    from pyreqwest import exceptions as reqwest_errors
+except ImportError:  # the reqwest transport is optional (the ``reqwest`` extra)
+    reqwest_errors = None  # type: ignore[assignment]
 
 # error.code / error.type values that carry the meaning, as providers send them.
 _BY_MEANING: dict[str, str] = {
@@ -87,8 +93,14 @@ def key_hint(provider: str) -> str:
     return f"{provider.upper().replace('-', '_')}_API_KEY"
 
 
+class Headers(Protocol):
+    """An answer's headers, looked up case-insensitively (aiohttp's, pyreqwest's)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 def map_upstream_response(
-    provider: str, status: int, body: bytes, headers: Mapping[str, str]
+    provider: str, status: int, body: bytes, headers: Headers
 ) -> GatewayError:
     """Map a provider's HTTP error answer (status >= 400) to a ``GatewayError``."""
     message, meaning, has_error_body = _read_error_body(body)
@@ -190,7 +202,7 @@ def _seconds(text: str, scale: float = 1.0) -> float | None:
     return min(max(value, 0.0), MAX_RETRY_AFTER)
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+def parse_retry_after(headers: Headers) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or a date).
 
     An upstream's header is untrusted input: ``inf``, ``1e400``, ``nan``, garbage and
@@ -232,6 +244,8 @@ def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -
             f"{provider} closed the stream before it was complete ({_describe(exc)})",
             provider=provider,
         )
+    if reqwest_errors is not None and isinstance(exc, reqwest_errors.PyreqwestError):
+        return _reqwest_error(provider, exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return error_for(
             "upstream_connection_failed",
@@ -251,13 +265,45 @@ def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -
     )
 
 
+def _reqwest_error(provider: str, exc: BaseException) -> GatewayError:
+    assert reqwest_errors is not None
+    if isinstance(exc, reqwest_errors.ConnectError):
+        return error_for(
+            "upstream_connection_failed",
+            f"cannot connect to {provider} ({_describe(exc)})",
+            provider=provider,
+        )
+    if isinstance(exc, reqwest_errors.ReadError | reqwest_errors.DecodeError):
+        return error_for(
+            "upstream_invalid_response",
+            f"{provider} sent an unreadable answer ({_describe(exc)})",
+            provider=provider,
+        )
+    return error_for(
+        "upstream_connection_failed",
+        f"connection to {provider} failed ({_describe(exc)})",
+        provider=provider,
+    )
+
+
 def _describe(exc: BaseException) -> str:
-    text = redact(str(exc).strip())
+    text = str(exc).strip()
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict):  # pyreqwest's: a message, then its causes, outermost first
+        causes = details.get("causes") or []
+        deepest = causes[-1].get("message") if causes else None
+        text = f"{getattr(exc, 'message', '')}: {deepest}" if deepest else str(exc.args[0])
+    text = redact(text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 #: What a transport can raise while sending a request or reading its answer.
-TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiohttp.ClientError,
+    OSError,
+    *((reqwest_errors.PyreqwestError,) if reqwest_errors is not None else ()),
+)
 
 
 class map_transport_errors:

@@ -1,7 +1,7 @@
 """OpenAI chat completions to Anthropic and Anthropic Messages to OpenAI-compatible
 targets, translated by the gateway's own pure functions.
 
-The request goes over the same aiohttp session as the pass-through (so the same
+The request goes over the same upstream wire as the pass-through (so the same
 timeouts, errors and connection reuse); the translation is ``runestone.translate``'s:
 no SDK objects, one ``orjson`` decode per event. any-llm stays for every other provider
 and is the oracle the differential tests compare this with.
@@ -10,16 +10,16 @@ and is the oracle the differential tests compare this with.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from runestone.errors import GatewayError, error_for
 from runestone.providers.adapter import Call, Reply, UpstreamStream
 from runestone.providers.errors import map_stream_error_event
 from runestone.providers.openai_compat import SessionAdapter
+from runestone.providers.wire import Wire
 from runestone.streams import loads_object
 from runestone.streams.sse import MAX_EVENT_BYTES, EventReader, split_events
 from runestone.translate import messages_arguments
@@ -40,14 +40,12 @@ Translate = Callable[[str | None, bytes], bytes]
 class _Post(SessionAdapter):
     """POST the translated request to the target, as the pass-through does."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, path: str, build: Callable[[Call], object], **kw: Any
-    ) -> None:
-        super().__init__(session, **kw)
+    def __init__(self, wire: Wire, path: str, build: Callable[[Call], object], **kw: Any) -> None:
+        super().__init__(wire, **kw)
         self._path = path
         self._build = build
 
-    def _prepare(self, call: Call) -> tuple[str, bytes, Any]:
+    def _prepare(self, call: Call) -> tuple[str, bytes, Mapping[str, str]]:
         with _client_shapes(call.provider):
             body = self._build(call)
         return self._path, orjson.dumps(body), call.endpoint.headers
@@ -59,10 +57,8 @@ class _TranslatingAdapter:
     PATH = ""
     WHAT = ""  # what the upstream's answer should be, for the error
 
-    def __init__(
-        self, session: aiohttp.ClientSession, *, max_body: int, max_event: int = MAX_EVENT_BYTES
-    ) -> None:
-        self._post = _Post(session, self.PATH, self._request, max_body=max_body)
+    def __init__(self, wire: Wire, *, max_body: int, max_event: int = MAX_EVENT_BYTES) -> None:
+        self._post = _Post(wire, self.PATH, self._request, max_body=max_body)
         self._max_event = max_event
 
     def _request(self, call: Call) -> object:

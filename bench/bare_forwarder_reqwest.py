@@ -43,6 +43,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         _client.post(UPSTREAM)
         .header("content-type", "application/json")
         .body_bytes(body)
+        # No read-ahead: pyreqwest's default holds back the first 64 KB of a body, which
+        # for a stream is the whole answer (a forwarder that does not relay events).
+        .streamed_read_buffer_limit(0)
         .build_streamed()
     )
     async with request as upstream:

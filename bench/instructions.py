@@ -10,6 +10,7 @@ gateway from another tree), and bench/cpu.py for what a core really spends.
 
     apt-get install valgrind
     python bench/instructions.py [--only request,stream_coalesced] [--requests 1000]
+        [--transport aiohttp,reqwest] [--bare aiohttp,reqwest]
 """
 
 from __future__ import annotations
@@ -90,8 +91,15 @@ def main() -> int:
         help="bare forwarders to compare with, comma-separated: aiohttp (the reference), "
         "reqwest (its twin on pyreqwest)",
     )
+    parser.add_argument(
+        "--transport",
+        default="aiohttp",
+        help="the gateway's upstream transports to measure (RUNESTONE_UPSTREAM_TRANSPORT), "
+        "comma-separated: aiohttp, reqwest",
+    )
     args = parser.parse_args()
     bares = args.bare.split(",")
+    transports = args.transport.split(",")
     mock_port, gateway_port, bare_port = 9120, 9121, 9122
     env = bench_env(mock_port, gateway_port)
     mock = subprocess.Popen(
@@ -99,21 +107,13 @@ def main() -> int:
     )
     gateway = [sys.executable, "-m", "runestone", "serve", "--log-level", "warning"]
     columns = " | ".join(f"bare {b} | ratio" for b in bares)
-    print(f"| scenario (instructions per unit) | runestone | {columns} |")
-    print("|---|---|" + "---|---|" * len(bares))
+    print(f"| scenario (instructions per unit) | runestone on | runestone | {columns} |")
+    print("|---|---|---|" + "---|---|" * len(bares))
     try:
         wait_port(mock_port)
         for name in args.only.split(","):
             path, body, with_bare, _ = SCENARIOS[name]
-            ours = instructions(
-                gateway,
-                env,
-                gateway_port,
-                f"http://127.0.0.1:{gateway_port}{path}",
-                body,
-                args.requests,
-            )
-            cells = []
+            theirs_by_kind: dict[str, float | None] = {}
             for kind in bares:
                 theirs = (
                     instructions(
@@ -127,9 +127,23 @@ def main() -> int:
                     if with_bare
                     else None
                 )
-                ratio = f"{ours / theirs:.2f}" if theirs else "—"
-                cells.append(f"{theirs / 1000:,.0f}k | {ratio}" if theirs else "— | —")
-            print(f"| {name} | {ours / 1000:,.0f}k | {' | '.join(cells)} |", flush=True)
+                theirs_by_kind[kind] = theirs
+            for transport in transports:
+                ours = instructions(
+                    gateway,
+                    {**env, "RUNESTONE_UPSTREAM_TRANSPORT": transport},
+                    gateway_port,
+                    f"http://127.0.0.1:{gateway_port}{path}",
+                    body,
+                    args.requests,
+                )
+                cells = []
+                for kind in bares:
+                    theirs = theirs_by_kind[kind]
+                    ratio = f"{ours / theirs:.2f}" if theirs else "—"
+                    cells.append(f"{theirs / 1000:,.0f}k | {ratio}" if theirs else "— | —")
+                row = f"| {name} | {transport} | {ours / 1000:,.0f}k | {' | '.join(cells)} |"
+                print(row, flush=True)
     finally:
         stop((mock,))
     return 0

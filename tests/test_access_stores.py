@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,3 +265,33 @@ async def test_a_failing_store_never_leaves_a_request_waiting(tmp_path: Path) ->
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(access.admit(key, table, "echo", {}, b"{}"), 2)
     await access.aclose()
+
+
+async def test_the_script_is_loaded_again_after_redis_forgot_it(
+    redis_server: RedisServer,
+) -> None:
+    """The store runs its script by SHA on its own connection: after SCRIPT FLUSH (or a
+    restarted server) it loads the script again instead of failing the request."""
+    store = RedisStore(redis_server.url, prefix=f"t{time.monotonic_ns()}")
+    try:
+        assert (await admit(store, [rpm(5)], "r1", NOW, NOW + 60)).refused is None
+        with socket.create_connection(("127.0.0.1", redis_server.port)) as conn:
+            conn.sendall(b"SCRIPT FLUSH\r\n")
+            assert conn.recv(16).startswith(b"+OK")
+        assert (await admit(store, [rpm(5)], "r2", NOW, NOW + 60)).refused is None
+        assert (await store.used([rpm(5)], NOW))["k:a:rpm"] == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_restarted_redis_costs_no_request(redis_server: RedisServer) -> None:
+    """The connection the script rides on dies with the server; the next call opens a
+    fresh one (one retry, as the client library does for every other command)."""
+    store = RedisStore(redis_server.url, prefix=f"t{time.monotonic_ns()}")
+    try:
+        assert (await admit(store, [rpm(5)], "r1", NOW, NOW + 60)).refused is None
+        redis_server.stop()
+        redis_server.start()
+        assert (await admit(store, [rpm(5)], "r2", NOW, NOW + 60)).refused is None
+    finally:
+        await store.aclose()

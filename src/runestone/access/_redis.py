@@ -209,6 +209,13 @@ class RedisStore:
         self._timeout = timeout
         self._client = connect(url, timeout)
         self._sync = self._client.register_script(_SYNC)
+        self._channel: Any = None
+        try:  # the hot script on its own connection, when hiredis is there to parse
+            from runestone.access._redis_script import ScriptChannel
+        except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+            pass
+        else:
+            self._channel = ScriptChannel(url, _SYNC, timeout)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._tag}>"
@@ -217,6 +224,8 @@ class RedisStore:
         return bounded(awaitable, self._timeout, self.url)
 
     async def _run(self, script: _Script) -> list[Any]:
+        if self._channel is not None:
+            return list(await self._call(self._channel.run(script.keys, script.args)))
         return list(await self._call(self._sync(keys=script.keys, args=script.args)))
 
     async def sync(
@@ -333,4 +342,6 @@ class RedisStore:
         await self._call(self._client.set(f"{self._tag}:probe", "1", ex=60))
 
     async def aclose(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         await self._client.aclose()

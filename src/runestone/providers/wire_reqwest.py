@@ -192,6 +192,13 @@ class ReqwestAnswer:
             return map_transport_error(self._provider, exc, streaming=True)
         return None
 
+    def drop_read_timeout(self) -> None:
+        """Let the relay bound this stream's silence (an alias's ``idle_timeout``).
+
+        reqwest's own per-read timer costs Python nothing and stays, at the session's
+        read timeout: the stricter of the two ends a silent stream.
+        """
+
     def close(self) -> None:
         if not self._done:
             self._done = True

@@ -244,36 +244,19 @@ def map_transport_error(provider: str, exc: BaseException, *, streaming: bool) -
             f"{provider} closed the stream before it was complete ({_describe(exc)})",
             provider=provider,
         )
-    if reqwest_errors is not None and isinstance(exc, reqwest_errors.PyreqwestError):
-        return _reqwest_error(provider, exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return error_for(
             "upstream_connection_failed",
             f"cannot connect to {provider} at {exc.host}:{exc.port} ({_describe(exc.os_error)})",
             provider=provider,
         )
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return error_for(
-            "upstream_invalid_response",
-            f"{provider} sent an unreadable answer ({_describe(exc)})",
-            provider=provider,
-        )
-    return error_for(
-        "upstream_connection_failed",
-        f"connection to {provider} failed ({_describe(exc)})",
-        provider=provider,
-    )
-
-
-def _reqwest_error(provider: str, exc: BaseException) -> GatewayError:
-    assert reqwest_errors is not None
-    if isinstance(exc, reqwest_errors.ConnectError):
+    if isinstance(exc, _CONNECT_ERRORS):  # pyreqwest's: the address is in its causes
         return error_for(
             "upstream_connection_failed",
             f"cannot connect to {provider} ({_describe(exc)})",
             provider=provider,
         )
-    if isinstance(exc, reqwest_errors.ReadError | reqwest_errors.DecodeError):
+    if isinstance(exc, _UNREADABLE_ERRORS):
         return error_for(
             "upstream_invalid_response",
             f"{provider} sent an unreadable answer ({_describe(exc)})",
@@ -296,6 +279,15 @@ def _describe(exc: BaseException) -> str:
     text = redact(text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
+
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    (reqwest_errors.ConnectError,) if reqwest_errors is not None else ()
+)
+_UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+    *((reqwest_errors.ReadError, reqwest_errors.DecodeError) if reqwest_errors else ()),
+)
 
 #: What a transport can raise while sending a request or reading its answer.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (

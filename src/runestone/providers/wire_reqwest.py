@@ -81,7 +81,7 @@ class ReqwestWire:
         chosen = self._least_busy()
         request = (
             chosen.client.post(url)
-            .headers(dict(headers))
+            .headers(headers)
             .body_bytes(body)
             .streamed_read_buffer_limit(0)
             .build_streamed()

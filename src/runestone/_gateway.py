@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
 
 from runestone.access import Access
 from runestone.alerts import BudgetAlerts
-from runestone.aliases import AliasStore
+from runestone.aliases import AliasStore, parse_spec
 from runestone.cache import ResponseCache
 from runestone.config import Settings
 from runestone.conversations import Conversations
 from runestone.errors import error_for
+from runestone.guards import Guards
 from runestone.keyring import POLL_SECONDS, Keyring
 from runestone.providers import AdapterContext
 from runestone.providers.wire import Wire, make_wire
@@ -41,6 +45,10 @@ async def _stop(task: asyncio.Task[None]) -> None:
                 log.error("a background task failed: %r", task.exception())
             return
     log.error("a background task did not stop: %r", task)
+
+
+#: The most bytes of a moderation model's answer read.
+_MAX_MODERATION = 1024 * 1024
 
 
 class Gateway:
@@ -85,6 +93,8 @@ class Gateway:
         self.alerts = BudgetAlerts(settings.alert_webhooks, self.keyring.claim)
         self.access.on_budget = self.alerts
         self._alerting: asyncio.Task[None] | None = None
+        #: The alias file's guards, compiled; moderation guards call providers' models.
+        self.guards = Guards(self.telemetry, self._moderate)
         aliases.on_reload = self._reloaded
 
     def __repr__(self) -> str:
@@ -129,6 +139,29 @@ class Gateway:
                 failover=settings.failover_seconds,
             )
             return self.router
+
+    async def _moderate(
+        self, target: str, texts: Sequence[str], seconds: float
+    ) -> list[dict[str, Any]]:
+        """A moderation model's results for ``texts`` (``POST /moderations``)."""
+        spec = parse_spec(target)
+        router, wire = self.router, self._wire
+        if router is None or wire is None:
+            raise ValueError("the gateway has not started")
+        endpoint = router.registry(self.aliases.table).endpoint(spec.provider)
+        if endpoint is None or not endpoint.configured:
+            raise ValueError(f"provider {spec.provider!r} is not configured")
+        body = orjson.dumps({"model": spec.model, "input": list(texts)})
+        async with asyncio.timeout(seconds):
+            answer = await wire.post(endpoint, "/moderations", "", body, endpoint.headers)
+            data, _ = await answer.read(_MAX_MODERATION)
+        if answer.status != 200:
+            raise ValueError(f"moderation answered {answer.status}")
+        parsed = orjson.loads(data)
+        results = parsed.get("results") if isinstance(parsed, dict) else None
+        if not isinstance(results, list) or len(results) != len(texts):
+            raise ValueError("moderation answered without one result per text")
+        return results
 
     async def _follow_keyring(self) -> None:
         """Other replicas' key changes, read within ``POLL_SECONDS``."""
@@ -191,6 +224,7 @@ class Gateway:
         await self.cache.aclose()
         await self.access.aclose()
         await self.conversations.aclose()
+        await self.guards.aclose()
         if self._context is not None:
             await self._context.aclose()
             self._context = None

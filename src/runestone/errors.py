@@ -88,6 +88,9 @@ CODES: dict[str, CodeInfo] = {
     "content_filtered": CodeInfo(
         400, _INVALID, False, "client", "the provider's content policy refused it"
     ),
+    "content_blocked": CodeInfo(
+        400, _INVALID, False, "client", "a guard of the gateway blocked the input or output"
+    ),
     "upstream_bad_request": CodeInfo(
         400, _INVALID, False, "client", "the provider rejected the request as invalid"
     ),

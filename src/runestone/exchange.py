@@ -25,12 +25,13 @@ and accounting.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
 from runestone._gateway import Gateway
 from runestone.access import Admission, Spent, end_user_of, rate_headers_for, tags_of
 from runestone.aliases import KeySpec
 from runestone.errors import GatewayError
+from runestone.guards import GuardedStream, GuardRun
 from runestone.protocols import ClientProtocol
 from runestone.providers import Forwarded
 from runestone.providers.adapter import NOTHING_FORWARDED
@@ -47,8 +48,10 @@ class Exchange:
         "_setup",
         "_streamed",
         "admission",
+        "blocked",
         "end_user_header",
         "forward",
+        "guards",
         "key",
         "protocol",
         "request_id",
@@ -87,6 +90,9 @@ class Exchange:
         #: The ``x-runestone-user`` and ``x-runestone-tags`` headers, if sent.
         self.end_user_header: str | None = None
         self.tags_header: str | None = None
+        #: The request's guards (None: none apply), and the error a guard blocked it with.
+        self.guards: GuardRun | None = None
+        self.blocked: GatewayError | None = None
         self._closed = False
         self._setup = 0.0  # seconds from the request's arrival to its stream's 200
         self._streamed = False
@@ -98,6 +104,61 @@ class Exchange:
         """The request is made with a client key (before ``admit``)."""
         self.key = key
         self.trace.key = key.id
+
+    async def guard_request(self, body: dict[str, object]) -> bool:
+        """Run the input guards that apply (its alias's, team's, key's) on the request,
+        in place: whether they changed it. A block raises ``content_blocked``."""
+        run = self._gateway.guards.for_request(
+            self.table,
+            str(body["model"]),
+            self.key,
+            route=self.protocol.operation,
+            request_id=self.request_id,
+        )
+        self.guards = run
+        return run is not None and await run.check_request(body)
+
+    @property
+    def guards_output(self) -> bool:
+        """Whether output guards read the answer before it goes out."""
+        return self.guards is not None and bool(self.guards.outputs)
+
+    async def guard_answer(self, routed: Routed) -> None:
+        """The output guards on a whole answer: redacted in place, or the request fails
+        with ``content_blocked`` (the answer was used, and is booked all the same)."""
+        assert self.guards is not None
+        try:
+            routed.reply.body = await self.guards.check_answer(routed.reply.body)
+        except GatewayError as exc:
+            self.blocked = exc
+            self.trace.answered(
+                target=routed.target,
+                attempts=routed.attempts,
+                upstream=routed.upstream,
+                body=routed.reply.body,
+                blocked=exc,
+            )
+            raise
+
+    def guard_stream(
+        self, routed: RoutedStream
+    ) -> Callable[[AsyncGenerator[bytes, None]], AsyncGenerator[bytes, None]]:
+        """What relays a stream's events through its output guards. A block ends the
+        client's stream in-band; the upstream is read on for its usage, then cut."""
+        assert self.guards is not None
+
+        def block(error: GatewayError) -> None:
+            self.blocked = error
+            routed.read_on(error)
+
+        scanner_error = routed.error_event
+        guarded = GuardedStream(
+            self.guards,
+            routed.summary,
+            lambda error: scanner_error(error, self.request_id),
+            block,
+        )
+        return guarded.relay
 
     async def admit(self, body: dict[str, object], raw: bytes) -> None:
         """Take what the key's limits and budgets allow, or raise the client's error."""
@@ -152,8 +213,8 @@ class Exchange:
             connecting=routed.upstream,
             setup=self._setup,
             summary_usage=summary.usage,
-            done=summary.done,
-            error=summary.error,
+            done=summary.done and self.blocked is None,
+            error=self.blocked or summary.error,
             client_gone=client_gone,
             rescued_from=routed.rescued_from,
         )

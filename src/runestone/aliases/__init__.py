@@ -14,10 +14,12 @@ Alias names are case-sensitive, like the model names of every provider: ``fast``
 
 Modules: ``_schema`` (the table's types), ``_file`` and ``_sections`` (text to table),
 ``_policy`` (per-alias resilience keys), ``_yaml_nodes`` (YAML with line numbers),
-``_watch`` (file events and polling), ``_store`` (the live table and its reloads).
+``_guard_specs`` and ``_guards_section`` (the guards), ``_watch`` (file events and
+polling), ``_store`` (the live table and its reloads).
 """
 
 from runestone.aliases._file import parse_alias_file
+from runestone.aliases._guard_specs import GuardSpec, ModerationCheck, WebhookCheck
 from runestone.aliases._keys import (
     PERIODS,
     AccessSettings,
@@ -59,8 +61,10 @@ __all__ = [
     "AliasTable",
     "Budget",
     "CacheSpec",
+    "GuardSpec",
     "KeySpec",
     "Limits",
+    "ModerationCheck",
     "Policy",
     "Problem",
     "ReloadStatus",
@@ -69,6 +73,7 @@ __all__ = [
     "Target",
     "TeamSpec",
     "WatchMode",
+    "WebhookCheck",
     "load_alias_file",
     "parse_alias_file",
     "parse_spec",

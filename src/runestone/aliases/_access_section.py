@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from runestone.aliases._cache_section import cache_spec
+from runestone.aliases._guards_section import guard_names
 from runestone.aliases._keys import (
     DEFAULT_ALERTS,
     NO_ACCESS,
@@ -58,8 +59,9 @@ KEY_SETTINGS = _LIMIT_KEYS | {
     "role",
     "end_user_budget",
     "cache",
+    "guards",
 }
-TEAM_SETTINGS = _LIMIT_KEYS
+TEAM_SETTINGS = _LIMIT_KEYS | {"guards"}
 _KEY_KEYS = KEY_SETTINGS | {"hash"}
 _BUDGET_KEYS = frozenset({"usd", "per", "rolling", "alerts"})
 _ACCESS_KEYS = frozenset({"on_state_error", "default_reservation_usd", "reservation_ttl"})
@@ -110,7 +112,7 @@ def _parse_teams(section: Located | None, problems: list[Problem]) -> dict[str, 
         section_shape="'teams' must map team ids to their limits",
         entry_shape="expected a map of limits",
     ):
-        unknown_keys(value, _LIMIT_KEYS, where, problems)
+        unknown_keys(value, TEAM_SETTINGS, where, problems)
         teams[team_id] = team_entry(team_id, value, where, problems, line)
     return teams
 
@@ -172,6 +174,7 @@ def key_entry(
         found = _budgets(Located([per_user], per_user.line), f"{where} end_user_budget", problems)
         end_user_budget = found[0] if found else None
     cache = cache_spec(value.get("cache"), where, problems)
+    guards = guard_names(value.get("guards"), where, problems)
     if len(problems) > before:
         return None
     return KeySpec(
@@ -186,6 +189,7 @@ def key_entry(
         role=role.value if role is not None else "client",  # type: ignore[arg-type]
         end_user_budget=end_user_budget,
         cache=cache,
+        guards=guards,
     )
 
 
@@ -193,7 +197,9 @@ def team_entry(
     team_id: str, value: Mapping[str, Located], where: str, problems: list[Problem], line: int = 0
 ) -> TeamSpec:
     """One team's settings (``TEAM_SETTINGS``), checked."""
-    return TeamSpec(team_id, _parse_limits(value, where, problems), line)
+    limits = _parse_limits(value, where, problems)
+    guards = guard_names(value.get("guards"), where, problems)
+    return TeamSpec(team_id, limits, line, guards=guards)
 
 
 def valid_id(text: object) -> bool:

@@ -10,8 +10,8 @@ from runestone.aliases._sections import unknown_keys
 from runestone.aliases._yaml_nodes import Located
 
 _CACHE_KEYS = frozenset({"ttl", "scope", "temperature"})
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|[smhd]?)$")
+_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: The longest an answer may be kept.
 MAX_CACHE_TTL = 30 * 86400
 
@@ -26,7 +26,7 @@ def cache_spec(entry: Located | None, where: str, problems: list[Problem]) -> Ca
         return None
     unknown_keys(entry.value, _CACHE_KEYS, f"{where} cache", problems)
     ttl_entry, scope, temperature = (entry.value.get(k) for k in ("ttl", "scope", "temperature"))
-    ttl = _seconds(ttl_entry.value if ttl_entry is not None else None)
+    ttl = duration_seconds(ttl_entry.value if ttl_entry is not None else None)
     if ttl is None or not 0 < ttl <= MAX_CACHE_TTL:
         problems.append(Problem(entry.line, f"{shape}; ttl at most 30 days"))
         return None
@@ -43,7 +43,7 @@ def cache_spec(entry: Located | None, where: str, problems: list[Problem]) -> Ca
     )
 
 
-def _seconds(value: object) -> float | None:
+def duration_seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -23,6 +23,8 @@ from types import MappingProxyType
 
 from runestone.aliases._access_section import hosted_tools, parse_access
 from runestone.aliases._cache_section import cache_spec
+from runestone.aliases._guard_specs import GuardSpec
+from runestone.aliases._guards_section import guard_names, parse_guards, unknown_guards
 from runestone.aliases._keys import NO_ACCESS, AccessTable
 from runestone.aliases._policy import (
     DEFAULT_POLICY,
@@ -54,7 +56,17 @@ from runestone.pricing import Price
 from runestone.providers import ProviderSpec
 
 TOP_LEVEL_KEYS = frozenset(
-    {"aliases", "providers", "defaults", "prices", "allow_shrink", "keys", "teams", "access"}
+    {
+        "aliases",
+        "providers",
+        "defaults",
+        "prices",
+        "allow_shrink",
+        "keys",
+        "teams",
+        "access",
+        "guards",
+    }
 )
 ALIAS_MAP_KEYS = (
     frozenset(
@@ -66,6 +78,7 @@ ALIAS_MAP_KEYS = (
             "hosted_tools",
             "cache",
             "prompt_cache",
+            "guards",
         }
     )
     | POLICY_KEYS
@@ -87,7 +100,9 @@ def parse_alias_file(
     prices: dict[str, Price] = {}
     flags: dict[str, bool] = {}
     access: list[AccessTable] = [NO_ACCESS]
-    aliases = _parse(data, problems, providers, defaults, prices, flags, access)
+    guards: dict[str, GuardSpec] = {}
+    aliases = _parse(data, problems, providers, defaults, prices, flags, access, guards)
+    problems.extend(unknown_guards(guards, aliases.values(), access[0]))
     if known_providers is not None:
         known = {*known_providers, *(p.name for p in providers)}
         for alias in aliases.values():
@@ -125,6 +140,7 @@ def parse_alias_file(
         patterns,
         flags.get("allow_shrink", False),
         access[0],
+        MappingProxyType(guards),
     )
 
 
@@ -136,6 +152,7 @@ def _parse(
     prices: dict[str, Price],
     flags: dict[str, bool],
     access: list[AccessTable],
+    guards: dict[str, GuardSpec],
 ) -> dict[str, Alias]:
     try:
         text = data.decode("utf-8")
@@ -171,6 +188,7 @@ def _parse(
     if "prices" in root.value:
         prices.update(parse_prices(root.value["prices"], problems))
     access[0] = parse_access(root.value, problems)
+    guards.update(parse_guards(root.value.get("guards"), problems))
     if "allow_shrink" in root.value:
         entry = root.value["allow_shrink"]
         if isinstance(entry.value, bool):
@@ -257,6 +275,7 @@ def _parse_alias(
     prompt_cache = value.get("prompt_cache")
     if prompt_cache is not None and not isinstance(prompt_cache.value, bool):
         problems.append(Problem(prompt_cache.line, f"{where}: prompt_cache is true|false"))
+    guards = guard_names(value.get("guards"), where, problems)
     if len(problems) > before or not targets:
         return None
     return Alias(
@@ -268,6 +287,7 @@ def _parse_alias(
         hosted,
         cache,
         prompt_cache is None or bool(prompt_cache.value),
+        guards,
     )
 
 

@@ -78,6 +78,8 @@ class TeamSpec:
     line: int = 0
     blocked: bool = False
     source: Source = "file"
+    #: The guards its keys' requests pass through.
+    guards: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class KeySpec:
     end_user_budget: Budget | None = None
     #: Its requests' answers are cached (unless their alias says how).
     cache: CacheSpec | None = None
+    #: The guards its requests pass through (besides its alias's and its team's).
+    guards: tuple[str, ...] = ()
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatchcase(model, allowed) for allowed in self.models)

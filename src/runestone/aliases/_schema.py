@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from runestone.aliases._guard_specs import GuardSpec
 from runestone.aliases._keys import NO_ACCESS, AccessTable, CacheSpec, HostedTools
 from runestone.aliases._policy import DEFAULT_POLICY, Policy
 from runestone.pricing import Price
@@ -46,6 +47,8 @@ class Alias:
     cache: CacheSpec | None = None
     #: Prompt-cache breakpoints placed for a target of another format (Anthropic's).
     prompt_cache: bool = True
+    #: The guards its requests pass through (names from the file's ``guards:``).
+    guards: tuple[str, ...] = ()
 
     @property
     def every_target(self) -> tuple[Target, ...]:
@@ -76,6 +79,7 @@ class Alias:
             self.hosted_tools,
             self.cache,
             self.prompt_cache,
+            self.guards,
         )
 
 
@@ -122,6 +126,8 @@ class AliasTable:
     allow_shrink: bool = False
     #: Client keys, teams and their limits (``keys:``, ``teams:``, ``access:``).
     access: AccessTable = NO_ACCESS
+    #: The guards declared (``guards:``), by name.
+    guards: Mapping[str, GuardSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)

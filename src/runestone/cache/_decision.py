@@ -50,8 +50,13 @@ def decide(
     operation: str,
     body: dict[str, object],
     cache_control: str | None,
+    guarded: str = "",
 ) -> Decision | None:
-    """None when no cache applies to the request; else what to do with it."""
+    """None when no cache applies to the request; else what to do with it.
+
+    ``guarded`` names the output guards its answer passes (and how they are set): an
+    answer kept under other guards, or none, is not this request's answer.
+    """
     if operation == "count_tokens":
         return None
     model = str(body.get("model"))
@@ -81,7 +86,7 @@ def decide(
     canonical = {k: v for k, v in body.items() if k not in IGNORED}
     digest = hashlib.sha256(
         orjson.dumps(
-            [_VERSION, scope, operation, model, targets, stream, usage, canonical],
+            [_VERSION, scope, operation, model, targets, stream, usage, guarded, canonical],
             option=orjson.OPT_SORT_KEYS,
         )
     ).hexdigest()

@@ -10,7 +10,7 @@ silent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from runestone.http._asgi import ClientGone, Receive, Send, header_value
@@ -170,11 +170,13 @@ async def relay_to_client(
     on_end: Callable[[ClientState], None],
     headers: list[tuple[bytes, bytes]] | None = None,
     before_end: Callable[[], Awaitable[None]] | None = None,
+    through: Callable[[AsyncGenerator[bytes, None]], AsyncGenerator[bytes, None]] | None = None,
 ) -> None:
     """Send the 200, the stream and its end; ``on_end`` hears how it went, whatever happens.
 
     ``before_end`` is awaited before the piece that completes the stream goes out (what
-    the client may act on next must be in place by then).
+    the client may act on next must be in place by then). ``through`` is what the events
+    pass through on their way out (the output guards), a whole answer too.
     """
     state = watch.state
     if state.client_gone:  # between the first content and now
@@ -189,7 +191,9 @@ async def relay_to_client(
     await send({"type": "http.response.start", "status": 200, "headers": start})
     # A whole answer is one piece: no generator to start (each one started is registered
     # with the event loop, and unregistered when collected).
-    events = None if whole else routed.events()
+    events = None if whole and through is None else routed.events()
+    if events is not None and through is not None:
+        events = through(events)
     try:
         if events is None:
             answer = routed.whole_answer()

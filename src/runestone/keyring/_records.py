@@ -170,6 +170,8 @@ def settings_of(spec: KeySpec | TeamSpec) -> dict[str, Any]:
     }
     if limits.budgets:
         found["budgets"] = [_budget(b) for b in limits.budgets]
+    if spec.guards:
+        found["guards"] = list(spec.guards)
     if isinstance(spec, KeySpec):
         if spec.models:
             found["models"] = list(spec.models)

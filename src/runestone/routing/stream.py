@@ -276,6 +276,23 @@ class RoutedStream:
             self._draining = True
             self.clocks.after("drain", self.drain_for, self.cancel)
 
+    def read_on(self, error: GatewayError) -> None:
+        """Nothing more of it goes to the client (a guard blocked the answer). The usage
+        comes at a stream's end: the upstream is read on for ``drain_for`` seconds, to
+        its end or until then, and then cut with ``error``."""
+        leg = self._leg
+        if leg is None or leg.scanner.summary.done:
+            return
+        if self.drain_for <= 0:
+            self.end_now(error)
+        elif not self._draining:
+            self._draining = True
+            self.clocks.after("drain", self.drain_for, lambda: self.end_now(error))
+
+    def error_event(self, error: GatewayError, request_id: str | None) -> bytes:
+        """The in-band event that ends this stream with ``error``, in its protocol."""
+        return self._accepted().scanner.error_event(error, request_id)
+
     def cancel(self) -> None:
         """The client went away: end the answer as its fault, not the upstream's."""
         leg = self._leg

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 Outcome = Literal[
-    "complete", "rescued", "error", "client_cancelled", "upstream_error", "truncated", "cached"
+    "complete",
+    "rescued",
+    "error",
+    "client_cancelled",
+    "upstream_error",
+    "truncated",
+    "cached",
+    "blocked",
 ]
 
 
@@ -88,4 +95,16 @@ class CacheLookup:
     saved: float | None = None
 
 
-Event = RequestFinished | AttemptFinished | AliasReload | StoreFailed | CacheLookup
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardDecision:
+    """What one guard decided about one request's input or output: ``pass``, ``block``,
+    ``redact``, ``log``, or ``error`` (its service failed; it then passed or blocked as
+    its ``on_error`` says). Never the text, nor what was found in it."""
+
+    route: str
+    guard: str  # a name from the alias file: bounded
+    stage: str  # input | output
+    decision: str
+
+
+Event = RequestFinished | AttemptFinished | AliasReload | StoreFailed | CacheLookup | GuardDecision

@@ -12,6 +12,7 @@ from runestone.telemetry.events import (
     AttemptFinished,
     CacheLookup,
     Event,
+    GuardDecision,
     RequestFinished,
     StoreFailed,
 )
@@ -30,6 +31,7 @@ _EVENT_TYPES: tuple[type[Event], ...] = (
     AliasReload,
     StoreFailed,
     CacheLookup,
+    GuardDecision,
 )
 
 

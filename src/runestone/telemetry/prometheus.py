@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from runestone.telemetry._local_metrics import HistogramChild, LocalCounter, LocalHistogram
-from runestone.telemetry.events import AliasReload, CacheLookup, Event, StoreFailed
+from runestone.telemetry.events import AliasReload, CacheLookup, Event, GuardDecision, StoreFailed
 from runestone.telemetry.tallies import (
     BOUNDS,
     LATENCY_BUCKETS,
@@ -40,7 +40,7 @@ MAX_MODELS = 200
 
 
 class PrometheusMetrics:
-    EVENTS = (AliasReload, StoreFailed, CacheLookup)
+    EVENTS = (AliasReload, StoreFailed, CacheLookup, GuardDecision)
 
     def __init__(
         self,
@@ -132,6 +132,13 @@ class PrometheusMetrics:
             [],
             registry=r,
         )
+        self.guard_decisions = counter(
+            "runestone_guard_decisions",
+            "Guards' decisions by route, guard, stage (input, output) and decision: pass, "
+            "block, redact, log, error",
+            ["route", "guard", "stage", "decision"],
+            registry=r,
+        )
         self.in_flight = _InFlight(r, tallies, self.multiprocess)
         self.reloads = Counter(
             "runestone_alias_reloads", "Alias file reloads", ["result"], registry=r
@@ -164,6 +171,10 @@ class PrometheusMetrics:
             self.child(self.cache_lookups, event.route, event.result).inc()
             if event.saved:
                 self.child(self.cache_saved, event.route).inc(event.saved)
+        elif isinstance(event, GuardDecision):
+            self.child(
+                self.guard_decisions, event.route, event.guard, event.stage, event.decision
+            ).inc()
         elif isinstance(event, StoreFailed):
             self.child(self.store_errors, event.store).inc()
         elif isinstance(event, AliasReload):

@@ -130,8 +130,20 @@ class RequestTrace:
             return None
         return price.cost(used.input, used.output, used.cached, used.written)
 
-    def answered(self, *, target: Target, attempts: int, upstream: float, body: bytes) -> Answer:
-        """A non-streamed answer is about to be sent: emit its event, return its figures."""
+    def answered(
+        self,
+        *,
+        target: Target,
+        attempts: int,
+        upstream: float,
+        body: bytes,
+        blocked: GatewayError | None = None,
+    ) -> Answer:
+        """A non-streamed answer is about to be sent: emit its event, return its figures.
+
+        A ``blocked`` answer (a guard refused it) is used and paid for all the same; the
+        client gets the guard's error instead.
+        """
         elapsed = time.perf_counter() - self.started
         route = self.route
         if route == "count_tokens":  # a count costs nothing and uses no tokens
@@ -146,13 +158,14 @@ class RequestTrace:
         self._finish(
             provider=target.provider,
             model=target.model,
-            status=200,
+            status=200 if blocked is None else blocked.status,
+            code="" if blocked is None else blocked.code,
             attempts=attempts,
             duration=elapsed,
             upstream=upstream,
             input_tokens=given,
             output_tokens=taken,
-            outcome="complete",
+            outcome="complete" if blocked is None else "blocked",
             cost=cost,
         )
         overhead = max(elapsed - upstream, 0.0)
@@ -187,7 +200,7 @@ class RequestTrace:
             attempts=error.attempts,
             duration=time.perf_counter() - self.started,
             upstream=error.upstream,
-            outcome="error",
+            outcome="blocked" if error.code == "content_blocked" else "error",
         )
 
     def stream_started(self) -> float:
@@ -217,6 +230,8 @@ class RequestTrace:
         outcome: Outcome
         if client_gone:
             outcome = "client_cancelled"
+        elif error is not None and error.code == "content_blocked":
+            outcome = "blocked"
         elif done:
             outcome = "rescued" if rescued_from is not None else "complete"
         elif error is not None and error.code == "upstream_stream_interrupted":

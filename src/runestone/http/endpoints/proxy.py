@@ -8,7 +8,6 @@ relays the stream.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
 
 import orjson
 
@@ -92,6 +91,8 @@ class ProxyEndpoint:
         try:
             raw = await read_body(receive, self._max_body, declared)
             body = protocol.validate(parse_json(raw))
+            if await exchange.guard_request(body):
+                raw = orjson.dumps(body)  # what the request carries now is what it costs
             pending = None
             if self._conversations is not None:
                 refuse_dropped_tools(body, self.gateway, exchange)
@@ -107,6 +108,7 @@ class ProxyEndpoint:
                     protocol.operation,
                     body,
                     cache_control,
+                    exchange.guards.fingerprint if exchange.guards is not None else "",
                 )
                 if decision is not None and await self._answered_from_cache(
                     decision, exchange, send, str(body["model"])
@@ -125,6 +127,8 @@ class ProxyEndpoint:
             else:
                 # Awaited here, not in a helper: one frame fewer for every resumption.
                 answered = await exchange.complete(body)
+                if exchange.guards_output:
+                    await exchange.guard_answer(answered)
                 headers = self._answer_headers(answered, request_id, exchange)
                 if pending is not None:
                     await self._keep(pending, orjson.loads(answered.reply.body))
@@ -268,15 +272,17 @@ class ProxyEndpoint:
         def finished(state: ClientState) -> None:
             exchange.stream_ended(routed, client_gone=state.client_gone)
 
-        def keep() -> Awaitable[None]:
+        async def keep() -> None:
             assert pending is not None
-            return self._keep(pending, routed.summary.final)
+            if exchange.blocked is None:  # a blocked answer is not kept
+                await self._keep(pending, routed.summary.final)
 
         streams = self.gateway.streams
         streams.add(routed)
         try:
             before_end = keep if pending is not None else None
-            await relay_to_client(routed, watch, send, finished, headers, before_end)
+            through = exchange.guard_stream(routed) if exchange.guards_output else None
+            await relay_to_client(routed, watch, send, finished, headers, before_end, through)
         finally:
             streams.discard(routed)
         summary = routed.summary
@@ -284,6 +290,7 @@ class ProxyEndpoint:
             tap is not None
             and summary.done
             and summary.error is None
+            and exchange.blocked is None
             and not watch.state.client_gone
         ):
             kept = tap.body()

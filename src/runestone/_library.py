@@ -47,6 +47,7 @@ class LocalBackend:
     async def _admitted(self, exchange: Exchange, body: dict[str, object], key: str | None) -> None:
         if key is not None:
             exchange.use_key(client_key(exchange, key))
+        await exchange.guard_request(body)
         await exchange.admit(body, orjson.dumps(body))
 
     async def chat_bytes(
@@ -55,6 +56,8 @@ class LocalBackend:
         with Exchange(self.gateway, CHAT, request_id).lifetime() as exchange:
             await self._admitted(exchange, body, key)
             routed = await exchange.complete(body)
+            if exchange.guards_output:
+                await exchange.guard_answer(routed)
             exchange.answered(routed)
             return routed.reply.body
 
@@ -66,6 +69,8 @@ class LocalBackend:
             routed = await exchange.open_stream(body)
             exchange.stream_started()
             events = routed.events()
+            if exchange.guards_output:
+                events = exchange.guard_stream(routed)(events)
             try:
                 async for event in events:
                     yield event

@@ -142,7 +142,7 @@ class Keyring:
         """A new key; returns its record and its secret (shown this once)."""
         if self._taken("key", key_id) or key_id == "self":
             raise error_for("conflict", f"key {key_id!r} exists already (ids are unique)")
-        spec = check_key_settings(key_id, settings)
+        spec = check_key_settings(key_id, settings, self.aliases.table.guards)
         self._check_team(spec.team)
         secret = new_key()
         now = self.clock()
@@ -174,7 +174,9 @@ class Keyring:
         actor: str,
     ) -> Record:
         if settings is not None:
-            self._check_team(check_key_settings(record["id"], settings).team)
+            self._check_team(
+                check_key_settings(record["id"], settings, self.aliases.table.guards).team
+            )
         changed = _changed(record, settings, metadata, blocked)
         await self._put(f"key:{record['id']}", self._stamp(changed, actor))
         return changed
@@ -206,7 +208,7 @@ class Keyring:
     ) -> Record:
         if self._taken("team", team_id):
             raise error_for("conflict", f"team {team_id!r} exists already (ids are unique)")
-        check_team_settings(team_id, settings)
+        check_team_settings(team_id, settings, self.aliases.table.guards)
         now = self.clock()
         record = {
             "kind": "team",
@@ -230,7 +232,7 @@ class Keyring:
         actor: str,
     ) -> Record:
         if settings is not None:
-            check_team_settings(record["id"], settings)
+            check_team_settings(record["id"], settings, self.aliases.table.guards)
         changed = _changed(record, settings, metadata, blocked)
         await self._put(f"team:{record['id']}", self._stamp(changed, actor))
         return changed

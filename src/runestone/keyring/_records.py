@@ -11,7 +11,7 @@ handed out again and every replica learns of the revocation as of any other chan
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -63,10 +63,14 @@ def _refuse(problems: list[Problem]) -> None:
     raise error_for("invalid_request", "; ".join(p.message for p in problems))
 
 
-def check_key_settings(key_id: str, settings: Mapping[str, Any]) -> KeySpec:
-    """A key's settings as the API was sent them, checked like the alias file's."""
+def check_key_settings(
+    key_id: str, settings: Mapping[str, Any], guards: Collection[str] | None = None
+) -> KeySpec:
+    """A key's settings as the API was sent them, checked like the alias file's (and
+    its guards against ``guards``, the ones declared, when given)."""
     problems: list[Problem] = []
     where = f"key {key_id!r}"
+    _known_guards(settings, guards, where, problems)
     unknown = sorted(set(settings) - KEY_SETTINGS)
     if unknown:
         known = ", ".join(sorted(KEY_SETTINGS))
@@ -78,9 +82,12 @@ def check_key_settings(key_id: str, settings: Mapping[str, Any]) -> KeySpec:
     return found
 
 
-def check_team_settings(team_id: str, settings: Mapping[str, Any]) -> TeamSpec:
+def check_team_settings(
+    team_id: str, settings: Mapping[str, Any], guards: Collection[str] | None = None
+) -> TeamSpec:
     problems: list[Problem] = []
     where = f"team {team_id!r}"
+    _known_guards(settings, guards, where, problems)
     unknown = sorted(set(settings) - TEAM_SETTINGS)
     if unknown:
         known = ", ".join(sorted(TEAM_SETTINGS))
@@ -158,6 +165,21 @@ def merge(
             all_keys[spec.digest] = spec
     merged = AccessTable(MappingProxyType(all_keys), MappingProxyType(all_teams), access.settings)
     return dataclasses.replace(table, access=merged)
+
+
+def _known_guards(
+    settings: Mapping[str, Any],
+    guards: Collection[str] | None,
+    where: str,
+    problems: list[Problem],
+) -> None:
+    named = settings.get("guards")
+    if guards is None or not isinstance(named, list):
+        return
+    for name in named:
+        if isinstance(name, str) and name not in guards:
+            known = ", ".join(sorted(guards)) or "none declared in the alias file"
+            problems.append(Problem(0, f"{where}: unknown guard {name!r} (known: {known})"))
 
 
 def settings_of(spec: KeySpec | TeamSpec) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from runestone.telemetry._collectors import BreakerCollector, BudgetCollector
 from runestone.telemetry._local_metrics import HistogramChild, LocalCounter, LocalHistogram
 from runestone.telemetry.events import AliasReload, CacheLookup, Event, GuardDecision, StoreFailed
 from runestone.telemetry.tallies import (
@@ -158,9 +159,9 @@ class PrometheusMetrics:
         self._series: dict[Kind, _Series] = {}
         self._version: str | None = None
         if breakers is not None and not self.multiprocess:
-            r.register(_BreakerCollector(breakers))
+            r.register(BreakerCollector(breakers))
         if budgets is not None and not self.multiprocess:
-            r.register(_BudgetCollector(budgets))
+            r.register(BudgetCollector(budgets))
         # Processes share the metrics through files: each request must reach them before
         # another worker's scrape, so the tallies hand on every change at once.
         tallies.eager = tallies.eager or self.multiprocess
@@ -368,38 +369,3 @@ class _InFlight(Collector):
                 if of_stream == bool(stream):
                     family.add_metric([route], count)
             yield family
-
-
-class _BreakerCollector(Collector):
-    """Breaker states, read at scrape time (one process's view)."""
-
-    def __init__(self, breakers: Callable[[], Iterable[dict[str, object]]]) -> None:
-        self._breakers = breakers
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "runestone_breaker_state",
-            "Circuit breaker per target: 0 closed, 1 half open, 2 open",
-            labels=["target"],
-        )
-        for breaker in self._breakers():
-            value = {"closed": 0, "half_open": 1, "open": 2}[str(breaker["state"])]
-            family.add_metric([str(breaker["target"])], value)
-        yield family
-
-
-class _BudgetCollector(Collector):
-    """Each budget's used share (spent and reserved), as its last request left it."""
-
-    def __init__(self, budgets: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
-        self._budgets = budgets
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "runestone_budget_used_ratio",
-            "Share of each key's and team's budget used in its current window (1 = spent)",
-            labels=["owner", "budget"],
-        )
-        for owner, budget, share in self._budgets():
-            family.add_metric([owner, budget], share)
-        yield family

@@ -127,7 +127,8 @@ def test_duplicate_key_names_alias_and_both_lines() -> None:
 def test_unknown_top_level_key() -> None:
     assert problems("aliases:\n  a: b:c\nalias:\n  d: e:f\n") == [
         "aliases.yaml:3: unknown top-level key 'alias' "
-        "(expected: access, aliases, allow_shrink, defaults, guards, keys, prices, providers, teams)"
+        "(expected: access, aliases, allow_shrink, defaults, guards, keys, prices, providers, "
+        "teams)"
     ]
 
 

@@ -16,7 +16,7 @@ import orjson
 
 from runestone.aliases import GuardSpec
 from runestone.errors import GatewayError, error_for
-from runestone.guards.detectors import Detector
+from runestone.guards.detectors import Detectors
 from runestone.guards.remote import CheckFailed, Moderate, Webhooks, flagged
 from runestone.guards.texts import answer_slots, request_slots
 from runestone.guards.window import scan_whole
@@ -32,7 +32,7 @@ class CompiledGuard:
 
     __slots__ = ("detectors", "spec")
 
-    def __init__(self, spec: GuardSpec, detectors: tuple[Detector, ...]) -> None:
+    def __init__(self, spec: GuardSpec, detectors: Detectors) -> None:
         self.spec = spec
         self.detectors = detectors
 

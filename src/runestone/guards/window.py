@@ -10,10 +10,9 @@ bounded by ``limit``. A whole text is the same thing with ``final=True``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
-from runestone.guards.detectors import Detector
+from runestone.guards.detectors import Detectors
 
 #: The most characters held back while a possible match is forming; a match longer than
 #: this is decided from what has been seen.
@@ -40,9 +39,7 @@ class TextWindow:
 
     __slots__ = ("_before", "_detectors", "_held", "limit", "redacts")
 
-    def __init__(
-        self, detectors: Sequence[Detector], *, redacts: bool, limit: int = MAX_HOLD
-    ) -> None:
+    def __init__(self, detectors: Detectors, *, redacts: bool, limit: int = MAX_HOLD) -> None:
         self._detectors = detectors
         self.redacts = redacts
         self.limit = limit
@@ -59,6 +56,15 @@ class TextWindow:
         base = len(self._before)
         size = len(buf)
         cut = size
+        either = self._detectors.either
+        if not final and either is not None:
+            first = either.search(buf, base, partial=True)
+            if first is None or first.partial:
+                # Nothing here, or only where a match may be starting (before it, no
+                # detector matches): release up to there.
+                return self._release(buf, base, first.start() if first else size, text)
+        elif final and not any(d.pattern.search(buf, base) for d in self._detectors):
+            return self._release(buf, base, size, text)
         findings: list[Finding] = []
         for detector in self._detectors:
             for match in detector.pattern.finditer(buf, base, partial=not final):
@@ -85,6 +91,16 @@ class TextWindow:
         self._held = buf[cut:]
         out = _masked(buf, base, cut, decided) if self.redacts else text
         return out, [f.detector for f in decided]
+
+    def _release(self, buf: str, base: int, cut: int, text: str) -> tuple[str, list[str]]:
+        """Release ``buf[base:cut]``, in which nothing was found; hold the rest."""
+        size = len(buf)
+        if size - cut > self.limit:
+            cut = size - self.limit
+        if cut > base:
+            self._before = buf[max(base, cut - _CONTEXT) : cut]
+        self._held = buf[cut:]
+        return (buf[base:cut] if self.redacts else text), []
 
     def flush(self) -> tuple[str, list[str]]:
         """The end of the channel: decide and release what is held."""
@@ -135,6 +151,6 @@ def _masked(buf: str, base: int, cut: int, findings: list[Finding]) -> str:
     return "".join(parts)
 
 
-def scan_whole(detectors: Sequence[Detector], text: str, *, redacts: bool) -> tuple[str, list[str]]:
+def scan_whole(detectors: Detectors, text: str, *, redacts: bool) -> tuple[str, list[str]]:
     """A whole text: its redacted form (or itself) and the detectors that found something."""
     return TextWindow(detectors, redacts=redacts).push(text, final=True)

@@ -28,6 +28,8 @@ _LIMITS = {
     "budgets": {"type": "array", "items": {"$ref": "#/components/schemas/Budget"}},
     "metadata": {"type": "object"},
     "blocked": {"type": "boolean"},
+    # Names of the alias file's guards its requests pass through.
+    "guards": {"type": "array", "items": {"type": "string"}},
 }
 _KEY_SETTINGS = _LIMITS | {
     "models": {"type": "array", "items": {"type": "string"}},

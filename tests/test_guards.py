@@ -520,6 +520,8 @@ def test_a_blocked_responses_stream_is_failed_in_band_and_not_stored(
     assert payloads[-1]["type"] in ("error", "response.failed")
     assert "no-secrets" in answer.text
     assert not any(p["type"] == "response.completed" for p in payloads)
+    numbers = [p["sequence_number"] for p in payloads]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
 
 
 # --- Webhook and moderation guards --------------------------------------------------------

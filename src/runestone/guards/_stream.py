@@ -121,7 +121,7 @@ class GuardedStream:
                 except _Blocked as block:
                     self.blocked = block.error
                     self._on_block(block.error)
-                    yield block.before + self._error_event(block.error)
+                    yield block.before + self._numbered(self._error_event(block.error))
                     continue
                 if out:
                     yield out
@@ -203,6 +203,13 @@ class GuardedStream:
         field, template = shape
         payload = orjson.loads(orjson.dumps(template))
         _set_path(payload, field, text)
+        return self._encoded(payload, _kind_of(payload))
+
+    def _numbered(self, event: bytes) -> bytes:
+        """An event of the protocol's own making, numbered in sequence with those sent."""
+        payload = loads_object(event_data(event) or b"")
+        if payload is None or "sequence_number" not in payload:
+            return event
         return self._encoded(payload, _kind_of(payload))
 
     def _encoded(self, payload: dict[str, Any], kind: str | None) -> bytes:

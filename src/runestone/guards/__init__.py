@@ -8,7 +8,8 @@ is relayed (``GuardedStream``).
 
 Modules: ``detectors`` (what is looked for), ``window`` (text in pieces, scanned as one),
 ``texts`` (where the text is in each wire format), ``remote`` (webhooks and moderation),
-``_run`` (one request's checks and decisions), ``_stream`` (a stream's events).
+``_run`` (one request's checks and decisions), ``_stream`` (a stream's events),
+``_stages`` (one channel of a stream's text through each guard).
 """
 
 from __future__ import annotations

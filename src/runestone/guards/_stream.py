@@ -17,70 +17,10 @@ from typing import Any
 import orjson
 
 from runestone.errors import GatewayError
-from runestone.guards._run import CompiledGuard, GuardRun, blocked
-from runestone.guards.window import TextWindow
+from runestone.guards._run import GuardRun
+from runestone.guards._stages import Blocked, Detect, Pipeline, Segment
 from runestone.streams import StreamSummary
 from runestone.streams.sse import encode, event_data, loads_object, split_events
-
-
-class _Blocked(Exception):
-    def __init__(self, error: GatewayError) -> None:
-        self.error = error
-        #: The events of the same read before the one blocked: they go out.
-        self.before = b""
-
-
-class _Detect:
-    __slots__ = ("_guard", "_run", "_window", "found")
-
-    def __init__(self, run: GuardRun, guard: CompiledGuard, found: dict[str, list[str]]) -> None:
-        self._run = run
-        self._guard = guard
-        self._window = TextWindow(guard.detectors, redacts=guard.spec.action != "log")
-        self.found = found
-
-    async def push(self, text: str, final: bool) -> str:
-        out, names = self._window.push(text, final=final)
-        if names:
-            guard = self._guard
-            self.found.setdefault(guard.name, []).extend(names)
-            if guard.spec.action == "block":
-                self._run.decided(guard, "output", "block", names)
-                raise _Blocked(blocked(guard.name, "output"))
-        return out
-
-
-class _Segment:
-    """A webhook or moderation guard: a segment of ``segment`` characters at a time."""
-
-    __slots__ = ("_guard", "_held", "_run")
-
-    def __init__(self, run: GuardRun, guard: CompiledGuard) -> None:
-        self._run = run
-        self._guard = guard
-        self._held = ""
-
-    async def push(self, text: str, final: bool) -> str:
-        self._held += text
-        if not self._held or (len(self._held) < self._guard.spec.segment and not final):
-            return ""
-        segment, self._held = self._held, ""
-        try:
-            return (await self._run.ask(self._guard, "output", [segment]))[0]
-        except GatewayError as exc:
-            raise _Blocked(exc) from None
-
-
-class _Pipeline:
-    __slots__ = ("_stages",)
-
-    def __init__(self, stages: list[_Detect | _Segment]) -> None:
-        self._stages = stages
-
-    async def push(self, text: str, final: bool = False) -> str:
-        for stage in self._stages:
-            text = await stage.push(text, final)
-        return text
 
 
 class GuardedStream:
@@ -97,7 +37,7 @@ class GuardedStream:
         self._summary = summary
         self._error_event = error_event
         self._on_block = on_block
-        self._channels: dict[Hashable, _Pipeline] = {}
+        self._channels: dict[Hashable, Pipeline] = {}
         #: Per channel: how its text is written back into a synthesized event, and what was
         #: sent of it (Responses repeats a channel's whole text in its done events).
         self._shapes: dict[Hashable, tuple[str, dict[str, Any]]] = {}
@@ -118,7 +58,7 @@ class GuardedStream:
                     continue  # read on for the usage, for a bounded time; relay nothing
                 try:
                     out = await self._piece(piece)
-                except _Blocked as block:
+                except Blocked as block:
                     self.blocked = block.error
                     self._on_block(block.error)
                     yield block.before + self._numbered(self._error_event(block.error))
@@ -146,21 +86,21 @@ class GuardedStream:
                     out.append(event)
                     continue
                 out += await self._rewrite(payload, event)
-            except _Blocked as block:
+            except Blocked as block:
                 block.before = b"".join(out)
                 raise
         if used < len(piece):
             out.append(piece[used:])
         return b"".join(out)
 
-    def _channel(self, key: Hashable) -> _Pipeline:
+    def _channel(self, key: Hashable) -> Pipeline:
         pipeline = self._channels.get(key)
         if pipeline is None:
-            stages: list[_Detect | _Segment] = [
-                _Detect(self._run, g, self._found) if g.detectors else _Segment(self._run, g)
+            stages: list[Detect | Segment] = [
+                Detect(self._run, g, self._found) if g.detectors else Segment(self._run, g)
                 for g in self._run.outputs
             ]
-            pipeline = self._channels[key] = _Pipeline(stages)
+            pipeline = self._channels[key] = Pipeline(stages)
         return pipeline
 
     async def _push(self, key: Hashable, text: str) -> str:

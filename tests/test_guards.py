@@ -284,7 +284,7 @@ def test_a_whole_answer_is_redacted_tool_calls_included(
     assert message["content"] == "Reach me at [REDACTED:email]."
     arguments = message["tool_calls"][0]["function"]["arguments"]
     assert arguments == '{"to": "[REDACTED:email]", "key": "[REDACTED:secret]"}'
-    assert answer.json()["usage"]["total_tokens"] == 12 or "usage" in answer.json()
+    assert answer.json()["usage"] == completion("upstream")["usage"]  # the rest as it came
 
 
 def test_a_blocked_answer_is_an_error_and_is_still_paid_for(
@@ -296,7 +296,8 @@ def test_a_blocked_answer_is_an_error_and_is_still_paid_for(
     assert answer.json()["error"]["code"] == "content_blocked"
     assert "no-secrets" in answer.json()["error"]["message"] and SECRET not in answer.text
     metrics = scrape(gateway.url)
-    assert value(metrics, "runestone_tokens_total", direction="output") > 0  # booked
+    assert value(metrics, "runestone_tokens_total", direction="output") == 7  # booked
+    assert value(metrics, "runestone_requests_total", status="400", code="content_blocked") == 1
 
 
 # --- Streams -----------------------------------------------------------------------------
@@ -676,7 +677,10 @@ def test_a_moderation_model_of_a_configured_provider_guards_input(
 # --- Keys and teams ----------------------------------------------------------------------
 
 ADMIN = "admin-token-for-the-guards-tests"
-KEYS = {name: f"rsk-guards-test-{name}-0123456789abcdef" for name in ("team", "own", "plain")}
+KEYS = {
+    name: f"rsk-guards-test-{name}-0123456789abcdef"
+    for name in ("team", "own", "plain", "budgeted")
+}
 
 
 @pytest.fixture
@@ -688,12 +692,17 @@ def keyed_gateway(make_gateway: MakeGateway, upstream: Upstream) -> Gateway:
         "guards:\n"
         "  no-pii: {detect: [email], stage: input, action: redact}\n"
         "  secrets-in: {detect: [secret], stage: input, action: block}\n"
+        "  secrets-out: {detect: [secret], stage: output, action: block}\n"
         "teams:\n  careful: {guards: [no-pii]}\n"
         "keys:\n"
         f"  team: {{hash: 'sha256:{digest(KEYS['team'])}', team: careful}}\n"
         f"  own: {{hash: 'sha256:{digest(KEYS['own'])}', guards: [secrets-in]}}\n"
         f"  plain: {{hash: 'sha256:{digest(KEYS['plain'])}'}}\n"
-        "aliases:\n  open: openai:upstream\n",
+        f"  budgeted: {{hash: 'sha256:{digest(KEYS['budgeted'])}',"
+        " budgets: [{usd: 100, per: day}]}\n"
+        "aliases:\n  open: openai:upstream\n"
+        "  safe-out: {targets: [openai:upstream], guards: [secrets-out]}\n"
+        'prices:\n  "openai:upstream": {input: 1000, output: 2000}\n',
         env={"RUNESTONE_ADMIN_TOKEN": ADMIN},
     )
 
@@ -754,6 +763,28 @@ def test_a_key_made_by_the_admin_api_carries_guards(
     assert refused.status_code == 400
     assert "'secrets-in' is not declared" in refused.json()["error"]["message"]
     assert len(upstream.bodies) == 1
+
+
+def test_a_stream_blocked_mid_answer_is_booked_in_full(
+    keyed_gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.pieces = ["Here: ", SECRET, " and more"]
+    answer = httpx.post(
+        f"{keyed_gateway.base_url}/chat/completions",
+        json={"model": "safe-out", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {KEYS['budgeted']}"},
+        timeout=30,
+    )
+    text, events = streamed_text(answer)
+    assert text == "Here: " and events[-1]["error"]["code"] == "content_blocked"
+    headers = {"authorization": f"Bearer {ADMIN}"}
+
+    def booked() -> bool:
+        usage = httpx.get(f"{keyed_gateway.url}/admin/usage", headers=headers, timeout=10)
+        rows = [r for r in usage.json()["spend"]["today"] if r["key"] == "budgeted"]
+        return bool(rows) and rows[0]["usd"] == pytest.approx((5 * 1000 + 7 * 2000) / 1e6)
+
+    within(5, booked)  # the upstream was read on for its usage, then settled
 
 
 # --- What is kept: logs, metrics, the cache ------------------------------------------------

@@ -154,7 +154,7 @@ class Exchange:
         scanner_error = routed.error_event
         guarded = GuardedStream(
             self.guards,
-            routed.summary,
+            lambda: routed.summary,
             lambda error: scanner_error(error, self.request_id),
             block,
         )

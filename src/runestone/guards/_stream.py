@@ -29,7 +29,7 @@ class GuardedStream:
     def __init__(
         self,
         run: GuardRun,
-        summary: StreamSummary,
+        summary: Callable[[], StreamSummary],
         error_event: Callable[[GatewayError], bytes],
         on_block: Callable[[GatewayError], None],
     ) -> None:
@@ -43,7 +43,8 @@ class GuardedStream:
         self._shapes: dict[Hashable, tuple[str, dict[str, Any]]] = {}
         self._sent: dict[Hashable, list[str]] = {}
         self._found: dict[str, list[str]] = {}
-        self._sequence = 0
+        #: Responses' next sequence number (from the first event's own).
+        self._sequence: int | None = None
         self.blocked: GatewayError | None = None
         self._rewrite = {
             "chat": self._chat,
@@ -153,7 +154,10 @@ class GuardedStream:
         return self._encoded(payload, _kind_of(payload))
 
     def _encoded(self, payload: dict[str, Any], kind: str | None) -> bytes:
-        if "sequence_number" in payload:  # Responses: numbered as sent
+        number = payload.get("sequence_number")
+        if isinstance(number, int):  # Responses: numbered as sent
+            if self._sequence is None:
+                self._sequence = number
             payload["sequence_number"] = self._sequence
             self._sequence += 1
         return encode(orjson.dumps(payload), kind)
@@ -176,8 +180,8 @@ class GuardedStream:
                 key: Hashable = ("c", index)
                 if key not in self._shapes:
                     self._shapes[key] = _chat_shape(payload, index, None)
-                delta["content"] = await self._push(key, content)
-                touched = True
+                delta["content"] = out = await self._push(key, content)
+                touched = touched or out != content
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(function, dict):
@@ -187,8 +191,8 @@ class GuardedStream:
                     key = ("t", index, call.get("index", 0))
                     if key not in self._shapes:
                         self._shapes[key] = _chat_shape(payload, index, call.get("index", 0))
-                    function["arguments"] = await self._push(key, arguments)
-                    touched = True
+                    function["arguments"] = out = await self._push(key, arguments)
+                    touched = touched or out != arguments
             if choice.get("finish_reason") is not None:
                 touched = await self._chat_end(index, delta) or touched
         return [encode(orjson.dumps(payload))] if touched else [event]
@@ -223,7 +227,9 @@ class GuardedStream:
             if key not in self._shapes:
                 template = {**payload, "delta": {"type": delta["type"]}}
                 self._shapes[key] = (f"delta.{field}", template)
-            delta[field] = await self._push(key, text)
+            delta[field] = out = await self._push(key, text)
+            if out == text:
+                return [event]  # as it came: not written again
             return [encode(orjson.dumps(payload), "content_block_delta")]
         if kind == "content_block_stop":
             key = payload.get("index", 0)
@@ -246,7 +252,11 @@ class GuardedStream:
             if isinstance(text, str) and text:
                 if key not in self._shapes:
                     self._shapes[key] = ("delta", {**payload, "delta": ""})
-                payload["delta"] = await self._push(key, text)
+                payload["delta"] = out = await self._push(key, text)
+                number = payload.get("sequence_number")
+                if out == text and isinstance(number, int) and number == self._sequence:
+                    self._sequence = number + 1
+                    return [event]  # as it came, in its place: not written again
         elif kind in _RESPONSES_DONE:
             key = _responses_key(payload, kind)
             field = _RESPONSES_DONE[kind]
@@ -270,8 +280,9 @@ class GuardedStream:
                     await self._item(item)
                 if response.get("output_text"):
                     response.pop("output_text")  # the SDK's convenience: rebuilt by clients
-                if self._summary.final is not None:
-                    self._summary.final = response  # what the store keeps is what was sent
+                summary = self._summary()  # the stream's now (a rescue may have moved it)
+                if summary.final is not None:
+                    summary.final = response  # what the store keeps is what was sent
         return [*before, self._encoded(payload, _kind_of(payload))]
 
     async def _item(self, item: object) -> None:

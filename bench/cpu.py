@@ -45,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 ALIASES = """
 providers:
   chatonly: {base_url: 'http://127.0.0.1:MOCK_PORT/v1', responses: bridge}
+guards:
+  every-detector: {detect: [email, phone, card, iban, secret], stage: both, action: redact}
 aliases:
   bench: openai:bench-model
   bench-coalesced: openai:bench-coalesced
@@ -53,6 +55,8 @@ aliases:
   bench-claude: anthropic:bench-model
   bench-bridged: chatonly:bench-model
   bench-cached: {targets: [openai:bench-model], cache: {ttl: 1h}}
+  bench-guarded: {targets: [openai:bench-model], guards: [every-detector]}
+  bench-guarded-coalesced: {targets: [openai:bench-coalesced], guards: [every-detector]}
 """
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 
@@ -122,6 +126,14 @@ SCENARIOS: dict[str, tuple[str, str, bool, bool]] = {
     "translated_responses_to_chat_stream": ("/v1/responses", _responses(True), False, True),
     # The same request every time: after the first, answered from the exact cache.
     "cached_request": ("/v1/chat/completions", _chat("bench-cached", False), True, False),
+    # Every built-in detector on input and output (bench/guards.py compares CPU time).
+    "guarded_request": ("/v1/chat/completions", _chat("bench-guarded", False), False, False),
+    "guarded_stream_coalesced": (
+        "/v1/chat/completions",
+        _chat("bench-guarded-coalesced", True),
+        False,
+        True,
+    ),
 }
 
 

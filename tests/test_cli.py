@@ -110,7 +110,8 @@ def test_check_prints_every_problem_with_its_line(tmp_path: Path) -> None:
         f"{bad}:3: alias 'b': missing 'model'",
         f"{bad}:4: duplicate key 'a' (first defined on line 2)",
         f"{bad}:5: unknown top-level key 'extra' "
-        "(expected: access, aliases, allow_shrink, defaults, keys, prices, providers, teams)",
+        "(expected: access, aliases, allow_shrink, defaults, guards, keys, prices, providers, "
+        "teams)",
     ]
     assert "4 problems" in result.stderr
 

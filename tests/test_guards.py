@@ -884,3 +884,49 @@ async def test_the_library_runs_the_same_guards(
         assert EMAIL.encode() not in streamed and b"[REDACTED:email]" in streamed
     finally:
         await runestone.aclose()
+
+
+def test_streamed_tool_call_arguments_are_guarded_in_every_format(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.pieces = ["Sending."]
+    upstream.tool_arguments = ['{"to": "', EMAIL[:7], EMAIL[7:] + '", "n": 1}']
+    tools = [{"type": "function", "function": {"name": "send", "parameters": {}}}]
+    answer = chat(gateway, "masked", "hi", stream=True, tools=tools)
+    _, events = streamed_text(answer)
+    arguments = "".join(
+        call["function"].get("arguments") or ""
+        for event in events
+        for choice in event.get("choices", ())
+        for call in choice["delta"].get("tool_calls") or ()
+    )
+    assert arguments == '{"to": "[REDACTED:email]", "n": 1}'
+    body = {
+        "model": "masked",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "send", "input_schema": {"type": "object"}}],
+    }
+    answer = messages(gateway, body)
+    partial = "".join(
+        p["delta"].get("partial_json", "")
+        for p in sse_payloads(answer)
+        if p.get("type") == "content_block_delta"
+    )
+    assert orjson.loads(partial) == {"to": "[REDACTED:email]", "n": 1}
+    assert EMAIL not in answer.text
+    body = {
+        "model": "masked-chat",
+        "stream": True,
+        "input": "hi",
+        "store": False,
+        "tools": [{"type": "function", "name": "send", "parameters": {"type": "object"}}],
+    }
+    answer = responses(gateway, body)
+    payloads = sse_payloads(answer)
+    deltas = "".join(
+        p["delta"] for p in payloads if p["type"] == "response.function_call_arguments.delta"
+    )
+    assert deltas == '{"to": "[REDACTED:email]", "n": 1}'
+    (done,) = [p for p in payloads if p["type"] == "response.function_call_arguments.done"]
+    assert done["arguments"] == deltas and EMAIL not in answer.text

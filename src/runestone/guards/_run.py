@@ -18,7 +18,7 @@ from runestone.aliases import GuardSpec
 from runestone.errors import GatewayError, error_for
 from runestone.guards.detectors import Detectors
 from runestone.guards.remote import CheckFailed, Moderate, Webhooks, flagged
-from runestone.guards.texts import answer_slots, request_slots
+from runestone.guards.texts import Slot, answer_slots, request_slots
 from runestone.guards.window import scan_whole
 from runestone.telemetry import GuardDecision, Telemetry
 
@@ -91,16 +91,7 @@ class GuardRun:
         """Check (and redact) the request's text in place; whether anything changed."""
         if not self.inputs:
             return False
-        slots = request_slots(self.route, body)
-        changed = False
-        for guard in self.inputs:
-            texts = [slot.text for slot in slots]
-            kept = await self.check_texts(guard, "input", texts)
-            for slot, before, after in zip(slots, texts, kept, strict=True):
-                if after is not before:
-                    slot.replace(after)
-                    changed = True
-        return changed
+        return await self._through(self.inputs, "input", request_slots(self.route, body))
 
     async def check_answer(self, body: bytes) -> bytes:
         """A whole answer (JSON) as it may go out: redacted, or ``content_blocked``."""
@@ -112,16 +103,23 @@ class GuardRun:
             return body  # not an answer the guards can read: the adapter said what it is
         if not isinstance(answer, dict):
             return body
-        slots = answer_slots(self.route, answer)
+        changed = await self._through(self.outputs, "output", answer_slots(self.route, answer))
+        return orjson.dumps(answer) if changed else body
+
+    async def _through(
+        self, guards: Sequence[CompiledGuard], stage: Stage, slots: list[Slot]
+    ) -> bool:
+        """Each guard in turn on the texts of ``slots``, rewritten in place where one
+        changed them; whether any did."""
         changed = False
-        for guard in self.outputs:
+        for guard in guards:
             texts = [slot.text for slot in slots]
-            kept = await self.check_texts(guard, "output", texts)
+            kept = await self.check_texts(guard, stage, texts)
             for slot, before, after in zip(slots, texts, kept, strict=True):
                 if after is not before:
                     slot.replace(after)
                     changed = True
-        return orjson.dumps(answer) if changed else body
+        return changed
 
     async def check_texts(self, guard: CompiledGuard, stage: Stage, texts: list[str]) -> list[str]:
         """``texts`` as ``guard`` lets them through (the same objects where unchanged)."""

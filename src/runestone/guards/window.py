@@ -46,10 +46,6 @@ class TextWindow:
         self._held = ""
         self._before = ""
 
-    @property
-    def holding(self) -> bool:
-        return bool(self._held)
-
     def push(self, text: str, *, final: bool = False) -> tuple[str, list[str]]:
         """The text that may go out now, and the detectors that found something in it."""
         buf = self._before + self._held + text
